@@ -1,0 +1,3 @@
+from nagindex.cli import main
+
+main()

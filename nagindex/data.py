@@ -1,0 +1,42 @@
+"""Records passed between pipeline stages.
+
+Ingest: read -> tokenize -> extract -> store -> index, each stage consuming and
+yielding these. Codes (a document's NAG) are a ``(L, K)`` uint16 array: row ``l``
+holds layer ``l``'s K strongest neurons in descending impact order; flattened it
+is the reference's layer-major ``layer_topk_value_index`` list.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One corpus document as read from its source.
+
+    ``source`` is the input file (or HF dataset folder) it came from and
+    ``position`` its 0-based line or row there, so that any record in the index
+    points back to the exact text it was computed from.
+    ``token_count`` is set only when the input carries it (``--token-field``).
+    """
+
+    docid: str
+    text: str
+    source: str
+    position: int
+    token_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A skipped input record: where it was and why (written to ``rejects.jsonl``)."""
+
+    source: str
+    position: int | None
+    reason: str
+    docid: str | None = None
+
+    def message(self) -> str:
+        where = self.source if self.position is None else f"{self.source}:{self.position + 1}"
+        who = f" (docid {self.docid!r})" if self.docid is not None else ""
+        return f"{where}{who}: {self.reason}"

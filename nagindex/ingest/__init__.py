@@ -1,0 +1,1 @@
+"""Ingest: read -> tokenize -> extract -> store -> index."""

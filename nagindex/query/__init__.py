@@ -1,0 +1,1 @@
+"""Query: target -> profile -> score -> select -> write."""

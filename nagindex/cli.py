@@ -1,0 +1,201 @@
+"""The ``nagindex`` command: a thin click layer over the library functions.
+
+Heavy libraries (torch, transformers, faiss, numba) are imported inside the
+commands, so ``nagindex --help`` and model-free queries start fast. User
+errors (``NagIndexError``) print one line and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from nagindex import __version__
+from nagindex.errors import NagIndexError
+
+DEFAULT_INDEX = "idx"
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NagIndexError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: committed work is kept; run the same command again to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="nagindex")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Target-oriented pretraining data selection with Neuron-Activated Graphs (NAG).
+
+    Encode a corpus once (`ingest`: one LLM pass), then select documents for any
+    benchmark target or mixture of targets (`query`, `mix`) with no further LLM
+    pass over the corpus.
+
+    \b
+      nagindex ingest corpus/                         # LLM pass, once, resumable
+      nagindex query --target arc_challenge --k 1M    # no LLM pass over the corpus
+      nagindex mix configs/mixtures/paper6.yaml -o mix.parquet
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars report progress
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "huggingface_hub", "accelerate"):
+        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+
+
+# ---------------------------------------------------------------- shared options
+def _extraction_options(multi_type: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The flags shared by `extract` and `ingest` (backbone, K, max_length, device...)."""
+    type_opt = (click.option("--neuron-types", default="fwd_up", show_default=True,
+                             help="Comma-separated: fwd_up, fwd_down, att_q, att_k, att_v, att_o.")
+                if multi_type else
+                click.option("--neuron-type", default="fwd_up", show_default=True,
+                             type=click.Choice(["fwd_up", "fwd_down", "att_q", "att_k", "att_v", "att_o"]),
+                             help="One neuron type per index (fwd_up is the paper's best)."))
+    opts = [
+        click.option("--backbone", default="smollm2-135m", show_default=True,
+                     help="Built-in name (smollm2-135m, embedded), HF hub id (Qwen/Qwen3-1.7B-Base) or local folder."),
+        type_opt,
+        click.option("--top-k", default=20, show_default=True, help="Neurons kept per layer (paper: 20 for width 6144)."),
+        click.option("--max-length", default=120, show_default=True, help="Tokens per document fed to the model."),
+        click.option("--batch-size", default=32, show_default=True, help="Documents per forward pass."),
+        click.option("--text-field", default="doc", show_default=True, help="Field holding the document text."),
+        click.option("--id-field", default="docid", show_default=True, help="Field holding the document id."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow a hub model to run its own code (off by default)."),
+    ]
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return apply
+
+
+# ---------------------------------------------------------------- ingest side
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Feature JSONL to write.")
+@_extraction_options(multi_type=True)
+@_user_errors
+def extract(inputs: tuple[str, ...], out: str, neuron_types: str, **kw: Any) -> None:
+    """Write NAG features of INPUTS (parquet/jsonl files or folders) in the reference's JSONL format.
+
+    One line per document in input order:
+    {"docid": ..., "fwd_up_feature": {"layer_topk_value_index": [L*K ints]}}.
+    Any bad record (an empty document included) is an error naming it.
+
+    \b
+      nagindex extract pool.parquet -o pool_features.jsonl --top-k 20
+    """
+    from nagindex.ingest.extract import parse_neuron_types
+    from nagindex.ingest.run import extract_files
+
+    n = extract_files(inputs, out, neuron_types=parse_neuron_types(neuron_types), **kw)
+    click.echo(f"wrote {n} documents to {out}")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(),
+              help="Index directory (created if absent; new inputs are appended).")
+@_extraction_options(multi_type=False)
+@click.option("--token-field", default=None, help="Take each doc's token count from this field instead of counting.")
+@click.option("--limit", type=int, default=None, help="Stop after this many new documents.")
+@click.option("--commit-every", default=512, show_default=True, help="Documents per atomic commit.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
+@_user_errors
+def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
+    """Encode INPUTS once into the index: one LLM pass, resumable, safe with bad input.
+
+    INPUTS: files or folders of .jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt (one
+    document per file) and HF save_to_disk folders. Re-running adds nothing;
+    Ctrl-C or kill, then the same command, resumes where it stopped. Bad
+    records are skipped, counted, and listed in INDEX/rejects.jsonl.
+
+    \b
+      nagindex ingest corpus/
+      nagindex ingest shard1.parquet shard2.jsonl.zst --index idx/ --text-field text
+    """
+    from nagindex.ingest.run import ingest as run_ingest
+
+    res = run_ingest(inputs, index_dir, **kw)
+    click.echo(f"{index_dir}: +{res.added:,} documents (+{res.tokens:,} tokens), {res.rows:,} in total; "
+               f"{res.rejects:,} skipped" + (f" {res.reject_reasons}" if res.reject_reasons else "")
+               + (f"; {res.skipped_inputs} input(s) already ingested" if res.skipped_inputs else ""))
+    if res.rejects:
+        click.echo(f"skipped records: {index_dir}/rejects.jsonl")
+    click.echo(f"time: {res.timings}", err=True)
+
+
+@main.command()
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True))
+@_user_errors
+def info(index_dir: str) -> None:
+    """Print an index's manifest, counts, tokens and sizes on disk.
+
+    \b
+      nagindex info --index idx/
+    """
+    from nagindex.ingest.info import describe_index
+
+    click.echo(describe_index(index_dir))
+
+
+@main.command(name="import")
+@click.argument("features", nargs=-1, required=True, type=click.Path())
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path())
+@click.option("--num-layers", type=int, required=True, help="L of the features.")
+@click.option("--top-k", type=int, required=True, help="K of the features.")
+@click.option("--width", type=int, required=True, help="Layer width N (neuron indices are < N).")
+@click.option("--neuron-type", default="fwd_up", show_default=True)
+@click.option("--token-field", default=None, help="Token counts: this field of the feature (or payload) files.")
+@click.option("--payload", "payload", multiple=True, type=click.Path(exists=True),
+              help="jsonl/parquet files with the id field and --token-field (repeatable).")
+@click.option("--id-field", default="docid", show_default=True)
+@click.option("--backbone", default=None, help="Record the backbone the features came from (enables target extraction).")
+@click.option("--max-length", type=int, default=None, help="Record the max_length the features used.")
+@_user_errors
+def import_(features: tuple[str, ...], index_dir: str, payload: tuple[str, ...], **kw: Any) -> None:
+    """Build an index from reference-format FEATURES (jsonl or parquet), no LLM needed.
+
+    \b
+      nagindex import pool.jsonl --index idx/ --num-layers 28 --top-k 20 --width 6144 \\
+          --token-field token_num --payload pool.parquet
+    """
+    from nagindex.ingest.features import import_features
+
+    res = import_features(features, index_dir, payload_paths=list(payload) or None, **kw)
+    click.echo(f"{index_dir}: +{res['added']:,} documents, {res['rejects']:,} skipped, {res['seconds']:.1f}s")
+
+
+@main.command()
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True))
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Feature JSONL to write.")
+@_user_errors
+def export(index_dir: str, out: str) -> None:
+    """Write the index's NAGs back in the reference's feature JSONL format.
+
+    \b
+      nagindex export --index idx/ -o features.jsonl
+    """
+    from nagindex.ingest.features import export_features
+
+    n = export_features(index_dir, out)
+    click.echo(f"wrote {n:,} documents to {out}")

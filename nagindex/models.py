@@ -49,6 +49,21 @@ class Backbone:
     dtype: "torch.dtype"
 
 
+def backbone_preset(name: str) -> dict[str, Any] | None:
+    """A named preset from ``configs/backbones/<name>.yaml`` (model id, top_k, max_length), if any."""
+    from nagindex.config import configs_root, load_yaml
+
+    if "/" in name or name.startswith("."):
+        return None
+    path = configs_root() / "backbones" / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    preset = load_yaml(path)
+    if not isinstance(preset, dict) or not isinstance(preset.get("model"), str):
+        raise NagIndexError(f"{path}: field 'model' must name the model to load")
+    return preset
+
+
 def cache_dir() -> Path:
     """Where converted backbones live; ``NAGINDEX_CACHE`` overrides it."""
     env = os.environ.get("NAGINDEX_CACHE")
@@ -160,12 +175,14 @@ def load_backbone(
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    if name in _EMBEDDED:
-        folder, sha = materialize_embedded(name)
+    preset = backbone_preset(name)
+    model_id = preset["model"] if preset else name
+    if model_id in _EMBEDDED:
+        folder, sha = materialize_embedded(model_id)
         source: str = str(folder)
     else:
-        source, sha = name, ""
-        local = Path(name).expanduser()
+        source, sha = model_id, ""
+        local = Path(model_id).expanduser()
         if local.is_dir():
             source, sha = str(local), weights_fingerprint(local)
     try:
@@ -179,7 +196,7 @@ def load_backbone(
             "a local HF model folder, or a hub id with network access."
         ) from exc
     if not sha:
-        sha = _hub_weights_sha(name)
+        sha = _hub_weights_sha(model_id)
     model.to(dev).eval().requires_grad_(False)
     return Backbone(name=name, model=model, tokenizer=tokenizer, weights_sha256=sha, device=dev, dtype=torch_dtype)
 

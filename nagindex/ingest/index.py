@@ -1,0 +1,310 @@
+"""Derived scan files and the FAISS binary index, rebuilt from the store at will.
+
+The LMDB store (``store.py``) is the record; the files here are flat copies of
+it laid out for fast scans (memory-mapped numpy) and for FAISS, extended
+incrementally by ``sync_derived`` (only rows not derived yet):
+
+- ``codes.u16``      uint16 little-endian ``(N, L, K)``, the NAGs.
+- ``tokens.i64``     int64 ``(N,)`` token counts; ``positions.i64`` int64 ``(N,)``.
+- ``source_ids.u32`` uint32 ``(N,)``, ids into ``sources.json`` (a JSON list of paths).
+- ``docids.off`` uint64 ``(N + 1,)`` offsets into ``docids.bin`` (utf-8); together
+  an Arrow ``large_string`` column, opened with zero copies.
+- ``fingerprints.faiss`` ``faiss.IndexBinaryFlat(4096)``, FAISS id = row number.
+- ``index_info.json`` written last (tmp + ``os.replace``): its ``rows`` is the
+  only count readers trust. Bytes past it (a derive killed mid-way) are cut off
+  by the next ``sync_derived``.
+
+Fingerprint: each (layer l, neuron n) of a NAG sets bit
+``((l * width + n) * 2654435761 mod 2**32) >> 20`` (Knuth's multiplicative hash,
+top 12 bits) of a 4096-bit vector, packed little-endian (bit i in byte i // 8,
+at 1 << (i % 8)), FAISS's binary-vector layout.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nagindex.errors import NagIndexError
+from nagindex.ingest.store import IndexStore
+
+logger = logging.getLogger(__name__)
+
+INFO_FILE = "index_info.json"
+FAISS_FILE = "fingerprints.faiss"
+SOURCES_FILE = "sources.json"
+FINGERPRINT_BITS = 4096
+HASH_MULTIPLIER = 2654435761
+# name -> (file, dtype); each holds ``per_row`` items per row (codes: L*K)
+ROW_FILES = {"codes": ("codes.u16", "<u2"), "token_counts": ("tokens.i64", "<i8"),
+             "positions": ("positions.i64", "<i8"), "source_ids": ("source_ids.u32", "<u4")}
+DOCID_OFFSETS, DOCID_BYTES = "docids.off", "docids.bin"
+_FP_BLOCK = 8192
+
+
+def fingerprint_bits(codes: np.ndarray, width: int) -> np.ndarray:
+    """Bit index in [0, 4096) of every (layer, neuron) pair: ``(n, L, K)`` -> ``(n, L, K)`` uint32.
+
+    uint32 arithmetic wraps modulo 2**32, which is exactly the hash's ``mod 2**32``.
+    """
+    codes = np.asarray(codes)
+    if codes.shape[1] * width > 2**32:
+        raise NagIndexError(f"{codes.shape[1]} layers x width {width} exceed the 32-bit pair space")
+    layer_base = (np.arange(codes.shape[1], dtype=np.uint32) * np.uint32(width))[None, :, None]
+    pair = codes.astype(np.uint32)
+    pair += layer_base
+    pair *= np.uint32(HASH_MULTIPLIER)
+    pair >>= np.uint32(32 - 12)
+    return pair
+
+
+def fingerprints(codes: np.ndarray, width: int) -> np.ndarray:
+    """Packed 4096-bit fingerprints ``(n, 512)`` uint8, ready for ``IndexBinaryFlat.add``."""
+    codes = np.asarray(codes)
+    n = len(codes)
+    out = np.empty((n, FINGERPRINT_BITS // 8), dtype=np.uint8)
+    dense = np.zeros(min(n, _FP_BLOCK) * FINGERPRINT_BITS, dtype=bool)  # reused: no page faults per block
+    for start in range(0, n, _FP_BLOCK):
+        block = codes[start:start + _FP_BLOCK]
+        m = len(block)
+        flat = fingerprint_bits(block, width)
+        flat += (np.arange(m, dtype=np.uint32) * np.uint32(FINGERPRINT_BITS))[:, None, None]
+        bits = dense[:m * FINGERPRINT_BITS]
+        bits[:] = False
+        bits[flat.reshape(-1)] = True
+        out[start:start + m] = np.packbits(bits.reshape(m, FINGERPRINT_BITS), axis=1, bitorder="little")
+    return out
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - faiss-cpu is a declared dependency
+        raise NagIndexError("FAISS is missing: pip install faiss-cpu") from exc
+    return faiss
+
+
+def _read_info(directory: Path) -> dict[str, Any] | None:
+    path = directory / INFO_FILE
+    return json.loads(path.read_text("utf-8")) if path.is_file() else None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(value, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _row_width(name: str, manifest: dict[str, Any]) -> int:
+    return manifest["num_layers"] * manifest["top_k"] if name == "codes" else 1
+
+
+def _repair(directory: Path, rows: int, manifest: dict[str, Any]) -> int:
+    """Cut every derived file back to ``rows``; return the rows kept (0 if a file is short or missing)."""
+    sizes = {name: rows * _row_width(name, manifest) * np.dtype(dt).itemsize for name, (_, dt) in ROW_FILES.items()}
+    off_path = directory / DOCID_OFFSETS
+    ok = all((directory / f).is_file() and (directory / f).stat().st_size >= sizes[n] for n, (f, _) in ROW_FILES.items())
+    ok = ok and off_path.is_file() and off_path.stat().st_size >= (rows + 1) * 8
+    if ok:
+        end = int(np.fromfile(off_path, "<u8", count=1, offset=rows * 8)[0])
+        ok = (directory / DOCID_BYTES).is_file() and (directory / DOCID_BYTES).stat().st_size >= end
+    if not ok:
+        if rows:
+            logger.warning("derived files in %s are incomplete; rebuilding them from the store", directory)
+        rows, end = 0, 0
+        sizes = dict.fromkeys(sizes, 0)
+        off_path.write_bytes(np.zeros(1, "<u8").tobytes())
+    for name, (fname, _) in ROW_FILES.items():
+        with open(directory / fname, "ab") as fh:
+            fh.truncate(sizes[name])
+    with open(off_path, "ab") as fh:
+        fh.truncate((rows + 1) * 8)
+    with open(directory / DOCID_BYTES, "ab") as fh:
+        fh.truncate(end)
+    return rows
+
+
+def _load_faiss(directory: Path, rows: int, width: int, codes_file: Path, shape: tuple[int, int]) -> Any:
+    """``fingerprints.faiss`` holding exactly the first ``rows`` rows (repaired if it disagrees)."""
+    faiss = _faiss()
+    path = directory / FAISS_FILE
+    fresh = rows == 0 or not path.is_file()
+    index = faiss.IndexBinaryFlat(FINGERPRINT_BITS) if fresh else faiss.read_index_binary(str(path))
+    if index.ntotal > rows:  # a derive died after writing FAISS but before index_info.json
+        index.remove_ids(faiss.IDSelectorRange(rows, index.ntotal))
+    if index.ntotal < rows:  # missing rows: recompute them from the code matrix
+        codes = np.memmap(codes_file, "<u2", "r", shape=(rows, *shape))
+        for start in range(index.ntotal, rows, 65536):
+            index.add(fingerprints(codes[start:min(rows, start + 65536)], width))
+    return index
+
+
+def _save_faiss(directory: Path, index: Any) -> None:
+    tmp = directory / (FAISS_FILE + ".tmp")
+    _faiss().write_index_binary(index, str(tmp))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # durable before it replaces the old one
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / FAISS_FILE)
+
+
+def sync_derived(index_dir: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Extend the derived files to the store's current rows; return the new ``index_info.json``.
+
+    ``progress(done, total)`` is called after each chunk with rows derived so far.
+    """
+    from nagindex import __version__
+
+    directory = Path(index_dir)
+    started = time.perf_counter()
+    with open(directory / "derive.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one derive at a time; readers never take it
+        store = IndexStore.open(directory)
+        try:
+            with store.snapshot() as snap:
+                manifest = snap.manifest()
+                info = _read_info(directory)
+                same = info is not None and all(info["manifest"].get(k) == manifest.get(k)
+                                                for k in ("created_at", "num_layers", "top_k", "width"))
+                rows = _repair(directory, info["rows"] if same else 0, manifest)
+                total, shape = manifest["rows"], (manifest["num_layers"], manifest["top_k"])
+                up_to_date = rows == total and (directory / FAISS_FILE).is_file()  # re-runs: skip FAISS I/O
+                index = None if up_to_date else \
+                    _load_faiss(directory, rows, manifest["width"], directory / ROW_FILES["codes"][0], shape)
+                with ExitStack() as files:
+                    handles = {n: files.enter_context(open(directory / f, "ab")) for n, (f, _) in ROW_FILES.items()}
+                    off_fh = files.enter_context(open(directory / DOCID_OFFSETS, "ab"))
+                    blob_fh = files.enter_context(open(directory / DOCID_BYTES, "ab"))
+                    base = blob_fh.tell()
+                    for first, chunk in snap.iter_chunks(rows):
+                        for name, fh in handles.items():
+                            fh.write(np.ascontiguousarray(getattr(chunk, name)).tobytes())
+                        off_fh.write((chunk.docid_offsets[1:].astype("<u8") + np.uint64(base)).tobytes())
+                        blob_fh.write(chunk.docid_bytes)
+                        base += len(chunk.docid_bytes)
+                        index.add(fingerprints(chunk.codes, manifest["width"]))
+                        if progress is not None:
+                            progress(first + len(chunk), total)
+                    for fh in (*handles.values(), off_fh, blob_fh):
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                if index is not None:
+                    _save_faiss(directory, index)
+                _write_json(directory / SOURCES_FILE, snap.sources())
+        finally:
+            store.close()
+        files = [f for f, _ in ROW_FILES.values()] + [DOCID_OFFSETS, DOCID_BYTES, FAISS_FILE, SOURCES_FILE]
+        info = {"rows": total, "store_rows": total, "derived_new_rows": total - rows,
+                "build_seconds": round(time.perf_counter() - started, 3),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "nagindex_version": __version__, "files": files, "manifest": manifest}
+        _write_json(directory / INFO_FILE, info)
+    logger.info("derived %d new rows in %s (%d total)", total - rows, directory, total)
+    return info
+
+
+class DocidColumn:
+    """All docids as an Arrow ``large_string`` column over the memory-mapped files (no Python list)."""
+
+    def __init__(self, offsets: np.ndarray, blob: np.ndarray) -> None:
+        self._offsets, self._blob = offsets, blob
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def arrow(self) -> Any:
+        import pyarrow as pa
+
+        return pa.LargeStringArray.from_buffers(len(self), pa.py_buffer(self._offsets.view("<i8")),
+                                                pa.py_buffer(self._blob))
+
+    def numpy(self) -> np.ndarray:
+        """Object array of str (materialises every docid; for sorting prefer ``sort_indices``)."""
+        return self.arrow().to_numpy(zero_copy_only=False)
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> list[str]:
+        import pyarrow as pa
+
+        return self.arrow().take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+    def sort_indices(self) -> np.ndarray:
+        """Rows in ascending docid order (byte-wise UTF-8, same as Python str order)."""
+        import pyarrow.compute as pc
+
+        return pc.sort_indices(self.arrow()).to_numpy()
+
+
+def _memmap(path: Path, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+
+
+class IndexView:
+    """A read-only view of the derived snapshot: memory-mapped arrays, FAISS loaded on demand."""
+
+    def __init__(self, directory: Path, info: dict[str, Any], pending: int) -> None:
+        self.directory, self.info, self.pending = directory, info, pending
+        self.manifest: dict[str, Any] = info["manifest"]
+        n, shape = info["rows"], (self.manifest["num_layers"], self.manifest["top_k"])
+        self.codes = _memmap(directory / ROW_FILES["codes"][0], "<u2", (n, *shape))
+        self.token_counts = _memmap(directory / ROW_FILES["token_counts"][0], "<i8", (n,))
+        self.positions = _memmap(directory / ROW_FILES["positions"][0], "<i8", (n,))
+        self.source_ids = _memmap(directory / ROW_FILES["source_ids"][0], "<u4", (n,))
+        offsets = _memmap(directory / DOCID_OFFSETS, "<u8", (n + 1,)) if n else np.zeros(1, "<u8")
+        self.docids = DocidColumn(offsets, _memmap(directory / DOCID_BYTES, "u1", (int(offsets[-1]),)))
+        self.sources: list[str] = json.loads((directory / SOURCES_FILE).read_text("utf-8")) if n else []
+        self._faiss: Any = None
+
+    def __len__(self) -> int:
+        return len(self.token_counts)
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.token_counts.sum())
+
+    def faiss_index(self) -> Any:
+        """The ``IndexBinaryFlat`` over exactly the derived rows (loaded on first use)."""
+        if self._faiss is None:
+            faiss = _faiss()
+            index = faiss.read_index_binary(str(self.directory / FAISS_FILE))
+            if index.ntotal > len(self):
+                index.remove_ids(faiss.IDSelectorRange(len(self), index.ntotal))
+            if index.ntotal != len(self):
+                raise NagIndexError(f"{self.directory / FAISS_FILE} holds {index.ntotal} rows, expected "
+                                    f"{len(self)}; run sync_derived")
+            self._faiss = index
+        return self._faiss
+
+
+def open_index(index_dir: str | os.PathLike) -> IndexView:
+    """Open the derived snapshot of an index; rows committed but not derived yet are only counted."""
+    directory = Path(index_dir)
+    info = _read_info(directory)
+    try:
+        with IndexStore.open(directory) as store:
+            store_rows, manifest = len(store), store.manifest
+    except NagIndexError:
+        if info is None:
+            raise
+        store_rows, manifest = info["rows"], info["manifest"]
+    if info is None:
+        info = {"rows": 0, "store_rows": store_rows, "manifest": manifest}
+    pending = max(0, store_rows - info["rows"])
+    if pending:
+        logger.warning("%s: %d rows are in the store but not derived yet (ingest running or "
+                       "interrupted); run sync_derived to include them", directory, pending)
+    return IndexView(directory, info, pending)

@@ -1,0 +1,410 @@
+"""Corpus readers: files and folders -> a stream of ``Document`` or ``Reject``.
+
+A user's bad data never raises: every bad record, and every unreadable file, is
+yielded as a ``Reject`` (counted and saved by the driver) and reading goes on.
+Only a path that does not exist at all raises ``InputError`` (a typo on the
+command line should stop the run, not produce an empty index).
+
+Formats are picked by a registry keyed on ``InputFile.kind``; each reader is a
+generator ``(InputFile, _Fields, start) -> Iterator[Document | Reject]`` that
+streams (jsonl line by line, parquet by row group, arrow by record batch), so
+memory stays flat whatever the file size.
+
+Positions are 0-based line numbers (jsonl, blank lines counted and skipped) or
+row numbers (parquet; for an HF ``save_to_disk`` folder, rows counted across its
+``data-*.arrow`` files in order). ``start_positions[key] = p`` resumes at ``p``.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import os
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from nagindex.data import Document, Reject
+from nagindex.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+_SUFFIX_KINDS = (  # longest suffix first
+    (".jsonl.gz", "jsonl.gz"),
+    (".jsonl.zst", "jsonl.zst"),
+    (".jsonl", "jsonl"),
+    (".parquet", "parquet"),
+    (".txt", "txt"),
+)
+_HF_MARKERS = ("state.json", "dataset_info.json")
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """One concrete source: a file, or an HF ``save_to_disk`` folder.
+
+    ``key`` (resolved absolute path) identifies it in the store's progress table;
+    ``source`` is the path as the user gave it (joined with the relative path
+    inside a walked folder) and is what rejects and generated docids show.
+    ``name`` is the path relative to the walked folder (the docid of a .txt doc).
+    """
+
+    key: str
+    path: Path
+    kind: str
+    source: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    text: str
+    id: str
+    token: str | None
+
+
+def _kind_of(path: Path) -> str:
+    if path.is_dir():
+        return "hf"
+    lower = path.name.lower()
+    for suffix, kind in _SUFFIX_KINDS:
+        if lower.endswith(suffix):
+            return kind
+    return "unsupported"
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in _HF_MARKERS)
+
+
+def _walk(root: Path, given: str) -> Iterator[InputFile]:
+    """Sorted recursive walk; HF dataset folders are leaves, dot-files are skipped."""
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        rel = entry.relative_to(root).as_posix()
+        source = f"{given.rstrip('/')}/{rel}"
+        if entry.is_dir():
+            if _is_hf_folder(entry):
+                yield InputFile(str(entry.resolve()), entry, "hf", source, rel)
+            else:
+                for sub in _walk(entry, source):
+                    yield InputFile(sub.key, sub.path, sub.kind, sub.source, f"{rel}/{sub.name}")
+        elif entry.name == "dataset_dict.json" and any(p.is_dir() for p in root.iterdir()):
+            continue  # HF DatasetDict: the splits are the subfolders
+        else:
+            yield InputFile(str(entry.resolve()), entry, _kind_of(entry), source, rel)
+
+
+def input_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[InputFile]:
+    """Expand files and folders into concrete sources, in a stable order, no duplicates."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[InputFile] = []
+    seen: set[str] = set()
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise InputError(f"input path {str(given)!r} does not exist")
+        if path.is_dir() and not _is_hf_folder(path):
+            found = list(_walk(path, str(given)))
+        else:
+            found = [InputFile(str(path.resolve()), path, _kind_of(path), str(given), path.name)]
+        for item in found:
+            if item.key not in seen:
+                seen.add(item.key)
+                out.append(item)
+    return out
+
+
+def iter_records(
+    paths: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[InputFile],
+    *,
+    text_field: str = "doc",
+    id_field: str = "docid",
+    token_field: str | None = None,
+    start_positions: dict[str, int] | None = None,
+) -> Iterator[Document | Reject]:
+    """Stream every document of every input, yielding a ``Reject`` for each bad one."""
+    if isinstance(paths, (list, tuple)) and paths and all(isinstance(p, InputFile) for p in paths):
+        files: list[InputFile] = list(paths)  # type: ignore[arg-type]
+    else:
+        files = input_files(paths)  # type: ignore[arg-type]
+    fields = _Fields(text_field, id_field, token_field)
+    starts = start_positions or {}
+    for item in files:
+        yield from read_input(item, fields=fields, start=starts.get(item.key, 0))
+
+
+def read_input(item: InputFile, *, fields: _Fields | None = None, start: int = 0) -> Iterator[Document | Reject]:
+    """Read one source from ``start``; any I/O or format error becomes a file-level ``Reject``."""
+    fields = fields or _Fields("doc", "docid", None)
+    reader = _READERS.get(item.kind)
+    if reader is None:
+        yield Reject(item.source, None, f"unsupported file type (expected one of: {_supported()})")
+        return
+    try:
+        yield from reader(item, fields, start)
+    except OSError as exc:  # permission denied, vanished file, I/O error while opening
+        yield Reject(item.source, None, f"cannot read file: {exc.strerror or exc}")
+
+
+def _supported() -> str:
+    return ", ".join(s for s, _ in _SUFFIX_KINDS) + ", HF save_to_disk folder"
+
+
+# ---------------------------------------------------------------- validation
+def make_record(
+    obj: dict[str, Any] | None, source: str, position: int, fields: _Fields,
+    *, text: Any = None, docid: Any = None, tokens: Any = None,
+) -> Document | Reject:
+    """Validate one record; ``obj`` (a JSON object) or the explicit column values."""
+    if obj is not None:
+        if fields.text not in obj:
+            return Reject(source, position, f"missing text field {fields.text!r}", _id_or_none(obj.get(fields.id)))
+        text, docid = obj[fields.text], obj.get(fields.id)
+        tokens = obj.get(fields.token) if fields.token else None
+    if docid is None:
+        docid = f"{source}:{position}"
+    elif isinstance(docid, bool) or not isinstance(docid, (str, int)):
+        return Reject(source, position, f"id field {fields.id!r} is {type(docid).__name__}, not a string or integer")
+    else:
+        docid = str(docid)
+        if not docid:
+            return Reject(source, position, f"id field {fields.id!r} is empty")
+    if text is None:
+        return Reject(source, position, f"text field {fields.text!r} is null", docid)
+    if not isinstance(text, str):
+        return Reject(source, position, f"text field {fields.text!r} is {type(text).__name__}, not a string", docid)
+    if not text.strip():
+        return Reject(source, position, "empty document" if not text else "whitespace-only document", docid)
+    count: int | None = None
+    if tokens is not None:
+        if isinstance(tokens, float) and tokens.is_integer():
+            tokens = int(tokens)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            return Reject(source, position, f"token field {fields.token!r} is {tokens!r}, not a non-negative integer", docid)
+        count = tokens
+    return Document(docid, text, source, position, count)
+
+
+def _id_or_none(value: Any) -> str | None:
+    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+
+# ---------------------------------------------------------------- jsonl
+class _ZstdRaw(io.RawIOBase):
+    """A zstd stream that, unlike ``zstandard.stream_reader``, raises on truncation."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        import zstandard
+
+        self._fh, self._zstd = fh, zstandard.ZstdDecompressor()
+        self._dobj = self._zstd.decompressobj()
+        self._buf = b""
+        self._in_frame = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, out: Any) -> int:
+        while not self._buf:
+            raw = self._fh.read(_READ_CHUNK)
+            if not raw:
+                if self._in_frame:
+                    raise EOFError("zstd stream ended before the end of its frame")
+                return 0
+            while raw:
+                self._in_frame = True
+                self._buf += self._dobj.decompress(raw)
+                raw = b""
+                if self._dobj.eof:  # frame finished; more frames may follow
+                    raw, self._in_frame = self._dobj.unused_data, False
+                    self._dobj = self._zstd.decompressobj()
+        n = min(len(out), len(self._buf))
+        out[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def open_binary(path: Path, kind: str) -> BinaryIO:
+    """Open a (possibly compressed) jsonl file as a binary stream of its text."""
+    if kind == "jsonl.gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if kind == "jsonl.zst":
+        return io.BufferedReader(_ZstdRaw(open(path, "rb")), _READ_CHUNK)  # type: ignore[return-value]
+    return open(path, "rb", buffering=_READ_CHUNK)
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """Errors meaning "the compressed stream is corrupt or cut short" (BadGzipFile is an OSError)."""
+    errors: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error)
+    try:
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    except ImportError:  # pragma: no cover - zstandard is a declared dependency
+        pass
+    return errors
+
+
+def _read_jsonl(item: InputFile, fields: _Fields, start: int) -> Iterator[Document | Reject]:
+    with open_binary(item.path, item.kind) as fh:
+        lines_read = 0
+        try:
+            for raw in fh:
+                position, lines_read = lines_read, lines_read + 1
+                if position < start:
+                    continue
+                line = raw.rstrip(b"\r\n")
+                if not line.strip():
+                    continue
+                yield _parse_line(line, item.source, position, fields)
+        except _stream_errors() as exc:
+            yield Reject(item.source, max(lines_read, start), f"corrupt or truncated file from here on: {exc}")
+
+
+def _parse_line(line: bytes, source: str, position: int, fields: _Fields) -> Document | Reject:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Reject(source, position, f"invalid UTF-8 at byte {exc.start}")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Reject(source, position, f"malformed JSON: {exc.msg} at column {exc.colno}")
+    if not isinstance(obj, dict):
+        return Reject(source, position, f"line is a JSON {type(obj).__name__}, not an object")
+    return make_record(obj, source, position, fields)
+
+
+# ---------------------------------------------------------------- txt
+def _read_txt(item: InputFile, fields: _Fields, start: int) -> Iterator[Document | Reject]:
+    if start > 0:
+        return
+    data = item.path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield Reject(item.source, 0, f"invalid UTF-8 at byte {exc.start}", item.name)
+        return
+    yield make_record(None, item.source, 0, fields, text=text, docid=item.name)
+
+
+# ---------------------------------------------------------------- parquet / arrow
+def _columns(names: Iterable[str], fields: _Fields) -> tuple[list[str], bool]:
+    present = set(names)
+    wanted = [c for c in (fields.text, fields.id, fields.token) if c and c in present]
+    return wanted, fields.id in present
+
+
+def _rows_of_batch(batch: Any, item: InputFile, first: int, fields: _Fields, has_id: bool) -> Iterator[Document | Reject]:
+    names = batch.schema.names
+    n = batch.num_rows
+    text = batch.column(names.index(fields.text)).to_pylist()
+    ids = batch.column(names.index(fields.id)).to_pylist() if has_id else [None] * n
+    toks = batch.column(names.index(fields.token)).to_pylist() if fields.token in names else [None] * n
+    for i in range(n):
+        yield make_record(None, item.source, first + i, fields, text=text[i], docid=ids[i], tokens=toks[i])
+
+
+def _read_parquet(item: InputFile, fields: _Fields, start: int) -> Iterator[Document | Reject]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(item.path)
+    except (pa.ArrowException, ValueError) as exc:
+        yield Reject(item.source, None, f"not a readable parquet file: {exc}")
+        return
+    with pf:
+        columns, has_id = _columns(pf.schema_arrow.names, fields)
+        if fields.text not in columns:
+            yield Reject(item.source, None, f"missing text field {fields.text!r} (columns: {pf.schema_arrow.names})")
+            return
+        first = 0
+        for group in range(pf.num_row_groups):
+            rows = pf.metadata.row_group(group).num_rows
+            if first + rows <= start:  # skip whole row groups without decoding them
+                first += rows
+                continue
+            try:
+                for batch in pf.iter_batches(batch_size=8192, row_groups=[group], columns=columns):
+                    skip = max(0, start - first)
+                    yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id)
+                    first += batch.num_rows
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                yield Reject(item.source, first, f"corrupt parquet data from here on: {exc}")
+                return
+
+
+def _arrow_batches(path: Path) -> Iterator[Any]:
+    """Record batches of an HF arrow file: IPC stream format, else IPC file format."""
+    import pyarrow as pa
+
+    source = pa.memory_map(str(path))
+    try:
+        reader = pa.ipc.open_stream(source)
+    except pa.ArrowInvalid:
+        file_reader = pa.ipc.open_file(source)
+        for i in range(file_reader.num_record_batches):
+            yield file_reader.get_batch(i)
+        return
+    yield from reader
+
+
+def _hf_data_files(folder: Path) -> list[Path]:
+    state = folder / "state.json"
+    if state.is_file():
+        names = [f["filename"] for f in json.loads(state.read_text("utf-8")).get("_data_files", [])]
+        if names:
+            return [folder / name for name in names]
+    return sorted(folder.glob("data-*.arrow"))
+
+
+def _read_hf(item: InputFile, fields: _Fields, start: int) -> Iterator[Document | Reject]:
+    import pyarrow as pa
+
+    try:
+        files = _hf_data_files(item.path)
+    except (ValueError, KeyError, TypeError) as exc:
+        yield Reject(item.source, None, f"unreadable state.json: {exc}")
+        return
+    if not files:
+        yield Reject(item.source, None, "HF dataset folder has no data-*.arrow files")
+        return
+    first = 0
+    for path in files:
+        try:
+            for batch in _arrow_batches(path):
+                n = batch.num_rows
+                if first + n <= start:  # memory-mapped: skipping costs no decoding
+                    first += n
+                    continue
+                columns, has_id = _columns(batch.schema.names, fields)
+                if fields.text not in columns:
+                    yield Reject(item.source, first, f"{path.name}: missing text field {fields.text!r}")
+                    return
+                skip = max(0, start - first)
+                yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id)
+                first += n
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            yield Reject(item.source, first, f"{path.name}: unreadable arrow data from here on: {exc}")
+            return
+
+
+_READERS: dict[str, Callable[[InputFile, _Fields, int], Iterator[Document | Reject]]] = {
+    "jsonl": _read_jsonl,
+    "jsonl.gz": _read_jsonl,
+    "jsonl.zst": _read_jsonl,
+    "txt": _read_txt,
+    "parquet": _read_parquet,
+    "hf": _read_hf,
+}

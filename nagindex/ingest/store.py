@@ -1,0 +1,477 @@
+"""The durable record of an index: one LMDB environment, ``DIR/store.lmdb/``.
+
+Everything an ingest produces is committed here, one write transaction per
+batch, together with the resume cursor of every input it read and the rejects
+it found: a ``kill -9`` at any moment leaves all of a batch or none of it.
+Readers use LMDB read transactions, so they see a consistent snapshot while an
+ingest is writing. No pickle: JSON for small records, a fixed binary layout for
+documents.
+
+Sub-databases (keys are bytes; ``u64be`` = 8-byte big-endian unsigned):
+
+- ``meta``      ``b"manifest"`` -> JSON manifest (backbone, weights_sha256,
+  neuron_type, num_layers, width, top_k, max_length, nagindex_version,
+  created_at, and the counters ``rows``, ``tokens``, ``rejects``, updated in
+  the same transaction as every append).
+- ``chunks``    u64be first row -> one chunk (format below), one per append.
+- ``ids``       docid utf-8 (or ``0xFF + sha256`` when over 500 bytes) -> u64be row.
+- ``sources``   u32be source id -> source path utf-8; ``source_ids`` the reverse.
+- ``progress``  input key utf-8 (hashed like ids when long) -> JSON
+  ``{"key", "next_position", "done", "size", "mtime"}``.
+- ``rejects``   u64be sequence number -> JSON ``{"source", "position", "reason", "docid"}``.
+
+Chunk format, version 1 (all little-endian; every section starts at an offset
+that is a multiple of 8, zero-padded; ``n`` rows, ``L`` layers, ``K`` neurons):
+
+====================  ===========================  ==========================
+section               dtype / shape                meaning
+====================  ===========================  ==========================
+header (24 bytes)     struct ``<4sHHIHHQ``         magic ``b"NAGC"``, version
+                                                   1, header size 24, n, L, K,
+                                                   docid bytes total
+token_counts          ``<i8`` (n,)                 tokens per document
+positions             ``<i8`` (n,)                 line/row in its source
+codes                 ``<u2`` (n, L, K)            the NAG, layer-major
+source_ids            ``<u4`` (n,)                 id in ``sources``
+docid_offsets         ``<u4`` (n + 1,)             offsets into docid bytes
+docid bytes           utf-8, concatenated          docid i = bytes[off[i]:off[i+1]]
+====================  ===========================  ==========================
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nagindex.data import Reject
+from nagindex.errors import IndexMismatchError, NagIndexError
+
+logger = logging.getLogger(__name__)
+
+STORE_DIR = "store.lmdb"
+CHUNK_MAGIC = b"NAGC"
+CHUNK_VERSION = 1
+_HEADER = struct.Struct("<4sHHIHHQ")
+_ROW = struct.Struct(">Q")
+_SRC = struct.Struct(">I")
+_MAP_SIZE = 1 << 40  # sparse: the file only grows as data is written
+_DBS = ("meta", "chunks", "ids", "sources", "source_ids", "progress", "rejects")
+COMPARED_SETTINGS = ("backbone", "weights_sha256", "neuron_type", "num_layers", "width", "top_k", "max_length")
+_REQUIRED = ("neuron_type", "num_layers", "width", "top_k")
+_ENVS: dict[str, list[Any]] = {}  # path -> [env, refcount, handles]; LMDB allows one env per path per process
+
+
+def _key(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return raw if len(raw) <= 500 else b"\xff" + hashlib.sha256(raw).digest()  # 0xFF never starts UTF-8
+
+
+def _keys(texts: Sequence[str]) -> list[bytes]:
+    keys = [t.encode("utf-8") for t in texts]
+    if max(map(len, keys), default=0) > 500:
+        keys = [k if len(k) <= 500 else b"\xff" + hashlib.sha256(k).digest() for k in keys]
+    return keys
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkView:
+    """The rows of one committed batch, as numpy views over one bytes object."""
+
+    codes: np.ndarray  # (n, L, K) uint16
+    token_counts: np.ndarray  # (n,) int64
+    positions: np.ndarray  # (n,) int64
+    source_ids: np.ndarray  # (n,) uint32
+    docid_offsets: np.ndarray  # (n + 1,) uint32, relative to docid_bytes
+    docid_bytes: memoryview
+
+    def __len__(self) -> int:
+        return len(self.token_counts)
+
+    @property
+    def docids(self) -> list[str]:
+        off, raw = self.docid_offsets.tolist(), bytes(self.docid_bytes)
+        return [raw[a:b].decode("utf-8") for a, b in zip(off[:-1], off[1:])]
+
+    def slice(self, start: int) -> ChunkView:
+        off = self.docid_offsets[start:]
+        return ChunkView(self.codes[start:], self.token_counts[start:], self.positions[start:],
+                         self.source_ids[start:], off - off[0], self.docid_bytes[int(off[0]):])
+
+
+def encode_chunk(codes: np.ndarray, docids: Sequence[str], token_counts: np.ndarray,
+                 positions: np.ndarray, source_ids: np.ndarray) -> bytearray:
+    """Pack one batch in the version-1 chunk layout (see the module docstring), in one buffer."""
+    n, num_layers, top_k = codes.shape
+    encoded = [d.encode("utf-8") for d in docids]
+    offsets = np.zeros(n + 1, dtype="<u4")
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, n), out=offsets[1:])
+    sections = [(token_counts, "<i8"), (positions, "<i8"), (codes, "<u2"), (source_ids, "<u4"), (offsets, "<u4")]
+    sizes = [_pad8(np.asarray(a).size * np.dtype(dt).itemsize) for a, dt in sections]
+    out = bytearray(_HEADER.size + sum(sizes) + int(offsets[-1]))
+    _HEADER.pack_into(out, 0, CHUNK_MAGIC, CHUNK_VERSION, _HEADER.size, n, num_layers, top_k, int(offsets[-1]))
+    at = _HEADER.size
+    for (arr, dtype), size in zip(sections, sizes):
+        arr = np.asarray(arr)
+        np.frombuffer(out, dtype, arr.size, at).reshape(arr.shape)[...] = arr
+        at += size
+    out[at:] = b"".join(encoded)
+    return out
+
+
+def decode_chunk(value: bytes) -> ChunkView:
+    """Zero-copy numpy views over a version-1 chunk."""
+    magic, version, header_size, n, num_layers, top_k, nbytes = _HEADER.unpack_from(value)
+    if magic != CHUNK_MAGIC or version != CHUNK_VERSION:
+        raise NagIndexError(f"unknown chunk format {magic!r} v{version}; this nagindex reads v{CHUNK_VERSION}")
+    buf, at = memoryview(value), header_size
+    arrays = []
+    for dtype, shape in (("<i8", (n,)), ("<i8", (n,)), ("<u2", (n, num_layers, top_k)), ("<u4", (n,)), ("<u4", (n + 1,))):
+        count = int(np.prod(shape))
+        arrays.append(np.frombuffer(buf, dtype, count, at).reshape(shape))
+        at += _pad8(count * np.dtype(dtype).itemsize)
+    tokens, positions, codes, sources, offsets = arrays
+    return ChunkView(codes, tokens, positions, sources, offsets, buf[at:at + nbytes])
+
+
+def _open_env(path: Path) -> Any:
+    import lmdb
+
+    key = str(path.resolve())
+    if key in _ENVS:
+        _ENVS[key][1] += 1
+        return _ENVS[key][0]
+    writable = os.access(path, os.W_OK)  # read-only media: no writer can exist, so no lock either
+    env = lmdb.open(key, map_size=_MAP_SIZE, max_dbs=len(_DBS), subdir=True, create=False,
+                    readonly=not writable, lock=writable, readahead=False)
+    _ENVS[key] = [env, 1]
+    return env
+
+
+def _handles(env: Any) -> dict[str, Any]:
+    """Sub-database handles, opened once per environment (opening may wait for a writer's commit)."""
+    entry = next(e for e in _ENVS.values() if e[0] is env)
+    if len(entry) == 2:
+        entry.append({name: env.open_db(name.encode(), create=False) for name in _DBS})
+    return entry[2]
+
+
+def _release_env(env: Any) -> None:
+    for key, entry in list(_ENVS.items()):
+        if entry[0] is env:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _ENVS[key]
+                env.close()
+
+
+def _initialise(path: Path, manifest: dict[str, Any]) -> None:
+    """A fresh environment with every sub-database and the manifest (in a side folder, renamed after)."""
+    import lmdb
+
+    shutil.rmtree(path, ignore_errors=True)  # left by a create that was killed
+    env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=len(_DBS), subdir=True)
+    try:
+        with env.begin(write=True) as txn:
+            for name in _DBS:
+                env.open_db(name.encode(), txn=txn)
+            txn.put(b"manifest", json.dumps(manifest).encode(), db=env.open_db(b"meta", txn=txn))
+    finally:
+        env.close()
+
+
+class IndexStore:
+    """An index's LMDB store. Open for reading (default) or as the single writer.
+
+    One process may hold several stores on one directory (they share the LMDB
+    environment); only one writer may exist at a time, across processes
+    (``DIR/store.lock``).
+    """
+
+    def __init__(self, directory: Path, env: Any, readonly: bool, lock_fd: int | None) -> None:
+        self.directory, self._env, self.readonly, self._lock_fd = directory, env, readonly, lock_fd
+        self._db = _handles(env)
+
+    # ------------------------------------------------------------ lifecycle
+    @classmethod
+    def create(cls, directory: str | os.PathLike, manifest: dict[str, Any]) -> IndexStore:
+        """Create a new, empty store with this manifest; refuse to overwrite one."""
+        from nagindex import __version__
+
+        directory = Path(directory)
+        missing = [k for k in _REQUIRED if manifest.get(k) is None]
+        if missing:
+            raise NagIndexError(f"manifest for {directory} is missing {', '.join(missing)}")
+        if not 0 < int(manifest["width"]) <= 65536:
+            raise NagIndexError(f"width {manifest['width']} does not fit uint16 neuron codes (max 65536)")
+        directory.mkdir(parents=True, exist_ok=True)
+        lock_fd = cls._lock(directory)
+        try:
+            if (directory / STORE_DIR).exists():
+                raise NagIndexError(f"{directory} already holds an index; open it instead")
+            full = {**manifest, "nagindex_version": __version__,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "rows": 0, "tokens": 0, "rejects": 0}
+            _initialise(directory / (STORE_DIR + ".partial"), full)
+            os.replace(directory / (STORE_DIR + ".partial"), directory / STORE_DIR)  # all or nothing
+            return cls(directory, _open_env(directory / STORE_DIR), False, lock_fd)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, readonly: bool = True) -> IndexStore:
+        """Open an existing store; a writer takes the cross-process writer lock."""
+        directory = Path(directory)
+        if not (directory / STORE_DIR / "data.mdb").is_file():
+            raise NagIndexError(f"no nagindex store in {directory} (expected {STORE_DIR}/)")
+        lock_fd = None if readonly else cls._lock(directory)
+        return cls(directory, _open_env(directory / STORE_DIR), readonly, lock_fd)
+
+    @classmethod
+    def open_or_create(cls, directory: str | os.PathLike, manifest: dict[str, Any]) -> IndexStore:
+        """Writer on an existing compatible store, or a new one (what a resumable ingest wants)."""
+        if (Path(directory) / STORE_DIR / "data.mdb").is_file():
+            store = cls.open(directory, readonly=False)
+            try:
+                store.check_compatible(manifest)
+            except IndexMismatchError:
+                store.close()
+                raise
+            return store
+        return cls.create(directory, manifest)
+
+    @staticmethod
+    def _lock(directory: Path) -> int:
+        fd = os.open(directory / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise NagIndexError(f"the index {directory} is already open for writing "
+                                "(by another ingest, or elsewhere in this process)") from None
+        return fd
+
+    def close(self) -> None:
+        if self._env is not None:
+            _release_env(self._env)
+            self._env = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def __del__(self) -> None:  # a store dropped without close() must not pin the environment
+        if getattr(self, "_env", None) is not None or getattr(self, "_lock_fd", None) is not None:
+            try:
+                self.close()
+            except Exception:  # interpreter shutdown: module globals may be gone
+                pass
+
+    def __enter__(self) -> IndexStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ reading
+    @contextmanager
+    def snapshot(self) -> Iterator[StoreSnapshot]:
+        """A consistent view: all reads through it see the store as of this moment."""
+        with self._env.begin() as txn:
+            yield StoreSnapshot(self._db, txn)
+
+    def _read(self, method: str, *args: Any) -> Any:
+        with self.snapshot() as snap:
+            return getattr(snap, method)(*args)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._read("manifest")
+
+    def __len__(self) -> int:
+        return self.manifest["rows"]
+
+    @property
+    def total_tokens(self) -> int:
+        return self.manifest["tokens"]
+
+    def contains(self, docids: Sequence[str]) -> np.ndarray:
+        return self._read("contains", docids)
+
+    def progress(self, key: str) -> dict[str, Any] | None:
+        return self._read("progress", key)
+
+    def all_progress(self) -> dict[str, dict[str, Any]]:
+        return self._read("all_progress")
+
+    def sources(self) -> list[str]:
+        return self._read("sources")
+
+    def iter_chunks(self, start_row: int = 0) -> Iterator[tuple[int, ChunkView]]:
+        with self.snapshot() as snap:
+            yield from snap.iter_chunks(start_row)
+
+    def rejects(self) -> Iterator[Reject]:
+        with self.snapshot() as snap:
+            yield from snap.rejects()
+
+    def check_compatible(self, requested: dict[str, Any]) -> None:
+        """Raise ``IndexMismatchError`` naming every setting that differs (None = unknown, skipped)."""
+        have = self.manifest
+        unknown = [k for k in COMPARED_SETTINGS if requested.get(k) is not None and have.get(k) is None]
+        if unknown:
+            logger.warning("index %s does not record %s; not checked", self.directory, ", ".join(unknown))
+        diffs = [f"{k}: index has {have.get(k)!r}, requested {requested[k]!r}" for k in COMPARED_SETTINGS
+                 if requested.get(k) is not None and have.get(k) is not None and have[k] != requested[k]]
+        if diffs:
+            raise IndexMismatchError(f"index {self.directory} was built with other settings: " + "; ".join(diffs))
+
+    # ------------------------------------------------------------ writing
+    def append(self, codes: np.ndarray, docids: Sequence[str], token_counts: Sequence[int] | np.ndarray,
+               sources: str | Sequence[str], positions: Sequence[int] | np.ndarray, *,
+               progress: dict[str, dict[str, Any]] | None = None, rejects: Sequence[Reject] = ()) -> int:
+        """Commit a batch, its inputs' progress and its rejects in ONE transaction; return its first row.
+
+        Raises ``NagIndexError`` (and commits nothing) if a docid is already in the index or repeated.
+        """
+        if self.readonly:
+            raise NagIndexError(f"index {self.directory} is open read-only")
+        n = len(docids)
+        codes = np.asarray(codes)
+        tokens = np.asarray(token_counts, dtype=np.int64).reshape(-1)
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        with self._env.begin(write=True) as txn:
+            snap = StoreSnapshot(self._db, txn)
+            manifest = snap.manifest()
+            shape = (n, manifest["num_layers"], manifest["top_k"])
+            if n and (codes.shape != shape or len(tokens) != n or len(positions) != n):
+                raise NagIndexError(f"append: codes {codes.shape}, {len(tokens)} token counts and "
+                                    f"{len(positions)} positions do not match {shape}")
+            if n and (codes.min() < 0 or codes.max() >= manifest["width"]):
+                raise NagIndexError(f"append: neuron codes outside [0, {manifest['width']})")
+            first = manifest["rows"]
+            if n:
+                source_ids = self._source_ids(txn, [sources] * n if isinstance(sources, str) else sources)
+                self._put_ids(txn, docids, first)
+                txn.put(_ROW.pack(first), encode_chunk(codes, docids, tokens, positions, source_ids),
+                        db=self._db["chunks"], append=True)
+            self._put_progress(txn, progress or {})
+            self._put_rejects(txn, rejects, manifest["rejects"])
+            manifest.update(rows=first + n, tokens=manifest["tokens"] + int(tokens.sum()),
+                            rejects=manifest["rejects"] + len(rejects))
+            txn.put(b"manifest", json.dumps(manifest).encode(), db=self._db["meta"])
+        return first
+
+    def _put_ids(self, txn: Any, docids: Sequence[str], first: int) -> None:
+        items = list(zip(_keys(docids), map(_ROW.pack, range(first, first + len(docids)))))
+        with txn.cursor(db=self._db["ids"]) as cur:
+            consumed, added = cur.putmulti(items, overwrite=False)
+        if added != len(items):  # find the culprit; raising aborts the whole transaction
+            seen: set[bytes] = set()
+            for (key, row), docid in zip(items, docids):
+                if key in seen:
+                    raise NagIndexError(f"docid {docid!r} is repeated in the batch")
+                if txn.get(key, db=self._db["ids"]) != row:
+                    raise NagIndexError(f"docid {docid!r} is already in the index {self.directory}")
+                seen.add(key)
+
+    def _source_ids(self, txn: Any, sources: Sequence[str]) -> np.ndarray:
+        known: dict[str, int] = {}
+        out = np.empty(len(sources), dtype=np.uint32)
+        for i, src in enumerate(sources):
+            sid = known.get(src)
+            if sid is None:
+                raw = txn.get(_key(src), db=self._db["source_ids"])
+                if raw is None:
+                    sid = txn.stat(self._db["sources"])["entries"]
+                    txn.put(_SRC.pack(sid), src.encode("utf-8"), db=self._db["sources"])
+                    txn.put(_key(src), _SRC.pack(sid), db=self._db["source_ids"])
+                else:
+                    sid = _SRC.unpack(raw)[0]
+                known[src] = sid
+            out[i] = sid
+        return out
+
+    def _put_progress(self, txn: Any, progress: dict[str, dict[str, Any]]) -> None:
+        for key, value in progress.items():
+            txn.put(_key(key), json.dumps({**value, "key": key}).encode(), db=self._db["progress"])
+
+    def _put_rejects(self, txn: Any, rejects: Sequence[Reject], start: int) -> None:
+        for i, r in enumerate(rejects):
+            value = {"source": r.source, "position": r.position, "reason": r.reason, "docid": r.docid}
+            txn.put(_ROW.pack(start + i), json.dumps(value).encode(), db=self._db["rejects"], append=True)
+
+
+class StoreSnapshot:
+    """Reads bound to one LMDB read transaction (a consistent point in time)."""
+
+    def __init__(self, dbs: dict[str, Any], txn: Any) -> None:
+        self._db, self._txn = dbs, txn
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads(self._txn.get(b"manifest", db=self._db["meta"]))
+
+    def __len__(self) -> int:
+        return self.manifest()["rows"]
+
+    def contains(self, docids: Sequence[str]) -> np.ndarray:
+        keys = _keys(docids)
+        with self._txn.cursor(db=self._db["ids"]) as cur:
+            found = {k for k, _ in cur.getmulti(keys)}
+        return np.fromiter((k in found for k in keys), dtype=bool, count=len(keys))
+
+    def rows_of(self, docids: Sequence[str]) -> np.ndarray:
+        """Row of each docid, -1 where absent."""
+        db, get = self._db["ids"], self._txn.get
+        raw = (get(_key(d), db=db) for d in docids)
+        return np.fromiter((-1 if r is None else _ROW.unpack(r)[0] for r in raw), dtype=np.int64, count=len(docids))
+
+    def progress(self, key: str) -> dict[str, Any] | None:
+        raw = self._txn.get(_key(key), db=self._db["progress"])
+        return None if raw is None else json.loads(raw)
+
+    def all_progress(self) -> dict[str, dict[str, Any]]:
+        with self._txn.cursor(db=self._db["progress"]) as cur:
+            values = [json.loads(v) for _, v in cur]
+        return {v["key"]: v for v in values}
+
+    def sources(self) -> list[str]:
+        with self._txn.cursor(db=self._db["sources"]) as cur:
+            return [bytes(v).decode("utf-8") for _, v in cur]
+
+    def iter_chunks(self, start_row: int = 0) -> Iterator[tuple[int, ChunkView]]:
+        """``(first_row, chunk)`` from ``start_row`` on; a chunk spanning it is sliced."""
+        with self._txn.cursor(db=self._db["chunks"]) as cur:
+            if not cur.set_range(_ROW.pack(start_row)):
+                if not cur.last():
+                    return
+            elif _ROW.unpack(cur.key())[0] > start_row and not cur.prev():
+                cur.first()
+            for key, value in cur:
+                first, chunk = _ROW.unpack(key)[0], decode_chunk(bytes(value))
+                if first + len(chunk) <= start_row:
+                    continue
+                if first < start_row:
+                    chunk, first = chunk.slice(start_row - first), start_row
+                yield first, chunk
+
+    def rejects(self) -> Iterator[Reject]:
+        with self._txn.cursor(db=self._db["rejects"]) as cur:
+            for _, value in cur:
+                d = json.loads(value)
+                yield Reject(d["source"], d["position"], d["reason"], d.get("docid"))

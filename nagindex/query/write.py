@@ -1,0 +1,71 @@
+"""Selections to disk: parquet or JSONL that pandas, pyarrow and HF datasets read directly.
+
+Written atomically (tmp file, then ``os.replace``) with a ``<out>.manifest.json``
+beside it saying how the selection was made.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nagindex.errors import NagIndexError
+
+
+def write_selection(out: str | os.PathLike, columns: dict[str, Any], manifest: dict[str, Any]) -> Path:
+    """Write ``columns`` (equal-length arrays/lists) as ``.parquet`` or ``.jsonl``, plus the manifest."""
+    import pyarrow as pa
+
+    out = Path(out)
+    table = pa.table(columns)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if out.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, tmp)
+    elif out.suffix == ".jsonl":
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for batch in table.to_batches(65536):
+                for row in batch.to_pylist():
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        raise NagIndexError(f"-o {out}: use a .parquet or .jsonl file name")
+    os.replace(tmp, out)
+    side = out.with_name(out.name + ".manifest.json")
+    side.write_text(json.dumps(manifest, indent=1, default=str))
+    return out
+
+
+def fetch_texts(sources: Sequence[str], positions: np.ndarray, *, text_field: str, id_field: str) -> list[str | None]:
+    """Document texts read back from their sources (for ``--with-text``), in the given row order.
+
+    Each source is streamed once from its smallest wanted position; a source
+    that changed or vanished gives ``None`` for its rows rather than wrong text.
+    """
+    from nagindex.data import Document
+    from nagindex.ingest.read import Fields, input_files, read_input
+
+    wanted: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, (src, pos) in enumerate(zip(sources, positions.tolist())):
+        wanted[src][pos].append(i)
+    out: list[str | None] = [None] * len(sources)
+    fields = Fields(text_field, id_field, None)
+    for src, rows in wanted.items():
+        try:
+            (item,) = input_files([src])
+        except (NagIndexError, ValueError):
+            continue
+        remaining = len(rows)
+        for rec in read_input(item, fields=fields, start=min(rows)):
+            if isinstance(rec, Document) and rec.position in rows:
+                for i in rows[rec.position]:
+                    out[i] = rec.text
+                remaining -= 1
+                if not remaining:
+                    break
+    return out

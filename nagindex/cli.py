@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -265,3 +266,105 @@ def targets_validate() -> None:
             click.echo(f"BROKEN   {spec.name:<14} {exc}")
     if failed:
         raise click.ClickException(f"{failed} target config(s) are broken")
+
+
+# ---------------------------------------------------------------- query side
+def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True)),
+        click.option("-o", "--output", "out", type=click.Path(),
+                     help="Selection file, .parquet or .jsonl [default: <target>.parquet]."),
+        click.option("--layers", default=None, help="Layers to score: all (default), last, first, or a list like 0,5,-1."),
+        click.option("--power", default=1.0, show_default=True, help="Profile weights c^p / sum c^p."),
+        click.option("--quality-file", type=click.Path(exists=True), help="parquet/jsonl with docid and a quality column."),
+        click.option("--quality-col", help="The quality column of --quality-file."),
+        click.option("--invert-quality", is_flag=True,
+                     help="Higher quality is better: use 1 - normalised quality (spec sec. 4)."),
+        click.option("--with-text", is_flag=True, help="Add each document's text, read back from its source."),
+        click.option("--device", default="auto", show_default=True, help="For encoding new target examples."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _echo_result(res: Any) -> None:
+    from nagindex.units import format_count
+
+    for note in res.notes:
+        click.echo(f"note: {note}", err=True)
+    sim = res.similarity[(res.chosen_by if res.chosen_by is not None else 0), res.rows] if len(res.rows) else []
+    span = f", score {min(sim):.4f}..{max(sim):.4f}" if len(sim) else ""
+    click.echo(f"selected {len(res.rows):,} of {res.pool_docs:,} documents, {format_count(res.tokens)} of "
+               f"{format_count(res.pool_tokens)} tokens{span}" + (f" -> {res.out}" if res.out else ""))
+    click.echo(f"time: {res.timings}", err=True)
+
+
+@main.command()
+@click.option("--target", "names", multiple=True, help="Registered target NAME[:weight] (repeatable).")
+@click.option("--target-file", "files", multiple=True, type=click.Path(exists=True),
+              help="Target examples: jsonl/parquet (a doc or text field) or txt, [:weight] allowed (repeatable).")
+@click.option("--target-filter", "filters", multiple=True, help="COL=VALUE row filter for --target-file.")
+@click.option("--target-features", "features", multiple=True, type=click.Path(exists=True),
+              help="Reference-format features of target docs (no backbone needed).")
+@click.option("--k", "k", default=None, help="Select the top N documents (1000, 50K, 1M).")
+@click.option("--fraction", type=float, default=None, help="Token budget: this fraction of the index's tokens.")
+@click.option("--tokens", default=None, help="Token budget (500M, 30B).")
+@click.option("--mode", type=click.Choice(["paper", "union"]), default="paper", show_default=True,
+              help="Several targets: paper = each its share, concatenated; union = turns, no duplicates.")
+@click.option("--dedup", is_flag=True, help="paper mode: drop repeated docids, keeping the first.")
+@click.option("--approx", is_flag=True, help="Score only FAISS binary candidates (with --k).")
+@click.option("--max-examples", type=int, default=None, help="Use at most this many target examples.")
+@_selection_options
+@_user_errors
+def query(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ...], features: tuple[str, ...],
+          k: str | None, tokens: str | None, out: str | None, **kw: Any) -> None:
+    """Select the documents of the index closest to one or more targets. No LLM pass over the corpus.
+
+    Give one quota: --k, --fraction or --tokens. A target seen for the first time
+    is encoded once with the index's backbone (its examples only) and cached.
+
+    \b
+      nagindex query --target arc_challenge --k 1M
+      nagindex query --index idx/ --target arc_challenge:2 --target mmlu --fraction 0.2 -o mix.parquet
+      nagindex query --target-file mine.parquet --target-filter dataset=chem --tokens 30B
+    """
+    from nagindex.query.run import parse_target, query as run_query
+    from nagindex.units import parse_count
+
+    targets = ([parse_target(n) for n in names] + [parse_target(f, "file", filters) for f in files]
+               + [parse_target(f, "features") for f in features])
+    if filters and not files:
+        raise click.UsageError("--target-filter applies to --target-file")
+    if out is None:
+        stem = "+".join(t.display for t in targets) or "selection"
+        out = f"{stem}.parquet"
+    k_n = parse_count(k) if k is not None else None
+    if k is None and tokens is None and kw.get("fraction") is None:
+        raise click.UsageError("give a quota: --k N, --fraction F or --tokens N")
+    res = run_query(targets, k=k_n, tokens=parse_count(tokens) if tokens else None, out=out, **kw)
+    _echo_result(res)
+
+
+@main.command()
+@click.argument("mixture", type=click.Path(exists=True))
+@_selection_options
+@_user_errors
+def mix(mixture: str, out: str | None, **kw: Any) -> None:
+    """Select for a MIXTURE YAML of several targets, all scored in one pass over the index.
+
+    \b
+      nagindex mix --index idx/ configs/mixtures/paper6.yaml -o mix.parquet
+
+    The YAML gives mode (paper|union), one quota (fraction, k or tokens: the total
+    over all targets) and targets (name, file or features, with weight and filter).
+    """
+    from nagindex.query.mixture import load_mixture
+    from nagindex.query.run import query as run_query
+
+    m = load_mixture(mixture)
+    if out is None:
+        out = f"{Path(mixture).stem}.parquet"
+    res = run_query(m.targets, k=m.k, tokens=m.tokens, fraction=m.fraction, mode=m.mode, dedup=m.dedup,
+                    out=out, **kw)
+    _echo_result(res)

@@ -47,3 +47,39 @@ def random_codes(rng, n: int, num_layers: int = 4, top_k: int = 8, width: int = 
 def make_codes():
     """``make_codes(rng, n, L=4, K=8, width=256)`` -> seeded NAGs."""
     return random_codes
+
+
+# ---- query fixtures (profile / score / select golden parity)
+@pytest.fixture(scope="session")
+def golden_ranking(golden_dir: Path) -> dict:
+    """The golden fwd_up NAGs and payloads, pool and target, in feature-file order.
+
+    Keys: ``pool_ids``/``target_ids`` (lists of str), ``pool_codes``/``target_codes``
+    ``(n, 4, 8)`` uint16, ``target_sets`` (name -> bool mask: sci_target,
+    story_target, all), ``tokens`` and ``quality`` (pool arrays), ``ranking``
+    (the ``ranking/`` folder).
+    """
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    def features(split: str) -> tuple[list[str], np.ndarray]:
+        lines = (golden_dir / "features_fwd_up_only" / split / f"{split}.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        codes = [r["fwd_up_feature"]["layer_topk_value_index"] for r in rows]
+        return [r["docid"] for r in rows], np.asarray(codes, dtype=np.uint16).reshape(len(rows), 4, 8)
+
+    pool_ids, pool_codes = features("pool")
+    target_ids, target_codes = features("target")
+    pool = pd.read_parquet(golden_dir / "data" / "pool" / "pool.parquet").set_index("docid").loc[pool_ids]
+    target = pd.read_parquet(golden_dir / "data" / "target" / "target.parquet").set_index("docid").loc[target_ids]
+    dataset = target["dataset"].to_numpy()
+    return {
+        "pool_ids": pool_ids, "pool_codes": pool_codes,
+        "target_ids": target_ids, "target_codes": target_codes,
+        "target_sets": {"sci_target": dataset == "sci_target", "story_target": dataset == "story_target",
+                        "all": np.ones(len(dataset), dtype=bool)},
+        "tokens": pool["token_num"].to_numpy(), "quality": pool["quality"].to_numpy(dtype=float),
+        "ranking": golden_dir / "ranking",
+    }

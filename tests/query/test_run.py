@@ -1,0 +1,183 @@
+"""query() / mix() end to end against the reference's selections, plus CLI behaviour."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from nagindex.cli import main
+from nagindex.errors import NagIndexError
+from nagindex.ingest.features import import_features, write_features
+from nagindex.query.run import TargetRequest, parse_target, query
+
+
+@pytest.fixture(scope="module")
+def golden_index(golden_dir, tmp_path_factory) -> Path:
+    """The golden pool's features imported (no model), token counts = the reference's token_num."""
+    idx = tmp_path_factory.mktemp("q") / "idx"
+    import_features([golden_dir / "features_fwd_up_only/pool/pool.jsonl"], idx, num_layers=4, top_k=8, width=256,
+                    token_field="token_num", payload_paths=[golden_dir / "data/pool/pool.parquet"])
+    return idx
+
+
+@pytest.fixture(scope="module")
+def target_features(golden_ranking, tmp_path_factory) -> dict[str, Path]:
+    """Reference-format feature files of the sci, story and all target sets."""
+    root = tmp_path_factory.mktemp("t")
+    ids = np.asarray(golden_ranking["target_ids"])
+    out = {}
+    for name, mask in golden_ranking["target_sets"].items():
+        path = root / f"{name}.jsonl"
+        write_features(path, list(ids[mask]), golden_ranking["target_codes"][mask])
+        out[name] = path
+    return out
+
+
+def _expect(golden_dir: Path, name: str) -> tuple[list[str], np.ndarray, dict]:
+    t = pq.read_table(golden_dir / "ranking" / f"{name}.parquet").to_pydict()
+    return t["docid"], np.asarray(t["nag_distance"]), t
+
+
+def _read(path: Path) -> dict:
+    return pq.read_table(path).to_pydict()
+
+
+@pytest.mark.parametrize("target,fraction,golden", [
+    ("sci_target", 0.3, "selected_sci"), ("story_target", 0.3, "selected_story"),
+    ("all", 0.3, "selected_all_targets"), ("sci_target", 1.0, "selected_sci_full"),
+])
+def test_single_target_selections_match_reference(golden_index, target_features, golden_dir, tmp_path,
+                                                   target, fraction, golden):
+    out = tmp_path / "sel.parquet"
+    res = query([TargetRequest("features", str(target_features[target]))], golden_index, fraction=fraction, out=out)
+    docids, distance, _ = _expect(golden_dir, golden)
+    got = _read(out)
+    assert got["docid"] == docids
+    np.testing.assert_allclose(got["nag_distance"], distance, rtol=0, atol=1e-12)
+    assert got["rank"] == list(range(1, len(docids) + 1))
+    assert res.tokens == sum(got["token_count"])
+
+
+@pytest.mark.parametrize("dedup,golden", [(False, "multi_target"), (True, "multi_target_dedup")])
+def test_paper_mixture_matches_reference(golden_index, target_features, golden_dir, tmp_path, dedup, golden):
+    """The fixture concatenates two fraction-0.3 selections: a 0.6 total split 1:1."""
+    out = tmp_path / "mix.parquet"
+    targets = [TargetRequest("features", str(target_features[t])) for t in ("sci_target", "story_target")]
+    query(targets, golden_index, fraction=0.6, mode="paper", dedup=dedup, out=out)
+    docids, distance, _ = _expect(golden_dir, golden)
+    got = _read(out)
+    assert got["docid"] == docids
+    np.testing.assert_allclose(got["nag_distance"], distance, rtol=0, atol=1e-12)
+    assert set(got["target"]) == {"sci_target", "story_target"}
+    assert {"score_sci_target", "score_story_target"} <= set(got)
+
+
+def test_quality_selection_matches_reference(golden_index, target_features, golden_dir, tmp_path):
+    out = tmp_path / "q.parquet"
+    query([TargetRequest("features", str(target_features["sci_target"]))], golden_index, fraction=0.3,
+          quality_file=golden_dir / "data/pool/pool.parquet", quality_col="quality", invert_quality=True, out=out)
+    docids, distance, table = _expect(golden_dir, "selected_sci_plus_quality")
+    got = _read(out)
+    assert got["docid"] == docids
+    np.testing.assert_allclose(got["nag_distance"], distance, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got["combined_score"], table["combined_score"], rtol=0, atol=1e-12)
+
+
+def test_last_layer_selection_matches_reference(golden_index, target_features, golden_dir, tmp_path):
+    out = tmp_path / "last.parquet"
+    query([TargetRequest("features", str(target_features["sci_target"]))], golden_index, fraction=0.3,
+          layers="last", out=out)
+    docids, distance, _ = _expect(golden_dir, "selected_sci_lastlayer")
+    got = _read(out)
+    assert got["docid"] == docids
+    np.testing.assert_allclose(got["nag_distance"], distance, rtol=0, atol=1e-12)
+
+
+def test_union_mixture_has_no_duplicates_and_meets_k(golden_index, target_features, tmp_path):
+    targets = [TargetRequest("features", str(target_features[t])) for t in ("sci_target", "story_target")]
+    res = query(targets, golden_index, k=9, mode="union")
+    assert len(res.rows) == 9 and len(set(res.rows.tolist())) == 9
+    assert sorted(np.bincount(res.chosen_by).tolist()) == [4, 5]
+
+
+def test_k_larger_than_index_selects_all_with_a_note(golden_index, target_features, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["query", "--index", str(golden_index), "--target-features",
+                                       str(target_features["all"]), "--k", "1M"])
+    assert result.exit_code == 0, result.output
+    assert "selected 15 of 15 documents" in result.output
+    assert "more than the index holds" in result.output
+    assert len(_read(tmp_path / "all.parquet")["docid"]) == 15  # default -o: <target>.parquet
+
+
+def test_target_from_file_is_encoded_once_then_cached(tiny_backbone, golden_dir, tmp_path, monkeypatch):
+    """A model-built index: a target file is encoded with the index's backbone, then served from the cache."""
+    from nagindex.ingest import run as ingest_run
+    from nagindex.ingest.extract import NagExtractor
+
+    ex = NagExtractor(tiny_backbone, top_k=8, max_length=64)
+    idx = tmp_path / "idx"
+    ingest_run.ingest([golden_dir / "data/pool/pool.parquet"], idx, backbone=str(golden_dir / "model"),
+                      top_k=8, max_length=64, token_field="token_num", extractor=ex)
+    monkeypatch.setattr(ingest_run, "build_extractor", lambda *a, **k: ex)
+    target = parse_target(str(golden_dir / "data/target/target.parquet"), "file", ["dataset=sci_target"])
+    first = query([target], idx, fraction=0.3, out=tmp_path / "a.parquet")
+
+    def no_model(*a, **k):
+        raise AssertionError("the cached target must not load a model")
+
+    monkeypatch.setattr(ingest_run, "build_extractor", no_model)
+    second = query([target], idx, fraction=0.3, out=tmp_path / "b.parquet", with_text=True)
+    assert np.array_equal(first.rows, second.rows)
+    docids, distance, _ = _expect(golden_dir, "selected_sci")
+    got = _read(tmp_path / "b.parquet")
+    assert got["docid"] == docids
+    np.testing.assert_allclose(got["nag_distance"], distance, rtol=0, atol=1e-12)
+    pool = pq.read_table(golden_dir / "data/pool/pool.parquet").to_pydict()
+    assert got["text"] == [pool["doc"][pool["docid"].index(d)] for d in docids]
+    manifest = json.loads((tmp_path / "b.parquet.manifest.json").read_text())
+    assert manifest["quota"] == {"fraction": 0.3} and manifest["rows"] == len(docids)
+
+
+def test_imported_index_without_backbone_explains_target_features(golden_index, golden_dir):
+    target = parse_target(str(golden_dir / "data/target/target.parquet"), "file")
+    with pytest.raises(NagIndexError, match="pass --target-features"):
+        query([target], golden_index, k=3)
+
+
+def test_mix_yaml(golden_index, target_features, golden_dir, tmp_path):
+    (tmp_path / "t").mkdir()
+    for name in ("sci_target", "story_target"):
+        (tmp_path / "t" / f"{name}.jsonl").write_text(target_features[name].read_text())
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("mode: paper\nfraction: 0.6\ndedup: true\ntargets:\n"
+                   "  - features: t/sci_target.jsonl\n  - features: t/story_target.jsonl\n    weight: 1\n")
+    out = tmp_path / "mix.jsonl"
+    result = CliRunner().invoke(main, ["mix", "--index", str(golden_index), str(cfg), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["docid"] for r in rows] == _expect(golden_dir, "multi_target_dedup")[0]
+
+
+def test_mix_yaml_errors_name_the_field(golden_index, tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("fraction: 0.2\ntargets:\n  - file: ../../etc/passwd\n")
+    result = CliRunner().invoke(main, ["mix", "--index", str(golden_index), str(cfg)])
+    assert result.exit_code != 0
+    assert "field 'targets[0].file'" in result.output and "points outside" in result.output
+    cfg.write_text("k: 10\nfraction: 0.2\ntargets:\n  - name: arc_challenge\n")
+    result = CliRunner().invoke(main, ["mix", "--index", str(golden_index), str(cfg)])
+    assert "give exactly one of fraction, k, tokens" in result.output
+
+
+def test_parse_target_weights_and_filters():
+    t = parse_target("arc_challenge:2.5")
+    assert (t.value, t.weight, t.display) == ("arc_challenge", 2.5, "arc_challenge")
+    f = parse_target("/data/t.parquet", "file", ["dataset=sci"])
+    assert f.filters == (("dataset", "sci"),) and f.display == "t[dataset=sci]"
+    with pytest.raises(NagIndexError, match="expected COL=VALUE"):
+        parse_target("x.parquet", "file", ["dataset"])

@@ -368,3 +368,22 @@ def mix(mixture: str, out: str | None, **kw: Any) -> None:
     res = run_query(m.targets, k=m.k, tokens=m.tokens, fraction=m.fraction, mode=m.mode, dedup=m.dedup,
                     out=out, **kw)
     _echo_result(res)
+
+
+# ---------------------------------------------------------------- demo
+@main.command()
+@click.option("--out", "out_dir", default="demo", show_default=True, type=click.Path(), help="Working folder.")
+@click.option("--docs", "n_docs", default=2000, show_default=True, help="Corpus size (500 to ~11.7K passages).")
+@click.option("--fraction", default=0.2, show_default=True, help="Token budget of each selection.")
+@click.option("--max-examples", default=200, show_default=True, help="Target examples per target (200 suffice: paper Sec. 4.1).")
+@_user_errors
+def demo(out_dir: str, n_docs: int, fraction: float, max_examples: int) -> None:
+    """Run the whole job offline on real data: ingest real passages with the embedded SmolLM2-135M,
+    then select for arc_challenge and for the arc_challenge+triviaqa mixture.
+
+    \b
+      nagindex demo --out demo/
+    """
+    from nagindex.demo_run import run_demo
+
+    run_demo(out_dir, n_docs=n_docs, fraction=fraction, max_examples=max_examples, echo=click.echo)

@@ -316,7 +316,7 @@ def load_spec(spec: TargetSpec, limit: int | None = None, *, offline: bool = Fal
         target = _render(spec, source, rows, limit)
         logger.info("target %s: %d examples from %s", spec.name, len(target), target.source)
         if target.note:
-            logger.warning("%s", target.note)
+            logger.info("%s", target.note)  # callers show it (query notes, `targets show`)
         return target
     hubs = [s for s in spec.sources if s.kind == "hub"]
     how = ("Provide the examples yourself with `--target-file FILE` (parquet/JSONL with a 'doc' or 'text' "

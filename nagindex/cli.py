@@ -2,7 +2,7 @@
 
 Heavy libraries (torch, transformers, faiss, numba) are imported inside the
 commands, so ``nagindex --help`` and model-free queries start fast. User
-errors (``NagIndexError``) print one line and exit 2, never a traceback.
+errors (``NagIndexError``) print one ``Error:`` line and exit 1, never a traceback.
 """
 from __future__ import annotations
 

@@ -121,6 +121,11 @@ def extract(inputs: tuple[str, ...], out: str, neuron_types: str, **kw: Any) -> 
 @click.option("--limit", type=int, default=None, help="Stop after this many new documents.")
 @click.option("--commit-every", default=512, show_default=True, help="Documents per atomic commit.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
+@click.option("--ray-address", default=None,
+              help="Extract on Ray actors: 'auto' joins the running cluster, 'local' starts one here, or ray://host:port.")
+@click.option("--ray-workers", default=2, show_default=True, help="Ray encode actors (each loads the backbone once).")
+@click.option("--ray-gpus-per-worker", type=float, default=None,
+              help="GPUs per actor [default: 1 when the cluster has a GPU per worker, else 0].")
 @_user_errors
 def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
     """Encode INPUTS once into the index: one LLM pass, resumable, safe with bad input.
@@ -133,6 +138,7 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
     \b
       nagindex ingest corpus/
       nagindex ingest shard1.parquet shard2.jsonl.zst --index idx/ --text-field text
+      nagindex ingest corpus/ --ray-address auto --ray-workers 8 --device cuda
     """
     from nagindex.ingest.run import ingest as run_ingest
 
@@ -387,3 +393,35 @@ def demo(out_dir: str, n_docs: int, fraction: float, max_examples: int) -> None:
     from nagindex.demo_run import run_demo
 
     run_demo(out_dir, n_docs=n_docs, fraction=fraction, max_examples=max_examples, echo=click.echo)
+
+
+# ---------------------------------------------------------------- report
+@main.command()
+@click.argument("selection", type=click.Path(exists=True, dir_okay=False))
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True),
+              help="The index the selection was made from.")
+@click.option("-o", "--output", "out", default=None, type=click.Path(),
+              help="HTML file to write [default: <selection>.html].")
+@click.option("--group-by", type=click.Choice(["source", "docid-prefix"]), default="source", show_default=True,
+              help="Composition groups: the input file, or the docid before its last '-' (demo corpus).")
+@click.option("--max-examples", type=int, default=None,
+              help="Target examples to use if the target cache cannot tell (default: match the selection).")
+@click.option("--device", default="auto", show_default=True, help="For encoding target examples not cached.")
+@_user_errors
+def report(selection: str, index_dir: str, out: str | None, group_by: str, max_examples: int | None,
+           device: str) -> None:
+    """Write a one-file HTML report with plots of a SELECTION written by `query` or `mix`.
+
+    \b
+      nagindex report arc_challenge.parquet --index idx/ -o report.html
+      nagindex report mix.parquet --index demo/idx --group-by docid-prefix
+
+    Re-scores the pool from the index (cached target NAGs: no LLM pass) to plot
+    scores, source composition, target overlap and per-layer contributions.
+    """
+    from nagindex.query.report import write_report
+
+    if out is None:
+        out = str(Path(selection).with_suffix(".html"))
+    path = write_report(selection, index_dir, out, group_by=group_by, max_examples=max_examples, device=device)
+    click.echo(f"report -> {path}")

@@ -35,13 +35,15 @@ REJECTS_FILE = "rejects.jsonl"
 
 @dataclass
 class Window:
-    """A run of consecutive records of one input, encoded and ready to commit."""
+    """A run of consecutive records of one input; ``codes`` are filled in by ``encode_window``."""
 
+    key: str
     docs: list[Document]
     rejects: list[Reject]
-    codes: dict[str, np.ndarray]
-    token_counts: np.ndarray
     next_position: int
+    last: bool = False  # the input's final window: committing it marks the input done
+    codes: dict[str, np.ndarray] = field(default_factory=dict)
+    token_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass
@@ -68,14 +70,13 @@ def build_extractor(
     return NagExtractor(bb, neuron_types, top_k=top_k, max_length=max_length, batch_size=batch_size)
 
 
-def encode_windows(
-    records: Iterable[Document | Reject], extractor: "NagExtractor", size: int, *, start: int = 0,
+def group_windows(
+    records: Iterable[Document | Reject], size: int, *, key: str = "", start: int = 0,
     screen: Callable[[list[Document]], tuple[list[Document], list[Reject]]] | None = None,
 ) -> Iterator[Window]:
-    """Group records into windows of ``size`` documents and compute their NAGs.
+    """Group one input's records into windows of ``size`` documents, ending with a ``last`` window.
 
-    ``screen`` may reject documents of a window before any model work (duplicate
-    ids); documents whose text has no tokens are rejected here: they never get a NAG.
+    ``screen`` may reject documents of a window before any model work (duplicate ids).
     """
     docs: list[Document] = []
     rejects: list[Reject] = []
@@ -88,26 +89,54 @@ def encode_windows(
             continue
         docs.append(rec)
         if len(docs) >= size:
-            yield _encode(docs, rejects, extractor, position, screen)
+            yield _screened(Window(key, docs, rejects, position), screen)
             docs, rejects = [], []
-    if docs or rejects:
-        yield _encode(docs, rejects, extractor, position, screen)
+    yield _screened(Window(key, docs, rejects, position, last=True), screen)
 
 
-def _encode(docs: list[Document], rejects: list[Reject], extractor: "NagExtractor", position: int,
-            screen: Callable[[list[Document]], tuple[list[Document], list[Reject]]] | None) -> Window:
-    if screen is not None:
-        docs, screened = screen(docs)
-        rejects = rejects + screened
+def _screened(window: Window, screen: Callable[[list[Document]], tuple[list[Document], list[Reject]]] | None
+              ) -> Window:
+    if screen is not None and window.docs:
+        window.docs, dups = screen(window.docs)
+        window.rejects = window.rejects + dups
+    return window
+
+
+def encode_window(window: Window, extractor: "NagExtractor") -> Window:
+    """Tokenize and extract a window's NAGs; documents with no tokens become rejects (never a NAG)."""
+    docs = window.docs
     ids, counts = extractor.tokenize([d.text for d in docs])
     empty = [i for i, seq in enumerate(ids) if not seq]
     if empty:  # e.g. text of characters the tokenizer drops
-        rejects = rejects + [Reject(docs[i].source, docs[i].position, "no tokens", docs[i].docid) for i in empty]
+        window.rejects = window.rejects + [Reject(docs[i].source, docs[i].position, "no tokens", docs[i].docid)
+                                           for i in empty]
         keep = [i for i in range(len(docs)) if ids[i]]
         docs, ids, counts = [docs[i] for i in keep], [ids[i] for i in keep], [counts[i] for i in keep]
-    tokens = np.array([d.token_count if d.token_count is not None else c for d, c in zip(docs, counts)],
-                      dtype=np.int64)
-    return Window(docs, rejects, extractor.codes(ids), tokens, position)
+    window.docs = docs
+    window.token_counts = np.array([d.token_count if d.token_count is not None else c
+                                    for d, c in zip(docs, counts)], dtype=np.int64)
+    window.codes = extractor.codes(ids)
+    return window
+
+
+class LocalEncoder:
+    """Encodes windows in this process, one after the other."""
+
+    def __init__(self, extractor: "NagExtractor") -> None:
+        self.extractor = extractor
+
+    def describe(self) -> dict[str, Any]:
+        return describe_extractor(self.extractor)
+
+    def map(self, windows: Iterable[Window]) -> Iterator[Window]:
+        for window in windows:
+            yield encode_window(window, self.extractor)
+
+
+def describe_extractor(extractor: "NagExtractor") -> dict[str, Any]:
+    """What the manifest records about the model that encodes an index."""
+    return {"weights_sha256": extractor.backbone.weights_sha256, "num_layers": extractor.num_layers,
+            "widths": dict(extractor.widths), "top_k": extractor.top_k}
 
 
 def _estimate_records(files: Sequence[InputFile], starts: dict[str, int]) -> int | None:
@@ -155,6 +184,9 @@ def ingest(
     device: str = "auto",
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    ray_address: str | None = None,
+    ray_workers: int = 2,
+    ray_gpus_per_worker: float | None = None,
     extractor: "NagExtractor | None" = None,
     show_progress: bool | None = None,
 ) -> IngestResult:
@@ -163,6 +195,9 @@ def ingest(
     Re-running with the same inputs adds nothing; new inputs are appended; an
     interrupted run resumes where it stopped. Bad records are counted skips saved
     in ``rejects.jsonl`` (``strict`` makes the first one an error instead).
+    With ``ray_address`` ("local" starts a cluster here, "auto" joins the running
+    one), ``ray_workers`` Ray actors extract the NAGs while this process reads,
+    screens and commits in input order: the index is the same as a local run's.
     """
     from nagindex.ingest.index import sync_derived
     from nagindex.ingest.store import IndexStore
@@ -182,16 +217,21 @@ def ingest(
     result.skipped_inputs = len(files) - len(todo)
     if todo:
         with timer("load"):
-            if extractor is None:
-                extractor = build_extractor(backbone, [neuron_type], top_k=top_k, max_length=max_length,
-                                            batch_size=batch_size, device=device, dtype=dtype,
-                                            trust_remote_code=trust_remote_code)
+            model_kw = dict(top_k=top_k, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype,
+                            trust_remote_code=trust_remote_code)
+            if ray_address is not None:
+                from nagindex.ingest.distributed import RayEncoder
+
+                encoder: Any = RayEncoder(backbone, [neuron_type], address=ray_address, workers=ray_workers,
+                                          gpus_per_worker=ray_gpus_per_worker, **model_kw)
+            else:
+                encoder = LocalEncoder(extractor or build_extractor(backbone, [neuron_type], **model_kw))
         fields = Fields(text_field, id_field, token_field)
-        manifest = _manifest(extractor, backbone, neuron_type, max_length, fields)
+        manifest = _manifest(encoder.describe(), backbone, neuron_type, max_length, fields)
         if store is None:
             store = IndexStore.open_or_create(index_dir, manifest)
         store.check_compatible(manifest)
-        _ingest_files(store, todo, extractor, neuron_type, result, timer, progress, commit_every,
+        _ingest_files(store, todo, encoder, neuron_type, result, timer, progress, commit_every,
                       fields, limit, strict, show_progress)
     if store is None:
         raise NagIndexError(f"no index at {index_dir} and nothing to ingest")
@@ -215,17 +255,17 @@ def _is_done(state: dict[str, Any] | None, item: InputFile) -> bool:
     return True
 
 
-def _manifest(extractor: "NagExtractor", backbone: str, neuron_type: str, max_length: int,
+def _manifest(model: dict[str, Any], backbone: str, neuron_type: str, max_length: int,
               fields: Fields) -> dict[str, Any]:
     import datetime
 
     return {
         "backbone": backbone,
-        "weights_sha256": extractor.backbone.weights_sha256,
+        "weights_sha256": model["weights_sha256"],
         "neuron_type": neuron_type,
-        "num_layers": extractor.num_layers,
-        "width": extractor.widths[neuron_type],
-        "top_k": extractor.top_k,
+        "num_layers": model["num_layers"],
+        "width": model["widths"][neuron_type],
+        "top_k": model["top_k"],
         "max_length": max_length,
         "nagindex_version": __version__,
         "text_field": fields.text,  # to read texts back (--with-text); not compared on append
@@ -234,55 +274,58 @@ def _manifest(extractor: "NagExtractor", backbone: str, neuron_type: str, max_le
     }
 
 
-def _ingest_files(store: Any, todo: list[InputFile], extractor: "NagExtractor", neuron_type: str,
+def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: str,
                   result: IngestResult, timer: StageTimer, progress: dict[str, dict[str, Any]],
                   commit_every: int, fields: Fields, limit: int | None, strict: bool,
                   show_progress: bool | None) -> None:
     starts = {f.key: int(progress.get(f.key, {}).get("next_position", 0)) for f in todo}
+    items = {f.key: f for f in todo}
     bar = progress_bar(_estimate_records(todo, starts), desc="ingest", enabled=show_progress)
     rate = TokenRate(bar)
+    in_flight: set[str] = set()  # ids screened but not committed yet (windows encoding in parallel)
 
     def screen(docs: list[Document]) -> tuple[list[Document], list[Reject]]:
         """Documents are deduplicated by id only (as in the reference): the first one wins."""
         known = store.contains([d.docid for d in docs])
-        kept, dups, seen = [], [], set()
+        kept, dups = [], []
         for doc, in_index in zip(docs, known):
-            if in_index or doc.docid in seen:
+            if in_index or doc.docid in in_flight:
                 dups.append(Reject(doc.source, doc.position, "duplicate id", doc.docid))
             else:
-                seen.add(doc.docid)
+                in_flight.add(doc.docid)
                 kept.append(doc)
         return kept, dups
 
-    try:
+    def windows() -> Iterator[Window]:
         for item in todo:
             records = read_input(item, fields=fields, start=starts[item.key])
-            windows = encode_windows(records, extractor, commit_every, start=starts[item.key], screen=screen)
-            finished = True
-            next_position = starts[item.key]
-            while True:
-                with timer("extract"):
-                    window = next(windows, None)
-                if window is None:
-                    break
-                if strict and window.rejects:
-                    raise InputError(window.rejects[0].message())
-                if limit is not None and result.added + len(window.docs) >= limit:
-                    _truncate(window, limit - result.added)
-                    finished = False
-                next_position = window.next_position
-                state = {"next_position": next_position, "done": False, **_file_state(item)}
-                with timer("store"):
-                    store.append(window.codes[neuron_type], [d.docid for d in window.docs], window.token_counts,
-                                 [d.source for d in window.docs], [d.position for d in window.docs],
-                                 progress={item.key: state}, rejects=window.rejects)
-                _count(result, window)
-                rate.update(len(window.docs) + len(window.rejects), int(window.token_counts.sum()))
-                if not finished:
-                    return
-            state = {"next_position": next_position, "done": True, **_file_state(item)}
-            store.append(np.zeros((0,)), [], [], [], [], progress={item.key: state})
+            yield from group_windows(records, commit_every, key=item.key, start=starts[item.key], screen=screen)
+
+    encoded = encoder.map(windows())
+    try:
+        while True:
+            with timer("extract"):
+                window = next(encoded, None)
+            if window is None:
+                break
+            if strict and window.rejects:
+                raise InputError(window.rejects[0].message())
+            stop = limit is not None and result.added + len(window.docs) >= limit
+            if stop:
+                _truncate(window, limit - result.added)
+            state = {"next_position": window.next_position, "done": window.last and not stop,
+                     **_file_state(items[window.key])}
+            with timer("store"):
+                store.append(window.codes.get(neuron_type, np.zeros(0)), [d.docid for d in window.docs],
+                             window.token_counts, [d.source for d in window.docs], [d.position for d in window.docs],
+                             progress={window.key: state}, rejects=window.rejects)
+            in_flight.difference_update(d.docid for d in window.docs)
+            _count(result, window)
+            rate.update(len(window.docs) + len(window.rejects), int(window.token_counts.sum()))
+            if stop:
+                break
     finally:
+        encoded.close()  # stops a parallel encoder's in-flight work
         bar.close()
 
 
@@ -291,6 +334,7 @@ def _truncate(window: Window, n: int) -> None:
     n = max(n, 0)
     if n < len(window.docs):
         window.next_position = window.docs[n].position
+        window.last = False
         window.docs = window.docs[:n]
         window.rejects = [r for r in window.rejects if r.position is None or r.position < window.next_position]
         window.codes = {t: c[:n] for t, c in window.codes.items()}
@@ -355,7 +399,8 @@ def extract_files(
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             for item in files:
-                for window in encode_windows(read_input(item, fields=fields), extractor, max(batch_size * 8, 64)):
+                groups = group_windows(read_input(item, fields=fields), max(batch_size * 8, 64))
+                for window in LocalEncoder(extractor).map(groups):
                     if window.rejects:
                         raise InputError(window.rejects[0].message())
                     write_feature_lines(fh, [d.docid for d in window.docs], window.codes)

@@ -1,0 +1,82 @@
+"""Ingest beyond one machine: NAG extraction on a pool of Ray actors.
+
+The driver keeps what must stay sequential: reading inputs, screening ids,
+and committing windows to LMDB in input order with their resume cursors, so a
+Ray ingest writes exactly the index a local one writes, and resumes the same
+way after a crash. Each actor loads the backbone once (on its own GPU when
+``gpus_per_worker`` > 0) and turns windows of documents into NAG codes; at most
+``2 x workers`` windows are in flight, so memory stays bounded.
+
+    nagindex ingest corpus/ --ray-address auto --ray-workers 8 --device cuda   # an existing cluster
+    nagindex ingest corpus/ --ray-address local --ray-workers 2                # a cluster started here
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Iterator, Sequence
+
+from nagindex.errors import NagIndexError
+
+log = logging.getLogger(__name__)
+
+
+class _EncodeWorker:
+    """One Ray actor: a backbone loaded once, encoding the windows it is given."""
+
+    def __init__(self, backbone: str, neuron_types: Sequence[str], model_kw: dict[str, Any]) -> None:
+        from nagindex.ingest.run import build_extractor
+
+        self.extractor = build_extractor(backbone, neuron_types, **model_kw)
+
+    def describe(self) -> dict[str, Any]:
+        from nagindex.ingest.run import describe_extractor
+
+        return describe_extractor(self.extractor)
+
+    def encode(self, window: Any) -> Any:
+        from nagindex.ingest.run import encode_window
+
+        return encode_window(window, self.extractor)
+
+
+class RayEncoder:
+    """Encodes windows on Ray actors, yielding them back in submission order."""
+
+    def __init__(self, backbone: str, neuron_types: Sequence[str], *, address: str, workers: int,
+                 gpus_per_worker: float | None, **model_kw: Any) -> None:
+        try:
+            import ray
+            from ray.util import ActorPool
+        except ImportError:
+            raise NagIndexError("--ray-address needs Ray: pip install 'nagindex[ray]'") from None
+        if workers < 1:
+            raise NagIndexError(f"--ray-workers must be >= 1, got {workers}")
+        if not ray.is_initialized():
+            ray.init(address=None if address == "local" else address, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        if gpus_per_worker is None:
+            gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) >= workers else 0.0
+        actor = ray.remote(num_gpus=gpus_per_worker)(_EncodeWorker)
+        self._ray = ray
+        self.actors = [actor.remote(backbone, list(neuron_types), model_kw) for _ in range(workers)]
+        self.pool = ActorPool(self.actors)
+        self.depth = 2 * workers
+        log.info("ray: %d encode workers, %s GPU each", workers, gpus_per_worker)
+
+    def describe(self) -> dict[str, Any]:
+        return self._ray.get(self.actors[0].describe.remote())
+
+    def map(self, windows: Iterable[Any]) -> Iterator[Any]:
+        pending = 0
+        try:
+            for window in windows:
+                self.pool.submit(lambda a, w: a.encode.remote(w), window)
+                pending += 1
+                if pending >= self.depth:
+                    yield self.pool.get_next()
+                    pending -= 1
+            while self.pool.has_next():
+                yield self.pool.get_next()
+        finally:
+            for a in self.actors:  # an early stop (--limit, Ctrl-C) must not leave actors holding GPUs
+                self._ray.kill(a)

@@ -23,7 +23,7 @@ import logging
 import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -62,11 +62,26 @@ class InputFile:
 
 @dataclass(frozen=True, slots=True)
 class Fields:
-    """Which record fields hold the text, the id and (optionally) the token count."""
+    """Which record fields hold the text, the id and (optionally) the token count.
+
+    ``text="auto"`` takes the first of ``AUTO_TEXT_FIELDS`` that a file (or record) has.
+    """
 
     text: str
     id: str
     token: str | None
+
+    def resolve(self, names: Iterable[str]) -> "Fields":
+        """These fields with ``auto`` replaced by the text field found among ``names``."""
+        if self.text != AUTO:
+            return self
+        present = set(names)
+        found = next((f for f in AUTO_TEXT_FIELDS if f in present), AUTO_TEXT_FIELDS[0])
+        return replace(self, text=found)
+
+
+AUTO = "auto"
+AUTO_TEXT_FIELDS = ("doc", "text", "content")
 
 
 def _kind_of(path: Path) -> str:
@@ -166,6 +181,7 @@ def make_record(
 ) -> Document | Reject:
     """Validate one record; ``obj`` (a JSON object) or the explicit column values."""
     if obj is not None:
+        fields = fields.resolve(obj)
         if fields.text not in obj:
             return Reject(source, position, f"missing text field {fields.text!r}", _id_or_none(obj.get(fields.id)))
         text, docid = obj[fields.text], obj.get(fields.id)
@@ -327,6 +343,7 @@ def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Docum
         yield Reject(item.source, None, f"not a readable parquet file: {exc}")
         return
     with pf:
+        fields = fields.resolve(pf.schema_arrow.names)
         columns, has_id = _columns(pf.schema_arrow.names, fields)
         if fields.text not in columns:
             yield Reject(item.source, None, f"missing text field {fields.text!r} (columns: {pf.schema_arrow.names})")
@@ -390,6 +407,7 @@ def _read_hf(item: InputFile, fields: Fields, start: int) -> Iterator[Document |
                 if first + n <= start:  # memory-mapped: skipping costs no decoding
                     first += n
                     continue
+                fields = fields.resolve(batch.schema.names)
                 columns, has_id = _columns(batch.schema.names, fields)
                 if fields.text not in columns:
                     yield Reject(item.source, first, f"{path.name}: missing text field {fields.text!r}")

@@ -205,3 +205,19 @@ def test_parquet_missing_text_column_and_null_values(tmp_path: Path) -> None:
     pq.write_table(pa.table({"docid": ["a"], "body": ["x"]}), other)
     (reject,) = list(iter_records(other))
     assert reject.position is None and "missing text field 'doc'" in reject.reason
+
+
+def test_auto_text_field_takes_doc_then_text_then_content(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nagindex.data import Document
+    from nagindex.ingest.read import iter_records
+
+    (tmp_path / "a.jsonl").write_text('{"id": 1, "text": "from text"}\n{"doc": "from doc", "text": "no"}\n'
+                                      '{"content": "from content"}\n{"body": "none"}\n')
+    pq.write_table(pa.table({"content": ["parquet content"]}), tmp_path / "b.parquet")
+    recs = list(iter_records([tmp_path], text_field="auto", id_field="id"))
+    texts = [r.text for r in recs if isinstance(r, Document)]
+    assert texts == ["from text", "from doc", "from content", "parquet content"]
+    assert [r.reason for r in recs if not isinstance(r, Document)] == ["missing text field 'doc'"]

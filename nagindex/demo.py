@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from nagindex.errors import InputError, NagIndexError
-from nagindex.query.target import package_data_root, read_saved_dataset
+from nagindex.query.sources import package_data_root, read_saved_dataset
 
 logger = logging.getLogger(__name__)
 

@@ -364,7 +364,7 @@ def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Docum
                 return
 
 
-def _arrow_batches(path: Path) -> Iterator[Any]:
+def arrow_batches(path: Path) -> Iterator[Any]:
     """Record batches of an HF arrow file: IPC stream format, else IPC file format."""
     import pyarrow as pa
 
@@ -379,10 +379,10 @@ def _arrow_batches(path: Path) -> Iterator[Any]:
     yield from reader
 
 
-def _hf_data_files(folder: Path) -> list[Path]:
+def hf_data_files(folder: Path) -> list[Path]:
     state = folder / "state.json"
     if state.is_file():
-        names = [f["filename"] for f in json.loads(state.read_text("utf-8")).get("_data_files", [])]
+        names = [Path(f["filename"]).name for f in json.loads(state.read_text("utf-8")).get("_data_files", [])]
         if names:
             return [folder / name for name in names]
     return sorted(folder.glob("data-*.arrow"))
@@ -392,7 +392,7 @@ def _read_hf(item: InputFile, fields: Fields, start: int) -> Iterator[Document |
     import pyarrow as pa
 
     try:
-        files = _hf_data_files(item.path)
+        files = hf_data_files(item.path)
     except (ValueError, KeyError, TypeError) as exc:
         yield Reject(item.source, None, f"unreadable state.json: {exc}")
         return
@@ -402,7 +402,7 @@ def _read_hf(item: InputFile, fields: Fields, start: int) -> Iterator[Document |
     first = 0
     for path in files:
         try:
-            for batch in _arrow_batches(path):
+            for batch in arrow_batches(path):
                 n = batch.num_rows
                 if first + n <= start:  # memory-mapped: skipping costs no decoding
                     first += n

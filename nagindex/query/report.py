@@ -79,6 +79,7 @@ class ReportData:
     sel_groups: np.ndarray  # group label per selection row (object)
     contributions: np.ndarray  # (R, L') per-layer contributions of the top docs
     contrib_labels: list[str]
+    contrib_target: np.ndarray  # (R,) the target each top doc is shown for
     pool_contrib: np.ndarray  # (P, L') mean per-layer contribution over a pool sample
     layers: np.ndarray
     notes: list[str] = field(default_factory=list)
@@ -109,8 +110,9 @@ def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike
          "Share of tokens per group in the pool and in the selection: which groups the target pulls up or down."),
         (_overlap_title(data), _plot_overlap(data), _overlap_caption(data)),
         (f"Per-layer contribution, top {len(data.contrib_labels)} documents", _plot_layers(data),
-         "How much each layer adds to a document's score (the row sums to the score); the bottom row is the "
-         f"pool's average over {min(POOL_SAMPLE, data.similarity.shape[1]):,} documents, for reference."),
+         "Left: how much each layer adds to a document's score (a row sums to the score); below the line, the "
+         f"pool's average over {min(POOL_SAMPLE, data.similarity.shape[1]):,} documents. Right: the same minus "
+         "that average, i.e. the layers where the top documents beat a typical one."),
     ]
     page = _html_page(data, figures, group_by, time.perf_counter() - started)
     out = Path(out_html)
@@ -169,14 +171,16 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     sel_groups = pool_groups[sel_rows]
 
     top = _top_rows(sel_rows, sel_target, similarity, len(targets))
-    contrib_rows, contrib_labels, parts = [], [], []
+    contrib_labels: list[str] = []
+    contrib_target: list[int] = []
+    parts = []
     for t, rows in enumerate(top):
         if len(rows):
             parts.append(layer_contributions(view.codes, rows, profiles[t:t + 1], layers, power)[0])
         for row in rows:
             label = f"{view.docids.take([row])[0]}  {similarity[t, row]:.4f}"
             contrib_labels.append(f"{label}  [{targets[t].name}]" if len(targets) > 1 else label)
-            contrib_rows.append(row)
+            contrib_target.append(t)
     contributions = np.concatenate(parts) if parts else np.zeros((0, len(layers)))
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(len(view), size=min(POOL_SAMPLE, len(view)), replace=False))
@@ -186,7 +190,8 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
                       sel_rows=sel_rows, sel_target=sel_target,
                       sel_tokens=np.asarray(columns["token_count"], dtype=np.int64), pool_tokens=token_counts,
                       pool_groups=pool_groups, sel_groups=sel_groups, contributions=contributions,
-                      contrib_labels=contrib_labels, pool_contrib=pool_contrib, layers=layers, notes=notes)
+                      contrib_labels=contrib_labels, contrib_target=np.asarray(contrib_target, dtype=np.int64),
+                      pool_contrib=pool_contrib, layers=layers, notes=notes)
 
 
 def jaccard_matrix(sets: Sequence[set[Any]]) -> np.ndarray:
@@ -455,14 +460,22 @@ def _plot_histograms(d: ReportData) -> bytes:
 def _token_shares(groups: np.ndarray, tokens: np.ndarray, order: list[str], with_other: bool = False) -> np.ndarray:
     """Share of ``tokens`` per group in ``order``; with ``with_other`` a last slot sums every other group."""
     total = float(tokens.sum()) or 1.0
-    known = {g: i for i, g in enumerate(order)}
-    other = len(order) if with_other else None
     out = np.zeros(len(order) + int(with_other))
-    for g, n in zip(groups.tolist(), tokens.tolist()):
-        i = known.get(g, other)
+    if len(groups) == 0:
+        return out
+    labels, inverse = np.unique(groups, return_inverse=True)
+    sums = np.bincount(inverse.ravel(), weights=tokens.astype(np.float64), minlength=len(labels))
+    known = {g: i for i, g in enumerate(order)}
+    for label, n in zip(labels.tolist(), sums.tolist()):
+        i = known.get(label, len(order) if with_other else None)
         if i is not None:
             out[i] += n
     return out / total
+
+
+def _pct(v: float) -> str:
+    """Bar label: whole percents, one decimal below 1% so a small share does not read as zero."""
+    return "" if v <= 0 else f"{v:.1%}" if v < 0.01 else f"{v:.0%}"
 
 
 def _plot_composition(d: ReportData, group_by: str) -> bytes:
@@ -493,7 +506,7 @@ def _plot_composition(d: ReportData, group_by: str) -> bytes:
         pos = y - 0.4 + height * (s + 0.5)
         bars = ax.barh(pos, shares * 100, height=height, color=color, label=label)
         if n_series <= 4:
-            ax.bar_label(bars, labels=[f"{v:.0%}" if v >= 0.005 else "" for v in shares], fontsize=7, padding=2)
+            ax.bar_label(bars, labels=[_pct(v) for v in shares], fontsize=7, padding=2)
     ax.set_yticks(y, order)
     ax.invert_yaxis()
     ax.set_xlabel("share of tokens (%)")
@@ -602,24 +615,40 @@ def _budget_share(quota: dict[str, Any], pool_tokens: float) -> float | None:
 
 
 def _plot_layers(d: ReportData) -> bytes:
+    """Left: each layer's share of the score (pool means below the line). Right: the same minus the pool mean.
+
+    The absolute panel is dominated by layers whose common neurons every
+    document shares; the excess panel shows which layers actually set the top
+    documents apart from an average one.
+    """
+    from matplotlib.colors import TwoSlopeNorm
+
     rows = d.contributions
-    labels = list(d.contrib_labels)
     ref = d.pool_contrib
     names = [t.name for t in d.targets]
-    matrix = np.vstack([rows, ref]) if len(rows) else ref
+    labels = list(d.contrib_labels)
     labels += [f"pool mean  {ref[i].sum():.4f}" + (f"  [{n}]" if len(names) > 1 else "") for i, n in enumerate(names)]
+    matrix = np.vstack([rows, ref]) if len(rows) else ref
+    excess = np.vstack([rows - ref[d.contrib_target], np.zeros_like(ref)]) if len(rows) else np.zeros_like(ref)
     n_rows, n_layers = matrix.shape
-    fig = _figure(max(7.0, 0.28 * n_layers + 4.5), 0.3 * n_rows + 1.9)
-    ax = fig.subplots()
-    im = ax.imshow(matrix, aspect="auto", cmap="viridis", interpolation="nearest")
-    ax.axhline(len(rows) - 0.5, color="white", linewidth=2)
+    fig = _figure(max(10.0, 0.3 * n_layers + 6.0), 0.3 * n_rows + 2.0)
+    ax_abs, ax_ex = fig.subplots(1, 2, sharey=True)
     step = 1 if n_layers <= 32 else int(np.ceil(n_layers / 32))
-    ax.set_xticks(range(0, n_layers, step), [str(int(x)) for x in d.layers[::step]], fontsize=8)
-    ax.set_yticks(range(n_rows), labels, fontsize=8)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("document, score [target]" if len(names) > 1 else "document, score")
-    ax.set_title("Similarity contributed by each layer (row sum = the document's score)", fontsize=10)
-    fig.colorbar(im, ax=ax, label="similarity from this layer", pad=0.01)
+    ticks = (range(0, n_layers, step), [str(int(x)) for x in d.layers[::step]])
+    im = ax_abs.imshow(matrix, aspect="auto", cmap="viridis", interpolation="nearest")
+    limit = float(np.max(np.abs(excess))) or 1e-12
+    im_ex = ax_ex.imshow(excess, aspect="auto", cmap="RdBu_r", interpolation="nearest",
+                         norm=TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit))
+    for ax in (ax_abs, ax_ex):
+        ax.axhline(len(rows) - 0.5, color="white" if ax is ax_abs else "black", linewidth=2)
+        ax.set_xticks(*ticks, fontsize=7 if n_layers > 16 else 8)
+        ax.set_xlabel("layer")
+    ax_abs.set_yticks(range(n_rows), labels, fontsize=8)
+    ax_abs.set_ylabel("document, score [target]" if len(names) > 1 else "document, score")
+    ax_abs.set_title("Similarity from each layer (a row sums to the score)", fontsize=10)
+    ax_ex.set_title("Same, minus the pool mean: where the top docs win", fontsize=10)
+    fig.colorbar(im, ax=ax_abs, label="similarity from this layer", pad=0.01, shrink=0.9)
+    fig.colorbar(im_ex, ax=ax_ex, label="above (+) / below (-) the pool mean", pad=0.01, shrink=0.9)
     return _png(fig)
 
 

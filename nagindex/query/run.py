@@ -143,12 +143,14 @@ def query(
         codes = view.codes if candidates is None else view.codes[candidates]
         scores = _score(codes, profiles, kept, power)
     with timer("select"):
-        docids = view.docids.numpy() if candidates is None else np.asarray(view.docids.take(candidates), dtype=object)
+        # the lazy column: select reads the docids of tied rows only, from their bytes
+        docids = view.docids if candidates is None else np.asarray(view.docids.take(candidates), dtype=object)
         token_counts = np.asarray(view.token_counts if candidates is None else view.token_counts[candidates])
         keys = scores.nag_distance
         quality = None
         if quality_file is not None:
-            quality = _quality(quality_file, quality_col, quality_id_field, docids)
+            quality = _quality(quality_file, quality_col, quality_id_field,
+                               view.docids.arrow() if candidates is None else docids)
         selection, combined = _select(keys, quality, docids, token_counts, quota, targets, mode, dedup,
                                       invert_quality)
     rows = selection.rows if candidates is None else candidates[selection.rows]
@@ -221,7 +223,7 @@ def _approx_candidates(view: Any, profiles: np.ndarray, kept: np.ndarray, quota:
     return faiss_candidates(view, profiles, kept, quota, n_targets)
 
 
-def _quality(path: str | os.PathLike, column: str | None, id_field: str, docids: np.ndarray) -> np.ndarray:
+def _quality(path: str | os.PathLike, column: str | None, id_field: str, docids: Any) -> np.ndarray:
     """Quality per index doc (NaN where the quality file has none), joined on docid."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -235,14 +237,15 @@ def _quality(path: str | os.PathLike, column: str | None, id_field: str, docids:
         raise InputError(f"{path}: needs columns {id_field!r} and {column!r} (has {', '.join(rows[0])})")
     ids = pa.array([str(r[id_field]) for r in rows], pa.string())
     values = np.array([np.nan if r[column] is None else float(r[column]) for r in rows], dtype=np.float64)
-    where = pc.index_in(pa.array(docids, pa.string()), value_set=ids).to_numpy(zero_copy_only=False)
+    docids = pc.cast(docids, pa.string()) if isinstance(docids, pa.Array) else pa.array(docids, pa.string())
+    where = pc.index_in(docids, value_set=ids).to_numpy(zero_copy_only=False)
     quality = np.full(len(docids), np.nan)
     hit = ~np.isnan(where.astype(np.float64))
     quality[hit] = values[where[hit].astype(np.int64)]
     return quality
 
 
-def _select(keys: np.ndarray, quality: np.ndarray | None, docids: np.ndarray, token_counts: np.ndarray,
+def _select(keys: np.ndarray, quality: np.ndarray | None, docids: Any, token_counts: np.ndarray,
             quota: Any, targets: Sequence[TargetRequest], mode: str, dedup: bool,
             invert_quality: bool) -> tuple[Any, np.ndarray | None]:
     from nagindex.query import select as sel
@@ -253,8 +256,8 @@ def _select(keys: np.ndarray, quality: np.ndarray | None, docids: np.ndarray, to
         keep = np.flatnonzero(~np.isnan(quality))
         if len(keep) == 0:
             raise NagIndexError("no index document has a quality value (check --quality-file ids)")
-        sub = _select(combined[:, keep], None, docids[keep], token_counts[keep], quota, targets, mode, dedup,
-                      invert_quality)[0]
+        sub = _select(combined[:, keep], None, sel.take_ids(docids, keep), token_counts[keep], quota, targets, mode,
+                      dedup, invert_quality)[0]
         return sel.Selection(rows=keep[sub.rows], target=sub.target, exhausted=sub.exhausted), combined
     if len(targets) == 1:
         return sel.select(keys[0], docids, quota, token_counts), None

@@ -9,6 +9,11 @@ Only the part of a ranking that a quota can reach is sorted: ``top_rows`` finds
 the n-th key with ``np.partition`` and sorts just the rows at or below it, which
 keeps a 10M-document pool to a few linear passes. numpy only.
 
+Docids are read only for rows whose key is tied: ``docids`` is a sequence of
+str, or any object with ``__len__`` and ``sort_keys(rows)`` (the index's
+``DocidColumn``, which builds the keys from its UTF-8 bytes), so a query on a
+large index never turns every docid into a Python string.
+
 Quotas (``Quota``): ``k`` documents; ``tokens``, a token budget; or
 ``fraction`` of the pool's tokens, budget ``floor(fraction * total tokens)``.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -96,8 +102,33 @@ def split_integer(total: int, weights: Sequence[float]) -> np.ndarray:
     return parts
 
 
-def _ids(docids: np.ndarray | Sequence[str]) -> np.ndarray:
-    return docids if isinstance(docids, np.ndarray) else np.asarray(docids, dtype=object)
+class _RowsOf:
+    """The docids of ``rows`` of a lazy docid column, still lazy (see the module docstring)."""
+
+    def __init__(self, base: Any, rows: np.ndarray) -> None:
+        self.base, self.rows = base, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sort_keys(self, rows: np.ndarray) -> list[np.ndarray]:
+        return self.base.sort_keys(self.rows[rows])
+
+
+def _ids(docids: Any) -> Any:
+    if isinstance(docids, np.ndarray) or hasattr(docids, "sort_keys"):
+        return docids
+    return np.asarray(docids, dtype=object)
+
+
+def take_ids(docids: Any, rows: np.ndarray) -> Any:
+    """``docids[rows]`` for an array or sequence, a lazy subset for a lazy column."""
+    docids = _ids(docids)
+    return _RowsOf(docids, np.asarray(rows, dtype=np.int64)) if hasattr(docids, "sort_keys") else docids[rows]
+
+
+def _tie_keys(docids: Any, rows: np.ndarray) -> list[np.ndarray]:
+    return docids.sort_keys(rows) if hasattr(docids, "sort_keys") else _docid_sort_keys(docids[rows])
 
 
 def _check_key(key: np.ndarray, docids: np.ndarray) -> np.ndarray:
@@ -128,7 +159,7 @@ def rank_order(key: np.ndarray, docids: np.ndarray | Sequence[str], rows: np.nda
     if tied.any():
         pos = np.flatnonzero(tied)
         sub = order[pos]
-        order[pos] = sub[np.lexsort((*_docid_sort_keys(docids[sub]), k[pos]))]
+        order[pos] = sub[np.lexsort((*_tie_keys(docids, sub), k[pos]))]
     return order
 
 
@@ -270,7 +301,7 @@ def select_with_quality(distance: np.ndarray, quality: np.ndarray, docids: np.nd
         logger.info("quality: %d of %d docs have no quality value and are left out",
                     len(combined) - len(kept), len(combined))
     tokens = None if token_counts is None else _token_counts(token_counts, len(docids))[kept]
-    sel = select(combined[kept], docids[kept], quota, tokens)
+    sel = select(combined[kept], take_ids(docids, kept), quota, tokens)
     return Selection(rows=kept[sel.rows], exhausted=sel.exhausted), combined
 
 

@@ -1,0 +1,61 @@
+"""``--approx``: FAISS candidates (memory-mapped index), re-scored exactly."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nagindex.errors import NagIndexError
+from nagindex.ingest.features import import_features, write_features
+from nagindex.ingest.index import open_index
+from nagindex.query import approx
+from nagindex.query.run import TargetRequest, query
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """3,000 seeded docs and a target drawn close to the first 50 of them."""
+    rng = np.random.default_rng(11)
+    root = tmp_path_factory.mktemp("approx")
+    codes = np.argsort(-rng.random((3000, 4, 64)), axis=2)[:, :, :8].astype(np.uint16)  # K distinct per layer
+    ids = [f"d{i:05d}" for i in range(len(codes))]
+    write_features(root / "pool.jsonl", ids, codes)
+    pq.write_table(pa.table({"docid": ids, "token_num": rng.integers(1, 100, len(ids))}), root / "payload.parquet")
+    import_features([root / "pool.jsonl"], root / "idx", num_layers=4, top_k=8, width=64, token_field="token_num",
+                    payload_paths=[root / "payload.parquet"])
+    target = codes[:50].copy()
+    write_features(root / "target.jsonl", [f"t{i}" for i in range(len(target))], target)
+    return root
+
+
+def test_candidates_cover_the_pool_when_it_is_small(pool, tmp_path):
+    t = [TargetRequest("features", str(pool / "target.jsonl"))]
+    exact = query(t, pool / "idx", k=40)
+    fast = query(t, pool / "idx", k=40, approx=True, out=tmp_path / "a.parquet")
+    assert np.array_equal(exact.rows, fast.rows)  # 3,000 docs < MIN_CANDIDATES: every row is a candidate
+
+
+def test_fewer_candidates_are_rescored_exactly(pool, monkeypatch):
+    monkeypatch.setattr(approx, "MIN_CANDIDATES", 300)
+    t = [TargetRequest("features", str(pool / "target.jsonl"))]
+    exact = query(t, pool / "idx", k=20)
+    fast = query(t, pool / "idx", k=20, approx=True)
+    picked = fast.rows
+    assert len(picked) == 20 and len(np.intersect1d(picked, exact.rows)) >= 15
+    view = open_index(pool / "idx")
+    assert np.isnan(fast.similarity[0]).sum() == len(view) - 300  # only candidates were scored
+    assert np.array_equal(fast.similarity[0, picked], exact.similarity[0, picked])
+
+
+def test_memory_mapped_index_matches_the_loaded_one(pool):
+    view = open_index(pool / "idx")
+    mapped = approx._flat_index(view)
+    assert mapped.ntotal == len(view)
+    query_fp = np.zeros((1, mapped.code_size), dtype=np.uint8)
+    assert np.array_equal(mapped.search(query_fp, 10)[0], view.faiss_index().search(query_fp, 10)[0])
+
+
+def test_approx_needs_k(pool):
+    with pytest.raises(NagIndexError, match="--k"):
+        query([TargetRequest("features", str(pool / "target.jsonl"))], pool / "idx", fraction=0.1, approx=True)

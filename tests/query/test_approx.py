@@ -33,7 +33,8 @@ def test_candidates_cover_the_pool_when_it_is_small(pool, tmp_path):
     t = [TargetRequest("features", str(pool / "target.jsonl"))]
     exact = query(t, pool / "idx", k=40)
     fast = query(t, pool / "idx", k=40, approx=True, out=tmp_path / "a.parquet")
-    assert np.array_equal(exact.rows, fast.rows)  # 3,000 docs < MIN_CANDIDATES: every row is a candidate
+    assert np.array_equal(exact.rows, fast.rows)  # 3,000 docs < MIN_CANDIDATES: the exact scan
+    assert not np.isnan(fast.similarity).any()
 
 
 def test_fewer_candidates_are_rescored_exactly(pool, monkeypatch):

@@ -14,7 +14,8 @@ def column(ids: list[str]) -> DocidColumn:
     return DocidColumn(offsets, np.frombuffer(b"".join(raw), dtype=np.uint8))
 
 
-IDS = ["b", "a", "ab", "a\x00", "10", "9", "é", "e\u0301", "z" * 19, "日本", "aa", "", "a" * 17, "a" * 16, "€", "ÿ"]
+IDS = ["b", "a", "ab", "a\x00", "10", "9", "é", "e\u0301", "z" * 19, "日本", "aa", "", "a" * 17, "a" * 16,
+       "€", "ÿ"]
 
 
 def test_sort_keys_order_like_python_str():

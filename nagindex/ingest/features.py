@@ -545,11 +545,11 @@ def import_features(feature_paths: Any, index_dir: str | os.PathLike, *, num_lay
                 keep, rejects = _filter(batch, store, payload, item.source)
                 n = int(keep.sum())
                 store.append(batch.codes[keep], [d for d, k in zip(batch.docids, keep) if k], batch.tokens[keep],
-                             item.source, batch.positions[keep], rejects=rejects,
+                             item.key, batch.positions[keep], rejects=rejects,
                              progress={item.key: {**cursor, "next_position": batch.next_position, "done": False}})
                 added, rejected = added + n, rejected + len(rejects)
             last = store.progress(item.key) or {"next_position": 0}
-            store.append(np.zeros((0, num_layers, top_k), np.uint16), [], [], item.source, [],
+            store.append(np.zeros((0, num_layers, top_k), np.uint16), [], [], item.key, [],
                          progress={item.key: {**cursor, "next_position": last["next_position"], "done": True}})
     sync_derived(index_dir)
     seconds = time.perf_counter() - started

@@ -317,7 +317,7 @@ def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: 
                      **_file_state(items[window.key])}
             with timer("store"):
                 store.append(window.codes.get(neuron_type, np.zeros(0)), [d.docid for d in window.docs],
-                             window.token_counts, [d.source for d in window.docs], [d.position for d in window.docs],
+                             window.token_counts, [window.key] * len(window.docs), [d.position for d in window.docs],
                              progress={window.key: state}, rejects=window.rejects)
             in_flight.difference_update(d.docid for d in window.docs)
             _count(result, window)

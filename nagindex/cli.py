@@ -187,7 +187,7 @@ def import_(features: tuple[str, ...], index_dir: str, payload: tuple[str, ...],
       nagindex import pool.jsonl --index idx/ --num-layers 28 --top-k 20 --width 6144 \\
           --token-field token_num --payload pool.parquet
     """
-    from nagindex.ingest.features import import_features
+    from nagindex.ingest.interop import import_features
 
     res = import_features(features, index_dir, payload_paths=list(payload) or None, **kw)
     click.echo(f"{index_dir}: +{res['added']:,} documents, {res['rejects']:,} skipped, {res['seconds']:.1f}s")
@@ -203,7 +203,7 @@ def export(index_dir: str, out: str) -> None:
     \b
       nagindex export --index idx/ -o features.jsonl
     """
-    from nagindex.ingest.features import export_features
+    from nagindex.ingest.interop import export_features
 
     n = export_features(index_dir, out)
     click.echo(f"wrote {n:,} documents to {out}")

@@ -43,7 +43,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
 
 
 def test_model_free_query_does_not_import_torch(golden_dir, tmp_path):
-    from nagindex.ingest.features import import_features
+    from nagindex.ingest.interop import import_features
 
     idx = tmp_path / "idx"
     import_features([golden_dir / "features_fwd_up_only/pool/pool.jsonl"], idx, num_layers=4, top_k=8, width=256,

@@ -122,7 +122,7 @@ def build_data(args: argparse.Namespace, work: Path, log) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from nagindex.ingest.features import write_feature_lines
+    from nagindex.ingest.interop import write_feature_lines
 
     L, K, W = args.layers, args.top_k, args.width
     paths = {"features_parquet": work / "features.parquet", "features_jsonl": work / "features.jsonl",

@@ -1,10 +1,9 @@
-"""Interop with the reference's feature files (asillycat/NAG): read, write, import, export.
+"""Reading the reference's feature files (asillycat/NAG), fast and with every bad line named.
 
 A reference feature line is
 ``{"docid": "...", "fwd_up_feature": {"layer_topk_value_index": [L*K ints]}}``
-(layer-major; parquet: the same columns, or a flat list column). Importing builds
-an index without running any model; exporting writes byte-identical lines
-(``json.dumps`` default separators, as the reference does).
+(layer-major; parquet: the same columns, or a flat list column). ``interop.py``
+builds an index from them (import) and writes them back (export).
 
 Speed: JSONL is parsed by Arrow in blocks of whole lines (exact line numbers
 known), parquet by record batch; validation is vectorised and the per-line
@@ -15,28 +14,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from nagindex.data import Reject
 from nagindex.errors import InputError
 from nagindex.ingest.read import InputFile, _stream_errors, input_files, open_binary
-from nagindex.ingest.store import IndexStore
 
 logger = logging.getLogger(__name__)
 
 INDEX_KEY = "layer_topk_value_index"
 _BLOCK_BYTES = 32 << 20
-_JSON_KINDS = ("jsonl", "jsonl.gz", "jsonl.zst")
+JSON_KINDS = ("jsonl", "jsonl.gz", "jsonl.zst")
 
 
 @dataclass(frozen=True, slots=True)
-class _Spec:
+class FeatureSpec:
     column: str  # "<type>_feature"
     num_layers: int
     top_k: int
@@ -73,7 +69,7 @@ def _index_lists(feat: Any) -> tuple[Any, np.ndarray]:
     return feat, valid
 
 
-def _validate(docids: Any, feat: Any, tokens: Any, positions: np.ndarray, source: str, spec: _Spec,
+def _validate(docids: Any, feat: Any, tokens: Any, positions: np.ndarray, source: str, spec: FeatureSpec,
               next_position: int) -> FeatureBatch:
     """Vectorised checks of one Arrow batch; bad rows become rejects naming file, line and reason."""
     import pyarrow as pa
@@ -142,7 +138,7 @@ def _validate(docids: Any, feat: Any, tokens: Any, positions: np.ndarray, source
 
 
 # ---------------------------------------------------------------- JSONL
-def _line_blocks(item: InputFile, start: int) -> Iterator[tuple[int, int, bytes] | Reject]:
+def line_blocks(item: InputFile, start: int) -> Iterator[tuple[int, int, bytes] | Reject]:
     """``(first_line, n_lines, bytes)`` blocks of whole lines from line ``start`` on."""
     line_no, rest = 0, b""
     with open_binary(item.path, item.kind) as fh:
@@ -175,7 +171,7 @@ def _line_blocks(item: InputFile, start: int) -> Iterator[tuple[int, int, bytes]
             yield Reject(item.source, max(line_no, start), f"corrupt or truncated file from here on: {exc}")
 
 
-def _reference_block(block: bytes, first: int, spec: _Spec) -> FeatureBatch | None:
+def _reference_block(block: bytes, first: int, spec: FeatureSpec) -> FeatureBatch | None:
     """The reference's own line layout, parsed with ``np.fromstring`` (~5x Arrow's JSON reader).
 
     Accepts only lines shaped exactly like the reference writes them, all valid; any
@@ -221,7 +217,7 @@ def _reference_block(block: bytes, first: int, spec: _Spec) -> FeatureBatch | No
                         np.asarray(positions, np.int64), np.full(n, -1, np.int64), first + len(lines))
 
 
-def _fast_block(block: bytes, first: int, n_lines: int, source: str, spec: _Spec) -> FeatureBatch | None:
+def _fast_block(block: bytes, first: int, n_lines: int, source: str, spec: FeatureSpec) -> FeatureBatch | None:
     import io
 
     import pyarrow as pa
@@ -243,7 +239,7 @@ def _fast_block(block: bytes, first: int, n_lines: int, source: str, spec: _Spec
                      tokens, positions, source, spec, first + n_lines)
 
 
-def _slow_block(block: bytes, first: int, source: str, spec: _Spec) -> FeatureBatch:
+def _slow_block(block: bytes, first: int, source: str, spec: FeatureSpec) -> FeatureBatch:
     """Line-by-line parsing, to name every bad line exactly."""
     import pyarrow as pa
 
@@ -287,14 +283,14 @@ def _slow_block(block: bytes, first: int, source: str, spec: _Spec) -> FeatureBa
     return batch
 
 
-def _reject_batch(spec: _Spec, reject: Reject, next_position: int) -> FeatureBatch:
+def _reject_batch(spec: FeatureSpec, reject: Reject, next_position: int) -> FeatureBatch:
     """A batch with no rows: a file-level problem, and where reading stopped."""
     return FeatureBatch([], np.zeros((0, spec.num_layers, spec.top_k), np.uint16), np.zeros(0, np.int64),
                         np.zeros(0, np.int64), next_position, [reject])
 
 
-def _jsonl_batches(item: InputFile, spec: _Spec, start: int) -> Iterator[FeatureBatch]:
-    for block in _line_blocks(item, start):
+def _jsonl_batches(item: InputFile, spec: FeatureSpec, start: int) -> Iterator[FeatureBatch]:
+    for block in line_blocks(item, start):
         if isinstance(block, Reject):
             yield _reject_batch(spec, block, block.position or 0)
             return
@@ -304,7 +300,7 @@ def _jsonl_batches(item: InputFile, spec: _Spec, start: int) -> Iterator[Feature
 
 
 # ---------------------------------------------------------------- parquet
-def _parquet_batches(item: InputFile, spec: _Spec, start: int) -> Iterator[FeatureBatch]:
+def _parquet_batches(item: InputFile, spec: FeatureSpec, start: int) -> Iterator[FeatureBatch]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -343,15 +339,15 @@ def _parquet_batches(item: InputFile, spec: _Spec, start: int) -> Iterator[Featu
                 return
 
 
-def _batches(item: InputFile, spec: _Spec, start: int) -> Iterator[FeatureBatch]:
-    if item.kind in _JSON_KINDS:
+def feature_batches(item: InputFile, spec: FeatureSpec, start: int) -> Iterator[FeatureBatch]:
+    if item.kind in JSON_KINDS:
         return _jsonl_batches(item, spec, start)
     if item.kind == "parquet":
         return _parquet_batches(item, spec, start)
     raise InputError(f"{item.source}: feature files must be .jsonl[.gz|.zst] or .parquet")
 
 
-def _prefetch(batches: Iterator[FeatureBatch], depth: int = 2) -> Iterator[FeatureBatch]:
+def prefetch(batches: Iterator[FeatureBatch], depth: int = 2) -> Iterator[FeatureBatch]:
     """Decode the next batches in a thread (Arrow releases the GIL) while the caller commits."""
     import queue
     import threading
@@ -392,187 +388,9 @@ def _prefetch(batches: Iterator[FeatureBatch], depth: int = 2) -> Iterator[Featu
 def read_features(paths: str | os.PathLike | Sequence[str | os.PathLike], neuron_type: str = "fwd_up", *,
                   num_layers: int, top_k: int, width: int = 65536) -> Iterator[tuple[str, np.ndarray] | Reject]:
     """Every ``(docid, codes (L, K) uint16)`` of reference feature files, or a ``Reject`` per bad line."""
-    spec = _Spec(f"{neuron_type}_feature", num_layers, top_k, width)
+    spec = FeatureSpec(f"{neuron_type}_feature", num_layers, top_k, width)
     for item in input_files(paths):
-        for batch in _batches(item, spec, 0):
+        for batch in feature_batches(item, spec, 0):
             rows = [(int(p), (d, c)) for p, d, c in zip(batch.positions, batch.docids, batch.codes)]
             rows += [(r.position if r.position is not None else -1, r) for r in batch.rejects]
             yield from (value for _, value in sorted(rows, key=lambda pair: pair[0]))
-
-
-# ---------------------------------------------------------------- writing
-def _join_indices(codes: np.ndarray) -> list[str]:
-    """``"68, 51, 36"`` for each row of a non-negative int matrix, vectorised (no per-int Python)."""
-    out: list[str] = []
-    if codes.size == 0:
-        return [""] * len(codes)
-    table = [f", {i}".encode() for i in range(int(codes.max()) + 1)]
-    lens = np.array([len(t) for t in table])
-    tab = np.zeros((len(table), lens.max()), np.uint8)
-    for i, t in enumerate(table):
-        tab[i, :len(t)] = np.frombuffer(t, np.uint8)
-    for start in range(0, len(codes), 4096):
-        block = codes[start:start + 4096].astype(np.intp)
-        mask = np.arange(tab.shape[1]) < lens[block][..., None]
-        mask[:, 0, :2] = False  # no ", " before a row's first index
-        data = tab[block][mask].tobytes().decode("ascii")
-        ends = np.cumsum(mask.sum(axis=(1, 2)))
-        out.extend(data[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]).tolist(), ends.tolist()))
-    return out
-
-
-def write_feature_lines(fh: IO[str], docids: Sequence[str], codes_by_type: dict[str, np.ndarray]) -> None:
-    """Write reference feature lines, one per doc, with one ``<type>_feature`` per entry, in dict order."""
-    joined = {t: _join_indices(np.asarray(c).reshape(len(docids), -1)) for t, c in codes_by_type.items()}
-    for i, docid in enumerate(docids):
-        feats = "".join(f', "{t}_feature": {{"{INDEX_KEY}": [{j[i]}]}}' for t, j in joined.items())
-        fh.write(f'{{"docid": {json.dumps(docid)}{feats}}}\n')
-
-
-def write_features(out_path: str | os.PathLike, docids: Sequence[str], codes: np.ndarray,
-                   neuron_type: str = "fwd_up") -> None:
-    """Write one neuron type's features as the reference's JSONL (atomically: tmp, then rename)."""
-    out = Path(out_path)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        write_feature_lines(fh, docids, {neuron_type: codes})
-    os.replace(tmp, out)
-
-
-def export_features(index_dir: str | os.PathLike, out_path: str | os.PathLike) -> int:
-    """Write every document of an index as reference feature JSONL, in row order; return the count."""
-    out = Path(out_path)
-    tmp, rows = out.with_name(out.name + ".tmp"), 0
-    with IndexStore.open(index_dir) as store, store.snapshot() as snap, \
-            open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        neuron_type = snap.manifest()["neuron_type"]
-        for _, chunk in snap.iter_chunks():
-            write_feature_lines(fh, chunk.docids, {neuron_type: chunk.codes})
-            rows += len(chunk)
-    os.replace(tmp, out)
-    return rows
-
-
-# ---------------------------------------------------------------- import
-def _token_map(payload_paths: Any, id_field: str, token_field: str) -> dict[str, int]:
-    """docid -> token count from payload files (jsonl/parquet); invalid counts are left out."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    tokens: dict[str, int] = {}
-    for item in input_files(payload_paths):
-        if item.kind == "parquet":
-            pf = pq.ParquetFile(item.path)
-            if id_field not in pf.schema_arrow.names or token_field not in pf.schema_arrow.names:
-                raise InputError(f"{item.source}: payload needs columns {id_field!r} and {token_field!r}")
-            for batch in pf.iter_batches(batch_size=1 << 16, columns=[id_field, token_field]):
-                ids = pc.cast(batch.column(0), pa.string()).to_pylist()
-                counts = batch.column(1).to_pylist()
-                for d, c in zip(ids, counts):
-                    if d is not None and isinstance(c, int) and c >= 0:
-                        tokens.setdefault(d, c)
-        elif item.kind in _JSON_KINDS:
-            for block in _line_blocks(item, 0):
-                if isinstance(block, Reject):
-                    raise InputError(f"payload {block.message()}")
-                for docid, count in _payload_block(block[2], id_field, token_field):
-                    if docid is not None and isinstance(count, int) and not isinstance(count, bool) and count >= 0:
-                        tokens.setdefault(str(docid), count)
-        else:
-            raise InputError(f"{item.source}: payload files must be .jsonl[.gz|.zst] or .parquet")
-    return tokens
-
-
-def _payload_block(block: bytes, id_field: str, token_field: str) -> Iterator[tuple[Any, Any]]:
-    """(docid, token count) of each line: Arrow's parser first, Python's for a block it refuses."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.json as pj
-
-    schema = pa.schema([(id_field, pa.string()), (token_field, pa.int64())])
-    try:
-        table = pj.read_json(io.BytesIO(block), parse_options=pj.ParseOptions(
-            explicit_schema=schema, unexpected_field_behavior="ignore"))
-        yield from zip(table.column(0).to_pylist(), table.column(1).to_pylist())
-        return
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    for line in block.split(b"\n"):
-        try:
-            obj = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if isinstance(obj, dict):
-            yield obj.get(id_field), obj.get(token_field)
-
-
-def import_features(feature_paths: Any, index_dir: str | os.PathLike, *, num_layers: int, top_k: int, width: int,
-                    neuron_type: str = "fwd_up", token_field: str | None = None, payload_paths: Any = None,
-                    id_field: str = "docid", backbone: str | None = None, max_length: int | None = None,
-                    weights_sha256: str | None = None) -> dict[str, Any]:
-    """Build (or resume building) an index from reference feature files; return counters.
-
-    Token counts come from ``token_field`` in the feature files, else from payload files
-    (joined on ``id_field``); a doc with neither is a reject. Each batch is committed with
-    its file's cursor, so a killed import resumes where it stopped.
-    """
-    from nagindex.ingest.index import sync_derived
-
-    if not token_field:
-        raise InputError("import_features needs token counts: give token_field (a field of the feature "
-                         "files, or with payload_paths a column of the payload files)")
-    started = time.perf_counter()
-    spec = _Spec(f"{neuron_type}_feature", num_layers, top_k, width, "docid", token_field)
-    payload = _token_map(payload_paths, id_field, token_field) if payload_paths is not None else None
-    manifest = {"backbone": backbone, "weights_sha256": weights_sha256, "neuron_type": neuron_type,
-                "num_layers": num_layers, "width": width, "top_k": top_k, "max_length": max_length,
-                "imported_from": "reference features"}
-    added = rejected = 0
-    with IndexStore.open_or_create(index_dir, manifest) as store:
-        for item in input_files(feature_paths):
-            stat = item.path.stat()
-            cursor = {"size": stat.st_size, "mtime": stat.st_mtime}
-            done = store.progress(item.key) or {"next_position": 0, "done": False}
-            if done["done"] and done.get("size") == cursor["size"] and done.get("mtime") == cursor["mtime"]:
-                logger.info("%s: already imported, skipping", item.source)
-                continue
-            if done["done"]:
-                logger.warning("%s changed since it was imported; reading on from line/row %d",
-                               item.source, done["next_position"])
-            for batch in _prefetch(_batches(item, spec, done["next_position"])):
-                keep, rejects = _filter(batch, store, payload, item.source)
-                n = int(keep.sum())
-                store.append(batch.codes[keep], [d for d, k in zip(batch.docids, keep) if k], batch.tokens[keep],
-                             item.key, batch.positions[keep], rejects=rejects,
-                             progress={item.key: {**cursor, "next_position": batch.next_position, "done": False}})
-                added, rejected = added + n, rejected + len(rejects)
-            last = store.progress(item.key) or {"next_position": 0}
-            store.append(np.zeros((0, num_layers, top_k), np.uint16), [], [], item.key, [],
-                         progress={item.key: {**cursor, "next_position": last["next_position"], "done": True}})
-    sync_derived(index_dir)
-    seconds = time.perf_counter() - started
-    logger.info("imported %d docs (%d rejects) into %s in %.1f s", added, rejected, index_dir, seconds)
-    return {"added": added, "rejects": rejected, "seconds": seconds}
-
-
-def _filter(batch: FeatureBatch, store: IndexStore, payload: dict[str, int] | None,
-            source: str) -> tuple[np.ndarray, list[Reject]]:
-    """Fill token counts from the payload, then drop docs with none and docids already present."""
-    if payload is not None:
-        missing = np.flatnonzero(batch.tokens < 0)
-        batch.tokens[missing] = [payload.get(batch.docids[i], -1) for i in missing]
-    keep = batch.tokens >= 0
-    rejects = list(batch.rejects)
-    why = "no token count (not in the payload files)" if payload is not None else "no token count"
-    for i in np.flatnonzero(~keep):
-        rejects.append(Reject(source, int(batch.positions[i]), why, batch.docids[i]))
-    present = store.contains(batch.docids)
-    seen: set[str] = set()
-    for i, docid in enumerate(batch.docids):
-        if keep[i] and (present[i] or docid in seen):
-            keep[i] = False
-            rejects.append(Reject(source, int(batch.positions[i]), "duplicate docid (already in the index)", docid))
-        seen.add(docid)
-    return keep, rejects

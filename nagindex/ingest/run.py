@@ -382,7 +382,7 @@ def extract_files(
     Unlike ``ingest``, any bad record (an empty document included) is an error
     naming its file, line and docid: a feature file must have a line per document.
     """
-    from nagindex.ingest.features import write_feature_lines
+    from nagindex.ingest.interop import write_feature_lines
 
     files = input_files(inputs)
     if extractor is None:

@@ -13,8 +13,8 @@ import pytest
 
 from nagindex.data import Reject
 from nagindex.ingest import features as features_module
-from nagindex.ingest.features import (export_features, import_features, read_features, write_feature_lines,
-                                      write_features)
+from nagindex.ingest.features import read_features
+from nagindex.ingest.interop import export_features, import_features, write_feature_lines, write_features
 from nagindex.ingest.index import open_index
 from nagindex.ingest.store import IndexStore
 

@@ -14,7 +14,8 @@ import pytest
 from nagindex.data import Reject
 from nagindex.errors import IndexMismatchError, NagIndexError
 from nagindex.ingest import store as store_module
-from nagindex.ingest.store import IndexStore, decode_chunk, encode_chunk
+from nagindex.ingest.chunk import decode_chunk, encode_chunk
+from nagindex.ingest.store import IndexStore
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nagindex.ingest.features import import_features, write_features
+from nagindex.ingest.interop import import_features, write_features
 
 
 @pytest.fixture(scope="module")

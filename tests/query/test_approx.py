@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nagindex.errors import NagIndexError
-from nagindex.ingest.features import import_features, write_features
+from nagindex.ingest.interop import import_features, write_features
 from nagindex.ingest.index import open_index
 from nagindex.query import approx
 from nagindex.query.run import TargetRequest, query

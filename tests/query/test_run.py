@@ -134,7 +134,7 @@ def test_max_examples_sample_is_recorded_and_reported(model_index, golden_dir, g
                                                       monkeypatch):
     """--max-examples profiles a seeded random sample; the manifest records it, so the report finds its NAGs."""
     from nagindex.ingest import run as ingest_run
-    from nagindex.ingest.features import write_features
+    from nagindex.ingest.interop import write_features
     from nagindex.query.report import collect
     from nagindex.query.target import load_target_file
 

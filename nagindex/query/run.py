@@ -12,12 +12,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from nagindex.errors import InputError, NagIndexError
 from nagindex.progress import StageTimer
+
+if TYPE_CHECKING:
+    from nagindex.query.target import TargetSet
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +201,7 @@ def _target_codes(t: TargetRequest, view: Any, max_examples: int | None, seed: i
     return codes, {"used": len(ts), "available": ts.n_available or len(ts), "source": ts.source}
 
 
-def load_examples(t: TargetRequest, max_examples: int | None = None, seed: int = 0) -> Any:
+def load_examples(t: TargetRequest, max_examples: int | None = None, seed: int = 0) -> TargetSet:
     """The ``TargetSet`` of a ``name`` or ``file`` request (features requests have no texts)."""
     if t.kind == "name":
         from nagindex.query.target import load_target

@@ -145,7 +145,8 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
 
     res = run_ingest(inputs, index_dir, **kw)
     click.echo(f"{index_dir}: +{res.added:,} documents (+{res.tokens:,} tokens), {res.rows:,} in total; "
-               f"{res.rejects:,} skipped" + (f" {res.reject_reasons}" if res.reject_reasons else "")
+               f"{res.rejects:,} skipped" + (" (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(
+                   res.reject_reasons.items(), key=lambda kv: -kv[1])) + ")" if res.reject_reasons else "")
                + (f"; {res.skipped_inputs} input(s) already ingested" if res.skipped_inputs else ""))
     if res.rejects:
         click.echo(f"skipped records: {index_dir}/rejects.jsonl")

@@ -205,7 +205,7 @@ def make_record(
         if isinstance(tokens, float) and tokens.is_integer():
             tokens = int(tokens)
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            return Reject(source, position, f"token field {fields.token!r} is {tokens!r}, not a non-negative integer", docid)
+            return Reject(source, position, f"token field {fields.token!r} is not a non-negative integer: {tokens!r}", docid)
         count = tokens
     return Document(docid, text, source, position, count)
 
@@ -410,13 +410,13 @@ def _read_hf(item: InputFile, fields: Fields, start: int) -> Iterator[Document |
                 fields = fields.resolve(batch.schema.names)
                 columns, has_id = _columns(batch.schema.names, fields)
                 if fields.text not in columns:
-                    yield Reject(item.source, first, f"{path.name}: missing text field {fields.text!r}")
+                    yield Reject(item.source, first, f"missing text field {fields.text!r} (in {path.name})")
                     return
                 skip = max(0, start - first)
                 yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id)
                 first += n
         except (pa.ArrowException, OSError, ValueError) as exc:
-            yield Reject(item.source, first, f"{path.name}: unreadable arrow data from here on: {exc}")
+            yield Reject(item.source, first, f"unreadable arrow data from here on ({path.name}): {exc}")
             return
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,8 +347,13 @@ def _count(result: IngestResult, window: Window) -> None:
     result.tokens += int(window.token_counts.sum())
     result.rejects += len(window.rejects)
     for r in window.rejects:
-        reason = r.reason.split(":")[0]
+        reason = reject_kind(r.reason)
         result.reject_reasons[reason] = result.reject_reasons.get(reason, 0) + 1
+
+
+def reject_kind(reason: str) -> str:
+    """The kind of a reject for the summary: its reason without the details (``rejects.jsonl`` keeps them)."""
+    return re.split(r":| \(| at byte ", reason, maxsplit=1)[0]
 
 
 def _write_rejects(store: Any, index_dir: Path) -> None:

@@ -341,7 +341,7 @@ def query(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ..
       nagindex query --index idx/ --target arc_challenge:2 --target mmlu --fraction 0.2 -o mix.parquet
       nagindex query --target-file mine.parquet --target-filter dataset=chem --tokens 30B
     """
-    from nagindex.query.run import parse_target, query as run_query
+    from nagindex.query.run import default_output, parse_target, query as run_query
     from nagindex.units import parse_count
 
     targets = ([parse_target(n) for n in names] + [parse_target(f, "file", filters) for f in files]
@@ -349,8 +349,7 @@ def query(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ..
     if filters and not files:
         raise click.UsageError("--target-filter applies to --target-file")
     if out is None:
-        stem = "+".join(t.display for t in targets) or "selection"
-        out = f"{stem}.parquet"
+        out = default_output(targets)
     k_n = parse_count(k) if k is not None else None
     if k is None and tokens is None and kw.get("fraction") is None:
         raise click.UsageError("give a quota: --k N, --fraction F or --tokens N")
@@ -372,11 +371,11 @@ def mix(mixture: str, out: str | None, **kw: Any) -> None:
     over all targets) and targets (name, file or features, with weight and filter).
     """
     from nagindex.query.mixture import load_mixture
-    from nagindex.query.run import query as run_query
+    from nagindex.query.run import default_output, query as run_query
 
     m = load_mixture(mixture)
     if out is None:
-        out = f"{Path(mixture).stem}.parquet"
+        out = default_output(m.targets, Path(mixture).stem)
     res = run_query(m.targets, k=m.k, tokens=m.tokens, fraction=m.fraction, mode=m.mode, dedup=m.dedup,
                     out=out, **kw)
     _echo_result(res)

@@ -134,6 +134,10 @@ def query(
     if not targets:
         raise NagIndexError("no target: give --target NAME, --target-file PATH or --target-features PATH")
     quota = sel.Quota(k=k, tokens=tokens, fraction=fraction)
+    if out is not None:
+        from nagindex.query.write import check_output
+
+        check_output(out, _input_paths(targets, quality_file))
     timer = StageTimer()
     view = open_index(index_dir)
     if len(view) == 0:
@@ -182,6 +186,19 @@ def query(
                                 approx, targets, sampling)
     result.timings = timer.summary()
     return result
+
+
+def _input_paths(targets: Sequence[TargetRequest], quality_file: Any = None) -> list[str]:
+    """The files a query reads besides the index: target files, feature files, the quality file."""
+    return [t.value for t in targets if t.kind != "name"] + ([str(quality_file)] if quality_file else [])
+
+
+def default_output(targets: Sequence[TargetRequest], stem: str | None = None) -> str:
+    """``<targets>.parquet`` in the working folder (``arc_challenge.parquet``), or
+    ``<targets>.selection.parquet`` where the plain name is a target file of the query itself."""
+    stem = stem or "+".join(t.display for t in targets) or "selection"
+    inputs = {Path(p).resolve() for p in _input_paths(targets)}
+    return f"{stem}.parquet" if Path(f"{stem}.parquet").resolve() not in inputs else f"{stem}.selection.parquet"
 
 
 def _target_codes(t: TargetRequest, view: Any, max_examples: int | None, seed: int, device: str,

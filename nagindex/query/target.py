@@ -400,19 +400,28 @@ def load_target_file(path: str | os.PathLike[str], limit: int | None = None, *, 
     if path.suffix.lower() == ".txt":
         if filters:
             raise InputError(f"{path}: --target-filter needs a table (.parquet/.jsonl), not .txt")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        raw = path.read_bytes()
+        try:
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            line = raw[:exc.start].count(b"\n") + 1
+            raise InputError(f"{path}:{line}: invalid UTF-8 at byte {exc.start}") from exc
         pairs = [(line, str(i)) for i, line in enumerate(lines)]
     else:
-        rows = read_records(path)
+        rows = list(enumerate(read_records(path)))  # record numbers as in the file, also after filtering
         for col, value in (filters or {}).items():
-            if rows and col not in rows[0]:
-                raise InputError(f"{path}: --target-filter column {col!r} not found (columns: {', '.join(rows[0])})")
-            rows = [r for r in rows if str(r.get(col)) == value]
-        field = text_field or next((f for f in ("doc", "text") if rows and f in rows[0]), "doc")
+            if rows and col not in rows[0][1]:
+                raise InputError(f"{path}: --target-filter column {col!r} not found "
+                                 f"(columns: {', '.join(rows[0][1])})")
+            rows = [(i, r) for i, r in rows if str(r.get(col)) == value]
+        field = text_field or next((f for f in ("doc", "text") if rows and f in rows[0][1]), "doc")
         pairs = []
-        for i, row in enumerate(rows):
-            if not isinstance(row.get(field), str):
-                raise InputError(f"{path}: record {i}: field '{field}': expected a string")
+        for i, row in rows:
+            if field not in row:
+                raise InputError(f"{path}: record {i}: no text field {field!r} (fields: {', '.join(row)}); "
+                                 "target examples need a 'doc' or 'text' field")
+            if not isinstance(row[field], str):
+                raise InputError(f"{path}: record {i}: field {field!r} is {type(row[field]).__name__}, not a string")
             pairs.append((row[field], str(row.get(id_field, i))))
     kept = [(t, i) for t, i in pairs if t.strip()]
     n_dropped = len(pairs) - len(kept)

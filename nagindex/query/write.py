@@ -15,6 +15,24 @@ import numpy as np
 
 from nagindex.errors import NagIndexError
 
+OUTPUT_SUFFIXES = (".parquet", ".jsonl")
+
+
+def check_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
+    """``out`` if a selection may be written there: a .parquet/.jsonl name that is none of ``inputs``.
+
+    Checked before any work, so a wrong ``-o`` fails at once, and a selection
+    never overwrites the target file it was computed from.
+    """
+    path = Path(out)
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise NagIndexError(f"-o {out}: use a .parquet or .jsonl file name")
+    for given in inputs:
+        if Path(given).resolve() == path.resolve():
+            raise NagIndexError(f"-o {out} is an input of this query ({given}): writing the selection there would "
+                                "destroy it; choose another -o")
+    return path
+
 
 def write_selection(out: str | os.PathLike, columns: dict[str, Any], manifest: dict[str, Any]) -> Path:
     """Write ``columns`` (equal-length arrays/lists) as ``.parquet`` or ``.jsonl``, plus the manifest."""
@@ -34,7 +52,7 @@ def write_selection(out: str | os.PathLike, columns: dict[str, Any], manifest: d
                 for row in batch.to_pylist():
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     else:
-        raise NagIndexError(f"-o {out}: use a .parquet or .jsonl file name")
+        raise NagIndexError(f"-o {out}: use a .parquet or .jsonl file name")  # check_output says so earlier
     os.replace(tmp, out)
     side = out.with_name(out.name + ".manifest.json")
     side.write_text(json.dumps(manifest, indent=1, default=str))

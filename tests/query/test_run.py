@@ -192,6 +192,27 @@ def test_mix_yaml_errors_name_the_field(golden_index, tmp_path):
     assert "give exactly one of fraction, k, tokens" in result.output
 
 
+def test_output_never_overwrites_an_input(golden_index, target_features, tmp_path, monkeypatch):
+    """A selection written onto its own target file would destroy it: refused, and the default avoids it."""
+    from nagindex.query.run import default_output
+
+    features = target_features["sci_target"]
+    before = features.read_bytes()
+    result = CliRunner().invoke(main, ["query", "--index", str(golden_index), "--target-features", str(features),
+                                       "--k", "3", "-o", str(features)])
+    assert result.exit_code != 0 and "is an input of this query" in result.output
+    assert features.read_bytes() == before
+    result = CliRunner().invoke(main, ["query", "--index", str(golden_index), "--target-features", str(features),
+                                       "--k", "3", "-o", str(tmp_path / "sel.csv")])
+    assert result.exit_code != 0 and "use a .parquet or .jsonl file name" in result.output
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.parquet").write_bytes(b"")
+    assert default_output([parse_target("mine.parquet", "file")]) == "mine.selection.parquet"
+    assert default_output([parse_target("other/mine.parquet", "file")]) == "mine.parquet"
+    assert default_output([parse_target("arc_challenge"), parse_target("mmlu:2")]) == "arc_challenge+mmlu.parquet"
+    assert default_output([parse_target("mine.parquet", "file")], "paper6") == "paper6.parquet"
+
+
 def test_parse_target_weights_and_filters():
     t = parse_target("arc_challenge:2.5")
     assert (t.value, t.weight, t.display) == ("arc_challenge", 2.5, "arc_challenge")

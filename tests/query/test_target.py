@@ -193,8 +193,17 @@ def test_load_target_file_formats(tmp_path: Path, configs: Path) -> None:
     txt = write(tmp_path / "lines.txt", "first\n\nsecond\n")
     assert T.load_target_file(txt, limit=1).texts[0] in ("first", "second")
     assert T.load_target_file(configs / "targets" / "alpha.yaml").ids == ["x1", "x3", "x4"]
-    with pytest.raises(InputError, match=r"record 0: field 'doc'"):
+    with pytest.raises(InputError, match=r"bad.jsonl: record 0: no text field 'doc' \(fields: body\)"):
         T.load_target_file(write(tmp_path / "bad.jsonl", '{"body": "x"}\n'))
+    with pytest.raises(InputError, match=r"null.jsonl: record 1: field 'text' is NoneType, not a string"):
+        T.load_target_file(write(tmp_path / "null.jsonl", '{"text": "ok"}\n{"text": null}\n'))
+    with pytest.raises(InputError, match=r"f.jsonl: record 2: no text field 'doc'"):  # numbered as in the file
+        T.load_target_file(write(tmp_path / "f.jsonl", '{"d": "a", "doc": "x"}\n{"d": "b", "doc": "y"}\n{"d": "b"}\n'),
+                           filters={"d": "b"})
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin.txt:2: invalid UTF-8 at byte 8"):
+        T.load_target_file(latin)
 
 
 def test_limit_is_a_seeded_random_sample_in_file_order(tmp_path: Path) -> None:

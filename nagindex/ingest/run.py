@@ -391,12 +391,16 @@ def extract_files(
     from nagindex.ingest.interop import write_feature_lines
 
     files = input_files(inputs)
+    out = Path(out)
+    clash = next((f for f in files if f.key == str(out.resolve())), None)
+    if clash is not None:
+        raise InputError(f"-o {out} is one of the inputs ({clash.source}): writing features there would destroy "
+                         "it; choose another -o")
     if extractor is None:
         extractor = build_extractor(backbone, neuron_types, top_k=top_k, max_length=max_length,
                                     batch_size=batch_size, device=device, dtype=dtype,
                                     trust_remote_code=trust_remote_code)
     fields = Fields(text_field, id_field, None)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     written = 0

@@ -91,6 +91,8 @@ def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike
 
     if group_by not in GROUP_BY:
         raise NagIndexError(f"group_by {group_by!r}: choose one of {', '.join(GROUP_BY)}")
+    if Path(out_html).suffix.lower() not in (".html", ".htm"):
+        raise NagIndexError(f"-o {out_html}: the report is one HTML page; use a .html file name")
     started = time.perf_counter()
     data = collect(selection_path, index_dir, group_by=group_by, device=device)
     page = render_page(data, group_by, started)

@@ -131,6 +131,13 @@ def test_extract_files_writes_reference_format(extractor, golden_dir, tmp_path):
     assert out.read_text() == (golden_dir / "features_fwd_up_only/pool/pool.jsonl").read_text()
 
 
+def test_extract_refuses_to_write_onto_an_input(corpus, tmp_path):
+    before = (corpus / "a.jsonl").read_bytes()
+    with pytest.raises(InputError, match=r"a\.jsonl is one of the inputs"):
+        extract_files([corpus], corpus / "a.jsonl", extractor=object(), **SETTINGS)  # no model is even needed
+    assert (corpus / "a.jsonl").read_bytes() == before
+
+
 def test_extract_files_names_an_empty_document(extractor, tmp_path):
     src = tmp_path / "docs.jsonl"
     src.write_text('{"docid": "ok", "doc": "fine text"}\n{"docid": "blank", "doc": ""}\n')

@@ -92,6 +92,13 @@ def test_cli_report(mixture_selection, golden_index, tmp_path):
     assert str(out) in result.output
 
 
+def test_report_never_overwrites_the_selection(mixture_selection, golden_index):
+    before = mixture_selection.read_bytes()
+    with pytest.raises(NagIndexError, match="use a .html file name"):
+        write_report(mixture_selection, golden_index, mixture_selection)
+    assert mixture_selection.read_bytes() == before
+
+
 def test_missing_manifest_is_a_clear_error(mixture_selection, golden_index, tmp_path):
     lone = tmp_path / "lone.parquet"
     lone.write_bytes(mixture_selection.read_bytes())

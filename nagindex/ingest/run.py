@@ -201,9 +201,10 @@ def ingest(
     screens and commits in input order: the index is the same as a local run's.
     """
     from nagindex.ingest.index import sync_derived
-    from nagindex.ingest.store import IndexStore
+    from nagindex.ingest.store import IndexStore, check_index_path
 
     index_dir = Path(index_dir)
+    check_index_path(index_dir)
     if Path(backbone).expanduser().is_dir():  # a local model is recorded by absolute path
         backbone = str(Path(backbone).expanduser().resolve())
     files = input_files(inputs)

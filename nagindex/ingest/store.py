@@ -67,6 +67,12 @@ def _keys(texts: Sequence[str]) -> list[bytes]:
     return keys
 
 
+def check_index_path(directory: Path) -> None:
+    """An index is a folder: refuse a path that is a file (``--index corpus.parquet``) before any work."""
+    if directory.exists() and not directory.is_dir():
+        raise NagIndexError(f"--index {directory} is a file; an index is a folder (default: idx/)")
+
+
 def _open_env(path: Path) -> Any:
     import lmdb
 
@@ -137,6 +143,7 @@ class IndexStore:
             raise NagIndexError(f"manifest for {directory} is missing {', '.join(missing)}")
         if not 0 < int(manifest["width"]) <= 65536:
             raise NagIndexError(f"width {manifest['width']} does not fit uint16 neuron codes (max 65536)")
+        check_index_path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         lock_fd = cls._lock(directory)
         try:

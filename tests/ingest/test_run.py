@@ -138,6 +138,16 @@ def test_extract_refuses_to_write_onto_an_input(corpus, tmp_path):
     assert (corpus / "a.jsonl").read_bytes() == before
 
 
+def test_index_path_that_is_a_file_is_refused_up_front(corpus, tmp_path):
+    from nagindex.errors import NagIndexError
+
+    not_a_folder = tmp_path / "corpus.parquet"
+    not_a_folder.write_bytes(b"PAR1")
+    with pytest.raises(NagIndexError, match=r"corpus\.parquet is a file; an index is a folder"):
+        ingest([corpus], not_a_folder, extractor=object(), backbone="m", **SETTINGS)
+    assert not_a_folder.read_bytes() == b"PAR1"
+
+
 def test_extract_files_names_an_empty_document(extractor, tmp_path):
     src = tmp_path / "docs.jsonl"
     src.write_text('{"docid": "ok", "doc": "fine text"}\n{"docid": "blank", "doc": ""}\n')

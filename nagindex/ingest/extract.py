@@ -109,7 +109,8 @@ def find_hooks(model: "torch.nn.Module", neuron_types: Sequence[str]) -> list[li
             else:
                 raise NagIndexError(
                     f"neuron type {ntype!r}: layer {idx} of {type(model).__name__} has none of "
-                    f"{', '.join(_MODULE_PATHS[ntype])} (fused attention projections are not supported)"
+                    f"{', '.join(_MODULE_PATHS[ntype])} (fused projections such as gate_up_proj or qkv_proj are not "
+                    "supported)"
                 )
         found.append(row)
     return found

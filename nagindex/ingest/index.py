@@ -254,12 +254,9 @@ class DocidColumn:
         return [length] + [words[:, j] for j in range(words.shape[1] - 1, -1, -1)]
 
     def take(self, rows: Sequence[int] | np.ndarray) -> list[str]:
-        import pyarrow as pa
+        from nagindex.arrays import numeric_array
 
-        rows = np.ascontiguousarray(rows, dtype=np.int64)
-        # from_buffers, not pa.array(ndarray): the latter imports pandas (0.3 s) to check the type
-        indices = pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(rows)])
-        return self.arrow().take(indices).to_pylist()
+        return self.arrow().take(numeric_array(np.asarray(rows, dtype=np.int64))).to_pylist()
 
     def sort_indices(self) -> np.ndarray:
         """Rows in ascending docid order (byte-wise UTF-8, same as Python str order)."""

@@ -38,8 +38,10 @@ def write_selection(out: str | os.PathLike, columns: dict[str, Any], manifest: d
     """Write ``columns`` (equal-length arrays/lists) as ``.parquet`` or ``.jsonl``, plus the manifest."""
     import pyarrow as pa
 
+    from nagindex.arrays import arrow_column
+
     out = Path(out)
-    table = pa.table(columns)
+    table = pa.Table.from_arrays([arrow_column(v) for v in columns.values()], names=list(columns))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     if out.suffix == ".parquet":

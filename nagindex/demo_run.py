@@ -91,7 +91,8 @@ def _report(result: QueryResult, out: Path, echo: Callable[[str], None]) -> None
 
 
 def _print_top(view: Any, result: QueryResult, echo: Callable[[str], None], n: int = 5) -> None:
-    """The first ``n`` selected docs; for a mixture the first of each target's share, labelled."""
+    """The first ``n`` selected docs with their rank in the selection; for a mixture the first of each
+    target's share, labelled."""
     from nagindex.query.write import fetch_texts
 
     chosen = result.chosen_by if result.chosen_by is not None else np.zeros(len(result.rows), dtype=np.int64)
@@ -101,10 +102,10 @@ def _print_top(view: Any, result: QueryResult, echo: Callable[[str], None], n: i
     rows, chosen = result.rows[picks], chosen[picks]
     texts = fetch_texts([view.sources[i] for i in np.asarray(view.source_ids)[rows]],
                         np.asarray(view.positions)[rows], text_field="text", id_field="docid")
-    for rank, (row, t, text) in enumerate(zip(rows, chosen, texts), 1):
+    for rank, row, t, text in zip(picks + 1, rows, chosen, texts):
         snippet = " ".join((text or "").split())[:100]
         who = f" [{result.targets[t]}]" if n_targets > 1 else ""
-        echo(f"  {rank}. {view.docids.take([row])[0]:<16} score {result.similarity[t, row]:.4f}{who}  {snippet}")
+        echo(f"  {rank:>3}. {view.docids.take([row])[0]:<16} score {result.similarity[t, row]:.4f}{who}  {snippet}")
 
 
 def _print_mix(pool: dict[str, float], selected: dict[str, float], echo: Callable[[str], None]) -> None:

@@ -260,9 +260,9 @@ def inprocess(data: dict, work: Path, repeats: int, **kw) -> tuple[float, dict[s
 
 def target_profiles(data: dict, view) -> np.ndarray:
     from nagindex.query.profile import count_profile
-    from nagindex.query.run import _feature_codes, parse_target
+    from nagindex.query.run import feature_codes, parse_target
 
-    return np.stack([count_profile(_feature_codes(parse_target(str(t), "features"), view.manifest),
+    return np.stack([count_profile(feature_codes(parse_target(str(t), "features"), view.manifest),
                                    view.manifest["width"]) for t in data["targets"]])
 
 

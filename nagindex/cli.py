@@ -132,13 +132,16 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
     """Encode INPUTS once into the index: one LLM pass, resumable, safe with bad input.
 
     INPUTS: files or folders of .jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt (one
-    document per file) and HF save_to_disk folders. Re-running adds nothing;
-    Ctrl-C or kill, then the same command, resumes where it stopped. Bad
-    records are skipped, counted, and listed in INDEX/rejects.jsonl.
+    document per file) and HF save_to_disk folders, or URLs of the same files
+    on the Hugging Face Hub (hf://datasets/...) or any fsspec store (s3://...),
+    streamed. Re-running adds nothing; Ctrl-C or kill, then the same command,
+    resumes where it stopped. Bad records are skipped, counted, and listed in
+    INDEX/rejects.jsonl.
 
     \b
       nagindex ingest corpus/
       nagindex ingest shard1.parquet shard2.jsonl.zst --index idx/ --text-field text
+      nagindex ingest 'hf://datasets/tiiuae/falcon-refinedweb/data/*.parquet' --id-field url
       nagindex ingest corpus/ --ray-address auto --ray-workers 8 --device cuda
     """
     from nagindex.ingest.run import ingest as run_ingest

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,8 @@ import numpy as np
 
 from nagindex.data import Reject
 from nagindex.errors import InputError
-from nagindex.ingest.read import InputFile, _stream_errors, input_files, open_binary
+from nagindex.ingest.read import (InputFile, _network_error, _stream_errors, input_files, open_binary,
+                                  open_parquet)
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +143,7 @@ def _validate(docids: Any, feat: Any, tokens: Any, positions: np.ndarray, source
 def line_blocks(item: InputFile, start: int) -> Iterator[tuple[int, int, bytes] | Reject]:
     """``(first_line, n_lines, bytes)`` blocks of whole lines from line ``start`` on."""
     line_no, rest = 0, b""
-    with open_binary(item.path, item.kind) as fh:
+    with open_binary(item) as fh:
         try:
             while True:
                 parts, size = [rest], len(rest)
@@ -302,24 +304,22 @@ def _jsonl_batches(item: InputFile, spec: FeatureSpec, start: int) -> Iterator[F
 # ---------------------------------------------------------------- parquet
 def _parquet_batches(item: InputFile, spec: FeatureSpec, start: int) -> Iterator[FeatureBatch]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     def empty(pos: int, why: str) -> FeatureBatch:
         return _reject_batch(spec, Reject(item.source, pos or None, why), pos)
 
-    try:
-        pf = pq.ParquetFile(item.path)
-    except (pa.ArrowException, OSError) as exc:
-        yield empty(0, f"not a readable parquet file: {exc}")
-        return
-    names = pf.schema_arrow.names
-    missing = [c for c in (spec.id_field, spec.column) if c not in names]
-    if missing:
-        yield empty(0, f"missing column(s) {missing} (columns: {names})")
-        return
-    columns = [spec.id_field, spec.column] + ([spec.token_field] if spec.token_field in names else [])
-    first = 0
-    with pf:
+    with ExitStack() as stack:
+        pf, why = open_parquet(item, stack)
+        if why:
+            yield empty(0, why)
+            return
+        names = pf.schema_arrow.names
+        missing = [c for c in (spec.id_field, spec.column) if c not in names]
+        if missing:
+            yield empty(0, f"missing column(s) {missing} (columns: {names})")
+            return
+        columns = [spec.id_field, spec.column] + ([spec.token_field] if spec.token_field in names else [])
+        first = 0
         for group in range(pf.num_row_groups):
             rows = pf.metadata.row_group(group).num_rows
             if first + rows <= start:
@@ -335,6 +335,8 @@ def _parquet_batches(item: InputFile, spec: FeatureSpec, start: int) -> Iterator
                                     item.source, spec, first + batch.num_rows)
                     first += batch.num_rows
             except (pa.ArrowException, OSError) as exc:
+                if _network_error(item, exc):
+                    raise
                 yield empty(first, f"corrupt parquet data from here on: {exc}")
                 return
 

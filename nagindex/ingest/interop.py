@@ -21,7 +21,7 @@ from nagindex.data import Reject
 from nagindex.errors import InputError
 from nagindex.ingest.features import (INDEX_KEY, JSON_KINDS, FeatureBatch, FeatureSpec, feature_batches, line_blocks,
                                       prefetch)
-from nagindex.ingest.read import input_files
+from nagindex.ingest.read import input_files, parquet_file
 from nagindex.ingest.store import IndexStore
 
 logger = logging.getLogger(__name__)
@@ -85,20 +85,19 @@ def _token_map(payload_paths: Any, id_field: str, token_field: str) -> dict[str,
     """docid -> token count from payload files (jsonl/parquet); invalid counts are left out."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     tokens: dict[str, int] = {}
     for item in input_files(payload_paths):
         if item.kind == "parquet":
-            pf = pq.ParquetFile(item.path)
-            if id_field not in pf.schema_arrow.names or token_field not in pf.schema_arrow.names:
-                raise InputError(f"{item.source}: payload needs columns {id_field!r} and {token_field!r}")
-            for batch in pf.iter_batches(batch_size=1 << 16, columns=[id_field, token_field]):
-                ids = pc.cast(batch.column(0), pa.string()).to_pylist()
-                counts = batch.column(1).to_pylist()
-                for d, c in zip(ids, counts):
-                    if d is not None and isinstance(c, int) and c >= 0:
-                        tokens.setdefault(d, c)
+            with parquet_file(item) as pf:
+                if id_field not in pf.schema_arrow.names or token_field not in pf.schema_arrow.names:
+                    raise InputError(f"{item.source}: payload needs columns {id_field!r} and {token_field!r}")
+                for batch in pf.iter_batches(batch_size=1 << 16, columns=[id_field, token_field]):
+                    ids = pc.cast(batch.column(0), pa.string()).to_pylist()
+                    counts = batch.column(1).to_pylist()
+                    for d, c in zip(ids, counts):
+                        if d is not None and isinstance(c, int) and c >= 0:
+                            tokens.setdefault(d, c)
         elif item.kind in JSON_KINDS:
             for block in line_blocks(item, 0):
                 if isinstance(block, Reject):
@@ -159,8 +158,7 @@ def import_features(feature_paths: Any, index_dir: str | os.PathLike, *, num_lay
     added = rejected = 0
     with IndexStore.open_or_create(index_dir, manifest) as store:
         for item in input_files(feature_paths):
-            stat = item.path.stat()
-            cursor = {"size": stat.st_size, "mtime": stat.st_mtime}
+            cursor = item.state()
             done = store.progress(item.key) or {"next_position": 0, "done": False}
             if done["done"] and done.get("size") == cursor["size"] and done.get("mtime") == cursor["mtime"]:
                 logger.info("%s: already imported, skipping", item.source)

@@ -10,6 +10,13 @@ generator ``(InputFile, Fields, start) -> Iterator[Document | Reject]`` that
 streams (jsonl line by line, parquet by row group, arrow by record batch), so
 memory stays flat whatever the file size.
 
+Inputs may also be URLs of any fsspec filesystem: ``hf://datasets/<repo>/<path>``
+(the Hugging Face Hub, e.g. the paper's RefinedWeb parquet shards), ``s3://``,
+``gs://``... They are read as streams (parquet by row group, through range
+requests), resume like local files, and a network error stops the run (the
+cursor is committed, so the same command goes on from there) instead of
+turning the rest of a file into a reject.
+
 Positions are 0-based line numbers (jsonl, blank lines counted and skipped) or
 row numbers (parquet; for an HF ``save_to_disk`` folder, rows counted across its
 ``data-*.arrow`` files in order). ``start_positions[key] = p`` resumes at ``p``.
@@ -23,6 +30,7 @@ import logging
 import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,6 +49,7 @@ _SUFFIX_KINDS = (  # longest suffix first
 )
 _HF_MARKERS = ("state.json", "dataset_info.json")
 _READ_CHUNK = 1 << 20
+_REMOTE_BLOCK = 8 << 20  # bytes per remote range request
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,28 @@ class InputFile:
     kind: str
     source: str
     name: str
+    fs: Any = None  # the fsspec filesystem of a remote input (``path`` is then its path there); None: local
+
+    def open(self) -> BinaryIO:
+        """The file's raw bytes, local or remote."""
+        if self.fs is None:
+            return open(self.path, "rb", buffering=_READ_CHUNK)
+        return self.fs.open(self.path.as_posix(), "rb", block_size=_REMOTE_BLOCK)
+
+    def state(self) -> dict[str, Any]:
+        """Size and a change stamp (mtime; for remote files the blob id or etag when the store gives one)."""
+        if self.fs is None:
+            st = os.stat(self.path)
+            return {"size": st.st_size, "mtime": st.st_mtime}
+        try:
+            info = self.fs.info(self.path.as_posix())
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is I/O
+            if not transport_error(exc):
+                raise
+            raise InputError(f"{self.source}: cannot reach it: {exc}; run the same command again to resume") from exc
+        stamp = next((info[k] for k in ("blob_id", "ETag", "etag", "mtime", "LastModified", "created") if info.get(k)),
+                     None)
+        return {"size": info.get("size"), "mtime": None if stamp is None else str(stamp)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +116,11 @@ AUTO_TEXT_FIELDS = ("doc", "text", "content")
 
 
 def _kind_of(path: Path) -> str:
-    if path.is_dir():
-        return "hf"
-    lower = path.name.lower()
+    return "hf" if path.is_dir() else _kind_of_name(path.name)
+
+
+def _kind_of_name(name: str) -> str:
+    lower = name.lower()
     for suffix, kind in _SUFFIX_KINDS:
         if lower.endswith(suffix):
             return kind
@@ -125,9 +158,11 @@ def input_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     seen: set[str] = set()
     for given in paths:
         path = Path(given)
-        if not path.exists():
+        if is_url(given) and not path.exists():
+            found = _remote_files(str(given))
+        elif not path.exists():
             raise InputError(f"input path {str(given)!r} does not exist")
-        if path.is_dir() and not _is_hf_folder(path):
+        elif path.is_dir() and not _is_hf_folder(path):
             found = list(_walk(path, str(given)))
         else:
             found = [InputFile(str(path.resolve()), path, _kind_of(path), str(given), path.name)]
@@ -136,6 +171,57 @@ def input_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
                 seen.add(item.key)
                 out.append(item)
     return out
+
+
+def is_url(given: str | os.PathLike) -> bool:
+    """``hf://...``, ``s3://...``: a path for fsspec rather than the local filesystem."""
+    return isinstance(given, str) and "://" in given and not given.startswith("file://")
+
+
+def _remote_files(url: str) -> list[InputFile]:
+    """The files at a remote URL (one file, or every file under a folder or glob, sorted; dot-files skipped)."""
+    try:
+        import fsspec
+    except ImportError as exc:  # pragma: no cover - huggingface_hub (a transformers dependency) brings it
+        raise InputError(f"{url}: remote inputs need fsspec (pip install fsspec)") from exc
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        wildcard = min((root.find(c) for c in "*?[" if c in root), default=-1)
+        if wildcard >= 0:
+            paths, base = sorted(fs.glob(root)), root[:wildcard].rsplit("/", 1)[0]
+        elif fs.isdir(root):
+            paths, base = sorted(fs.find(root)), root.rstrip("/")
+        else:
+            paths, base = ([root] if fs.exists(root) else []), root.rsplit("/", 1)[0]
+    except Exception as exc:  # noqa: BLE001 - unknown protocol, no network, no access
+        if not isinstance(exc, ValueError) and not transport_error(exc):
+            raise
+        raise InputError(f"input path {url!r}: cannot list it: {exc}") from exc
+    if not paths and wildcard < 0:
+        raise InputError(f"input path {url!r} does not exist")
+    out = []
+    for p in paths:
+        rel = p[len(base):].lstrip("/") if p.startswith(base) else ""
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        url_of_file = fs.unstrip_protocol(p)  # key and source alike: the file's full URL
+        out.append(InputFile(url_of_file, Path(p), _kind_of_name(p), url_of_file, rel or p.rsplit("/", 1)[-1], fs))
+    if not out:
+        raise InputError(f"input path {url!r} holds no files")
+    return out
+
+
+@contextmanager
+def parquet_file(item: InputFile) -> Iterator[Any]:
+    """A ``pyarrow.parquet.ParquetFile`` on a local path (memory-mapped reads) or a remote file object."""
+    import pyarrow.parquet as pq
+
+    if item.fs is None:
+        with pq.ParquetFile(item.path) as pf:
+            yield pf
+    else:
+        with item.open() as raw, pq.ParquetFile(raw) as pf:
+            yield pf
 
 
 def iter_records(
@@ -166,7 +252,12 @@ def read_input(item: InputFile, *, fields: Fields | None = None, start: int = 0)
         return
     try:
         yield from reader(item, fields, start)
-    except OSError as exc:  # permission denied, vanished file, I/O error while opening
+    except Exception as exc:  # noqa: BLE001 - sorted below, re-raised unless it is I/O
+        if item.fs is not None and transport_error(exc):  # stop; what was committed stays, the rerun resumes
+            raise InputError(f"{item.source}: cannot read: {exc}; run the same command again to resume") from exc
+        if not isinstance(exc, OSError):
+            raise
+        # a local file: permission denied, vanished, I/O error while opening
         yield Reject(item.source, None, f"cannot read file: {exc.strerror or exc}")
 
 
@@ -252,13 +343,35 @@ class _ZstdRaw(io.RawIOBase):
         super().close()
 
 
-def open_binary(path: Path, kind: str) -> BinaryIO:
-    """Open a (possibly compressed) jsonl file as a binary stream of its text."""
-    if kind == "jsonl.gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if kind == "jsonl.zst":
-        return io.BufferedReader(_ZstdRaw(open(path, "rb")), _READ_CHUNK)  # type: ignore[return-value]
-    return open(path, "rb", buffering=_READ_CHUNK)
+@contextmanager
+def open_binary(item: InputFile) -> Iterator[BinaryIO]:
+    """A (possibly compressed) jsonl file as a binary stream of its text, local or remote."""
+    with item.open() as raw:
+        if item.kind == "jsonl.gz":
+            with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+                yield fh  # type: ignore[misc]
+        elif item.kind == "jsonl.zst":
+            yield io.BufferedReader(_ZstdRaw(raw), _READ_CHUNK)  # type: ignore[misc]
+        else:
+            yield raw
+
+
+_TRANSPORT_PACKAGES = frozenset({"httpx", "httpx2", "requests", "urllib3", "aiohttp", "huggingface_hub", "botocore",
+                                 "google"})
+
+
+def transport_error(exc: BaseException) -> bool:
+    """An error of the I/O or network stack under fsspec: an OSError, or an exception of the HTTP/cloud
+    client libraries (httpx, requests, aiohttp, botocore...), most of which are not OSErrors."""
+    if isinstance(exc, gzip.BadGzipFile):
+        return False  # corrupt data, not transport
+    return isinstance(exc, OSError) or any(c.__module__.split(".")[0] in _TRANSPORT_PACKAGES
+                                           for c in type(exc).__mro__)
+
+
+def _network_error(item: InputFile, exc: BaseException) -> bool:
+    """An I/O error reading a remote input (not corrupt data): the run stops and resumes later, no reject."""
+    return item.fs is not None and transport_error(exc)
 
 
 def _stream_errors() -> tuple[type[BaseException], ...]:
@@ -274,7 +387,7 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
 
 
 def _read_jsonl(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
-    with open_binary(item.path, item.kind) as fh:
+    with open_binary(item) as fh:
         lines_read = 0
         try:
             for raw in fh:
@@ -286,6 +399,8 @@ def _read_jsonl(item: InputFile, fields: Fields, start: int) -> Iterator[Documen
                     continue
                 yield _parse_line(line, item.source, position, fields)
         except _stream_errors() as exc:
+            if _network_error(item, exc):
+                raise
             yield Reject(item.source, max(lines_read, start), f"corrupt or truncated file from here on: {exc}")
 
 
@@ -307,7 +422,8 @@ def _parse_line(line: bytes, source: str, position: int, fields: Fields) -> Docu
 def _read_txt(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
     if start > 0:
         return
-    data = item.path.read_bytes()
+    with item.open() as fh:
+        data = fh.read()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -333,16 +449,27 @@ def _rows_of_batch(batch: Any, item: InputFile, first: int, fields: Fields, has_
         yield make_record(None, item.source, first + i, fields, text=text[i], docid=ids[i], tokens=toks[i])
 
 
-def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
+def open_parquet(item: InputFile, stack: ExitStack) -> tuple[Any, str | None]:
+    """``(ParquetFile, None)`` kept open by ``stack``, or ``(None, why)`` for a file that is no readable
+    parquet (a reject for the caller); network errors on a remote file raise."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(item.path)
-    except (pa.ArrowException, ValueError) as exc:
-        yield Reject(item.source, None, f"not a readable parquet file: {exc}")
-        return
-    with pf:
+        return stack.enter_context(parquet_file(item)), None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        if _network_error(item, exc):
+            raise
+        return None, f"not a readable parquet file: {exc}"
+
+
+def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
+    import pyarrow as pa
+
+    with ExitStack() as stack:
+        pf, why = open_parquet(item, stack)
+        if why:
+            yield Reject(item.source, None, why)
+            return
         fields = fields.resolve(pf.schema_arrow.names)
         columns, has_id = _columns(pf.schema_arrow.names, fields)
         if fields.text not in columns:
@@ -360,6 +487,8 @@ def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Docum
                     yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id)
                     first += batch.num_rows
             except (pa.ArrowException, OSError, ValueError) as exc:
+                if _network_error(item, exc):
+                    raise
                 yield Reject(item.source, first, f"corrupt parquet data from here on: {exc}")
                 return
 

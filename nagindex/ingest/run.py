@@ -23,7 +23,7 @@ import numpy as np
 from nagindex import __version__
 from nagindex.data import Document, Reject
 from nagindex.errors import InputError, NagIndexError
-from nagindex.ingest.read import InputFile, Fields, input_files, read_input
+from nagindex.ingest.read import Fields, InputFile, input_files, parquet_file, read_input
 from nagindex.progress import StageTimer, TokenRate, progress_bar
 
 if TYPE_CHECKING:
@@ -144,14 +144,13 @@ def _estimate_records(files: Sequence[InputFile], starts: dict[str, int]) -> int
     """Cheap total for the progress bar's ETA (newline counts, parquet metadata); None if unknown."""
     total = 0
     for item in files:
-        if item.kind == "jsonl":
+        if item.kind == "jsonl" and item.fs is None:
             with open(item.path, "rb") as fh:
                 n = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 24), b""))
         elif item.kind == "parquet":
-            import pyarrow.parquet as pq
-
             try:
-                n = pq.ParquetFile(item.path).metadata.num_rows
+                with parquet_file(item) as pf:
+                    n = pf.metadata.num_rows
             except Exception:  # noqa: BLE001 - a broken file is reported by the reader
                 n = 0
         elif item.kind == "txt":
@@ -160,11 +159,6 @@ def _estimate_records(files: Sequence[InputFile], starts: dict[str, int]) -> int
             return None
         total += max(n - starts.get(item.key, 0), 0)
     return total
-
-
-def _file_state(item: InputFile) -> dict[str, Any]:
-    st = os.stat(item.path)
-    return {"size": st.st_size, "mtime": st.st_mtime}
 
 
 def ingest(
@@ -200,7 +194,6 @@ def ingest(
     one), ``ray_workers`` Ray actors extract the NAGs while this process reads,
     screens and commits in input order: the index is the same as a local run's.
     """
-    from nagindex.ingest.index import sync_derived
     from nagindex.ingest.store import IndexStore, check_index_path
 
     index_dir = Path(index_dir)
@@ -233,23 +226,34 @@ def ingest(
         if store is None:
             store = IndexStore.open_or_create(index_dir, manifest)
         store.check_compatible(manifest)
-        _ingest_files(store, todo, encoder, neuron_type, result, timer, progress, commit_every,
-                      fields, limit, strict, show_progress)
+        try:
+            _ingest_files(store, todo, encoder, neuron_type, result, timer, progress, commit_every,
+                          fields, limit, strict, show_progress)
+        except NagIndexError:  # --strict or a network error: what was committed stays usable, then stop
+            _finish(store, index_dir, result, timer)
+            raise
     if store is None:
         raise NagIndexError(f"no index at {index_dir} and nothing to ingest")
+    _finish(store, index_dir, result, timer)
+    return result
+
+
+def _finish(store: Any, index_dir: Path, result: IngestResult, timer: StageTimer) -> None:
+    """Derive the committed rows (queryable at once), list the rejects, release the store."""
+    from nagindex.ingest.index import sync_derived
+
     with timer("index"):
         sync_derived(index_dir)
     _write_rejects(store, index_dir)
     result.rows = len(store)
     result.timings = timer.summary()
     store.close()
-    return result
 
 
 def _is_done(state: dict[str, Any] | None, item: InputFile) -> bool:
     if not state or not state.get("done"):
         return False
-    now = _file_state(item)
+    now = item.state()
     if (state.get("size"), state.get("mtime")) != (now["size"], now["mtime"]):
         log.warning("%s changed since it was ingested; its new records are read from the saved position",
                     item.source)
@@ -316,7 +320,7 @@ def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: 
             if stop:
                 _truncate(window, limit - result.added)
             state = {"next_position": window.next_position, "done": window.last and not stop,
-                     **_file_state(items[window.key])}
+                     **items[window.key].state()}
             with timer("store"):
                 store.append(window.codes.get(neuron_type, np.zeros(0)), [d.docid for d in window.docs],
                              window.token_counts, [window.key] * len(window.docs), [d.position for d in window.docs],

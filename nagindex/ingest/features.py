@@ -23,7 +23,7 @@ import numpy as np
 
 from nagindex.data import Reject
 from nagindex.errors import InputError
-from nagindex.ingest.read import (InputFile, _network_error, _stream_errors, input_files, open_binary,
+from nagindex.ingest.read import (InputFile, network_error, stream_errors, input_files, open_binary,
                                   open_parquet)
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def line_blocks(item: InputFile, start: int) -> Iterator[tuple[int, int, bytes] 
                 line_no += n
                 if eof:
                     return
-        except _stream_errors() as exc:
+        except stream_errors() as exc:
             yield Reject(item.source, max(line_no, start), f"corrupt or truncated file from here on: {exc}")
 
 
@@ -335,7 +335,7 @@ def _parquet_batches(item: InputFile, spec: FeatureSpec, start: int) -> Iterator
                                     item.source, spec, first + batch.num_rows)
                     first += batch.num_rows
             except (pa.ArrowException, OSError) as exc:
-                if _network_error(item, exc):
+                if network_error(item, exc):
                     raise
                 yield empty(first, f"corrupt parquet data from here on: {exc}")
                 return

@@ -369,12 +369,12 @@ def transport_error(exc: BaseException) -> bool:
                                            for c in type(exc).__mro__)
 
 
-def _network_error(item: InputFile, exc: BaseException) -> bool:
+def network_error(item: InputFile, exc: BaseException) -> bool:
     """An I/O error reading a remote input (not corrupt data): the run stops and resumes later, no reject."""
     return item.fs is not None and transport_error(exc)
 
 
-def _stream_errors() -> tuple[type[BaseException], ...]:
+def stream_errors() -> tuple[type[BaseException], ...]:
     """Errors meaning "the compressed stream is corrupt or cut short" (BadGzipFile is an OSError)."""
     errors: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error)
     try:
@@ -398,8 +398,8 @@ def _read_jsonl(item: InputFile, fields: Fields, start: int) -> Iterator[Documen
                 if not line.strip():
                     continue
                 yield _parse_line(line, item.source, position, fields)
-        except _stream_errors() as exc:
-            if _network_error(item, exc):
+        except stream_errors() as exc:
+            if network_error(item, exc):
                 raise
             yield Reject(item.source, max(lines_read, start), f"corrupt or truncated file from here on: {exc}")
 
@@ -457,7 +457,7 @@ def open_parquet(item: InputFile, stack: ExitStack) -> tuple[Any, str | None]:
     try:
         return stack.enter_context(parquet_file(item)), None
     except (pa.ArrowException, OSError, ValueError) as exc:
-        if _network_error(item, exc):
+        if network_error(item, exc):
             raise
         return None, f"not a readable parquet file: {exc}"
 
@@ -487,7 +487,7 @@ def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Docum
                     yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id)
                     first += batch.num_rows
             except (pa.ArrowException, OSError, ValueError) as exc:
-                if _network_error(item, exc):
+                if network_error(item, exc):
                     raise
                 yield Reject(item.source, first, f"corrupt parquet data from here on: {exc}")
                 return

@@ -23,8 +23,8 @@ import numpy as np
 
 from nagindex.data import Reject
 from nagindex.errors import InputError
-from nagindex.ingest.read import (InputFile, network_error, stream_errors, input_files, open_binary,
-                                  open_parquet)
+from nagindex.ingest.inputs import InputFile, input_files, network_error
+from nagindex.ingest.read import open_binary, open_parquet, stream_errors
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from nagindex.data import Reject
 from nagindex.errors import InputError
 from nagindex.ingest.features import (INDEX_KEY, JSON_KINDS, FeatureBatch, FeatureSpec, feature_batches, line_blocks,
                                       prefetch)
-from nagindex.ingest.read import input_files, parquet_file
+from nagindex.ingest.inputs import input_files, parquet_file
 from nagindex.ingest.store import IndexStore
 
 logger = logging.getLogger(__name__)

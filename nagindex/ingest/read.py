@@ -10,13 +10,6 @@ generator ``(InputFile, Fields, start) -> Iterator[Document | Reject]`` that
 streams (jsonl line by line, parquet by row group, arrow by record batch), so
 memory stays flat whatever the file size.
 
-Inputs may also be URLs of any fsspec filesystem: ``hf://datasets/<repo>/<path>``
-(the Hugging Face Hub, e.g. the paper's RefinedWeb parquet shards), ``s3://``,
-``gs://``... They are read as streams (parquet by row group, through range
-requests), resume like local files, and a network error stops the run (the
-cursor is committed, so the same command goes on from there) instead of
-turning the rest of a file into a reject.
-
 Positions are 0-based line numbers (jsonl, blank lines counted and skipped) or
 row numbers (parquet; for an HF ``save_to_disk`` folder, rows counted across its
 ``data-*.arrow`` files in order). ``start_positions[key] = p`` resumes at ``p``.
@@ -37,58 +30,10 @@ from typing import Any, BinaryIO
 
 from nagindex.data import Document, Reject
 from nagindex.errors import InputError
+from nagindex.ingest.inputs import (READ_CHUNK, SUFFIX_KINDS, InputFile, input_files, network_error, parquet_file,
+                                    transport_error)
 
 logger = logging.getLogger(__name__)
-
-_SUFFIX_KINDS = (  # longest suffix first
-    (".jsonl.gz", "jsonl.gz"),
-    (".jsonl.zst", "jsonl.zst"),
-    (".jsonl", "jsonl"),
-    (".parquet", "parquet"),
-    (".txt", "txt"),
-)
-_HF_MARKERS = ("state.json", "dataset_info.json")
-_READ_CHUNK = 1 << 20
-_REMOTE_BLOCK = 8 << 20  # bytes per remote range request
-
-
-@dataclass(frozen=True, slots=True)
-class InputFile:
-    """One concrete source: a file, or an HF ``save_to_disk`` folder.
-
-    ``key`` (resolved absolute path) identifies it in the store's progress table;
-    ``source`` is the path as the user gave it (joined with the relative path
-    inside a walked folder) and is what rejects and generated docids show.
-    ``name`` is the path relative to the walked folder (the docid of a .txt doc).
-    """
-
-    key: str
-    path: Path
-    kind: str
-    source: str
-    name: str
-    fs: Any = None  # the fsspec filesystem of a remote input (``path`` is then its path there); None: local
-
-    def open(self) -> BinaryIO:
-        """The file's raw bytes, local or remote."""
-        if self.fs is None:
-            return open(self.path, "rb", buffering=_READ_CHUNK)
-        return self.fs.open(self.path.as_posix(), "rb", block_size=_REMOTE_BLOCK)
-
-    def state(self) -> dict[str, Any]:
-        """Size and a change stamp (mtime; for remote files the blob id or etag when the store gives one)."""
-        if self.fs is None:
-            st = os.stat(self.path)
-            return {"size": st.st_size, "mtime": st.st_mtime}
-        try:
-            info = self.fs.info(self.path.as_posix())
-        except Exception as exc:  # noqa: BLE001 - re-raised unless it is I/O
-            if not transport_error(exc):
-                raise
-            raise InputError(f"{self.source}: cannot reach it: {exc}; run the same command again to resume") from exc
-        stamp = next((info[k] for k in ("blob_id", "ETag", "etag", "mtime", "LastModified", "created") if info.get(k)),
-                     None)
-        return {"size": info.get("size"), "mtime": None if stamp is None else str(stamp)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,115 +58,6 @@ class Fields:
 
 AUTO = "auto"
 AUTO_TEXT_FIELDS = ("doc", "text", "content")
-
-
-def _kind_of(path: Path) -> str:
-    return "hf" if path.is_dir() else _kind_of_name(path.name)
-
-
-def _kind_of_name(name: str) -> str:
-    lower = name.lower()
-    for suffix, kind in _SUFFIX_KINDS:
-        if lower.endswith(suffix):
-            return kind
-    return "unsupported"
-
-
-def _is_hf_folder(path: Path) -> bool:
-    return any((path / marker).is_file() for marker in _HF_MARKERS)
-
-
-def _walk(root: Path, given: str) -> Iterator[InputFile]:
-    """Sorted recursive walk; HF dataset folders are leaves, dot-files are skipped."""
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith("."):
-            continue
-        rel = entry.relative_to(root).as_posix()
-        source = f"{given.rstrip('/')}/{rel}"
-        if entry.is_dir():
-            if _is_hf_folder(entry):
-                yield InputFile(str(entry.resolve()), entry, "hf", source, rel)
-            else:
-                for sub in _walk(entry, source):
-                    yield InputFile(sub.key, sub.path, sub.kind, sub.source, f"{rel}/{sub.name}")
-        elif entry.name == "dataset_dict.json" and any(p.is_dir() for p in root.iterdir()):
-            continue  # HF DatasetDict: the splits are the subfolders
-        else:
-            yield InputFile(str(entry.resolve()), entry, _kind_of(entry), source, rel)
-
-
-def input_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[InputFile]:
-    """Expand files and folders into concrete sources, in a stable order, no duplicates."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: list[InputFile] = []
-    seen: set[str] = set()
-    for given in paths:
-        path = Path(given)
-        if is_url(given) and not path.exists():
-            found = _remote_files(str(given))
-        elif not path.exists():
-            raise InputError(f"input path {str(given)!r} does not exist")
-        elif path.is_dir() and not _is_hf_folder(path):
-            found = list(_walk(path, str(given)))
-        else:
-            found = [InputFile(str(path.resolve()), path, _kind_of(path), str(given), path.name)]
-        for item in found:
-            if item.key not in seen:
-                seen.add(item.key)
-                out.append(item)
-    return out
-
-
-def is_url(given: str | os.PathLike) -> bool:
-    """``hf://...``, ``s3://...``: a path for fsspec rather than the local filesystem."""
-    return isinstance(given, str) and "://" in given and not given.startswith("file://")
-
-
-def _remote_files(url: str) -> list[InputFile]:
-    """The files at a remote URL (one file, or every file under a folder or glob, sorted; dot-files skipped)."""
-    try:
-        import fsspec
-    except ImportError as exc:  # pragma: no cover - huggingface_hub (a transformers dependency) brings it
-        raise InputError(f"{url}: remote inputs need fsspec (pip install fsspec)") from exc
-    try:
-        fs, root = fsspec.core.url_to_fs(url)
-        wildcard = min((root.find(c) for c in "*?[" if c in root), default=-1)
-        if wildcard >= 0:
-            paths, base = sorted(fs.glob(root)), root[:wildcard].rsplit("/", 1)[0]
-        elif fs.isdir(root):
-            paths, base = sorted(fs.find(root)), root.rstrip("/")
-        else:
-            paths, base = ([root] if fs.exists(root) else []), root.rsplit("/", 1)[0]
-    except Exception as exc:  # noqa: BLE001 - unknown protocol, no network, no access
-        if not isinstance(exc, ValueError) and not transport_error(exc):
-            raise
-        raise InputError(f"input path {url!r}: cannot list it: {exc}") from exc
-    if not paths and wildcard < 0:
-        raise InputError(f"input path {url!r} does not exist")
-    out = []
-    for p in paths:
-        rel = p[len(base):].lstrip("/") if p.startswith(base) else ""
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue
-        url_of_file = fs.unstrip_protocol(p)  # key and source alike: the file's full URL
-        out.append(InputFile(url_of_file, Path(p), _kind_of_name(p), url_of_file, rel or p.rsplit("/", 1)[-1], fs))
-    if not out:
-        raise InputError(f"input path {url!r} holds no files")
-    return out
-
-
-@contextmanager
-def parquet_file(item: InputFile) -> Iterator[Any]:
-    """A ``pyarrow.parquet.ParquetFile`` on a local path (memory-mapped reads) or a remote file object."""
-    import pyarrow.parquet as pq
-
-    if item.fs is None:
-        with pq.ParquetFile(item.path) as pf:
-            yield pf
-    else:
-        with item.open() as raw, pq.ParquetFile(raw) as pf:
-            yield pf
 
 
 def iter_records(
@@ -262,7 +98,7 @@ def read_input(item: InputFile, *, fields: Fields | None = None, start: int = 0)
 
 
 def _supported() -> str:
-    return ", ".join(s for s, _ in _SUFFIX_KINDS) + ", HF save_to_disk folder"
+    return ", ".join(s for s, _ in SUFFIX_KINDS) + ", HF save_to_disk folder"
 
 
 # ---------------------------------------------------------------- validation
@@ -322,7 +158,7 @@ class _ZstdRaw(io.RawIOBase):
 
     def readinto(self, out: Any) -> int:
         while not self._buf:
-            raw = self._fh.read(_READ_CHUNK)
+            raw = self._fh.read(READ_CHUNK)
             if not raw:
                 if self._in_frame:
                     raise EOFError("zstd stream ended before the end of its frame")
@@ -351,27 +187,9 @@ def open_binary(item: InputFile) -> Iterator[BinaryIO]:
             with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
                 yield fh  # type: ignore[misc]
         elif item.kind == "jsonl.zst":
-            yield io.BufferedReader(_ZstdRaw(raw), _READ_CHUNK)  # type: ignore[misc]
+            yield io.BufferedReader(_ZstdRaw(raw), READ_CHUNK)  # type: ignore[misc]
         else:
             yield raw
-
-
-_TRANSPORT_PACKAGES = frozenset({"httpx", "httpx2", "requests", "urllib3", "aiohttp", "huggingface_hub", "botocore",
-                                 "google"})
-
-
-def transport_error(exc: BaseException) -> bool:
-    """An error of the I/O or network stack under fsspec: an OSError, or an exception of the HTTP/cloud
-    client libraries (httpx, requests, aiohttp, botocore...), most of which are not OSErrors."""
-    if isinstance(exc, gzip.BadGzipFile):
-        return False  # corrupt data, not transport
-    return isinstance(exc, OSError) or any(c.__module__.split(".")[0] in _TRANSPORT_PACKAGES
-                                           for c in type(exc).__mro__)
-
-
-def network_error(item: InputFile, exc: BaseException) -> bool:
-    """An I/O error reading a remote input (not corrupt data): the run stops and resumes later, no reject."""
-    return item.fs is not None and transport_error(exc)
 
 
 def stream_errors() -> tuple[type[BaseException], ...]:

@@ -23,7 +23,8 @@ import numpy as np
 from nagindex import __version__
 from nagindex.data import Document, Reject
 from nagindex.errors import InputError, NagIndexError
-from nagindex.ingest.read import Fields, InputFile, input_files, parquet_file, read_input
+from nagindex.ingest.inputs import InputFile, input_files, parquet_file
+from nagindex.ingest.read import Fields, read_input
 from nagindex.progress import StageTimer, TokenRate, progress_bar
 
 if TYPE_CHECKING:

@@ -68,7 +68,8 @@ def fetch_texts(sources: Sequence[str], positions: np.ndarray, *, text_field: st
     that changed or vanished gives ``None`` for its rows rather than wrong text.
     """
     from nagindex.data import Document
-    from nagindex.ingest.read import Fields, input_files, read_input
+    from nagindex.ingest.inputs import input_files
+    from nagindex.ingest.read import Fields, read_input
 
     wanted: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, (src, pos) in enumerate(zip(sources, positions.tolist())):

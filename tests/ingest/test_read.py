@@ -13,8 +13,9 @@ import zstandard
 
 from nagindex.data import Document, Reject
 from nagindex.errors import InputError
-from nagindex.ingest import read
-from nagindex.ingest.read import input_files, iter_records
+from nagindex.ingest import inputs
+from nagindex.ingest.inputs import input_files
+from nagindex.ingest.read import iter_records
 
 ROWS = [{"docid": f"d{i}", "doc": f"text number {i}", "n": i + 1} for i in range(10)]
 
@@ -190,7 +191,7 @@ def test_permission_denied_is_a_file_reject(tmp_path: Path, monkeypatch) -> None
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(read, "open", denied, raising=False)  # root ignores chmod, so fake it
+    monkeypatch.setattr(inputs, "open", denied, raising=False)  # root ignores chmod, so fake it
     (reject,) = list(iter_records(path))
     assert reject == Reject(str(path), None, "cannot read file: Permission denied")
 

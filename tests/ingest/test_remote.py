@@ -146,7 +146,7 @@ def test_compressed_jsonl_on_any_fsspec_filesystem(golden_dir, extractor, tmp_pa
 
 
 def test_missing_remote_path_is_an_error(hub):
-    from nagindex.ingest.read import input_files, transport_error
+    from nagindex.ingest.inputs import input_files, transport_error
 
     assert transport_error(TransportError()) and transport_error(TimeoutError())
     assert not transport_error(gzip.BadGzipFile()) and not transport_error(KeyError("x"))

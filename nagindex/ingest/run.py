@@ -287,6 +287,7 @@ def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: 
                   show_progress: bool | None) -> None:
     starts = {f.key: int(progress.get(f.key, {}).get("next_position", 0)) for f in todo}
     items = {f.key: f for f in todo}
+    states: dict[str, dict[str, Any]] = {}  # size and stamp of each input, looked up once (remote: one request)
     bar = progress_bar(_estimate_records(todo, starts), desc="ingest", enabled=show_progress)
     rate = TokenRate(bar)
     in_flight: set[str] = set()  # ids screened but not committed yet (windows encoding in parallel)
@@ -320,8 +321,9 @@ def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: 
             stop = limit is not None and result.added + len(window.docs) >= limit
             if stop:
                 _truncate(window, limit - result.added)
-            state = {"next_position": window.next_position, "done": window.last and not stop,
-                     **items[window.key].state()}
+            if window.key not in states:
+                states[window.key] = items[window.key].state()
+            state = {"next_position": window.next_position, "done": window.last and not stop, **states[window.key]}
             with timer("store"):
                 store.append(window.codes.get(neuron_type, np.zeros(0)), [d.docid for d in window.docs],
                              window.token_counts, [window.key] * len(window.docs), [d.position for d in window.docs],

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _table import ResultTable, load_average, log  # tools/ is on sys.path when run as a script
 
 L_DEFAULT, K_DEFAULT, WIDTH_DEFAULT = 28, 20, 6144
 TABLE_BITS = 12  # sampling tables: 4096 slots per (topic, layer), inverse-CDF quantised
@@ -202,10 +203,6 @@ def stage_seconds(timings: str) -> dict[str, float]:
     return out
 
 
-def load_average() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 # ---------------------------------------------------------------- 1. nagindex CLI and stages
 def time_cli(data: dict, work: Path, k: str, runs: int = 3) -> tuple[float, float, str]:
     """The real CLI in fresh processes: (first run's wall, best later run's wall, that run's stage line)."""
@@ -332,21 +329,14 @@ def main() -> None:
     ap.add_argument("--skip-reference", action="store_true")
     args = ap.parse_args()
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     key = (f"n{args.docs}_L{args.layers}_K{args.top_k}_w{args.width}_t{args.topics}_T{args.target_docs}"
            f"_s{args.seed}_v{FORMAT_VERSION}")
     work = Path(args.workdir) / key
     loads = [load_average()]
     data = build_data(args, work, log)
     n = args.docs
-    rows: list[tuple[str, str, str, str, str]] = []  # measurement, seconds, ratio, goal, met
-
-    def add(name: str, seconds: float | str, ratio: str = "", goal: str = "", met: bool | None = None) -> None:
-        sec = seconds if isinstance(seconds, str) else f"{seconds:.3f}"
-        rows.append((name, sec, ratio, goal, "" if met is None else ("yes" if met else "**no**")))
-        log(f"  {name}: {sec} {ratio} {goal}")
+    table = ResultTable("seconds")
+    add = table.add
 
     # 1. whole CLI, then in-process stages
     log("1. CLI query")
@@ -446,10 +436,7 @@ def main() -> None:
           f"{args.target_docs} docs; {platform.machine()} x {os.cpu_count()} cores; load average before "
           f"{loads[0]}, after {loads[1]}; data generated in {data['generate_seconds']} s, `nagindex import` "
           f"(parquet) {data['import_seconds']} s\n")
-    print("| measurement | seconds | ratio | goal | met |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(table.markdown())
 
 
 if __name__ == "__main__":

@@ -24,19 +24,15 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _table import ResultTable, load_average, log  # tools/ is on sys.path when run as a script
 
 SHAPES = {"qwen3-1.7b shape": (28, 20, 6144), "smollm2-135m shape": (30, 20, 1536)}
 ASSUMED_GPU_RATES = {"paper, H100, Qwen3-1.7B (spec sec. 7)": 350.0, "project goal, H100": 1000.0}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def passages(n: int) -> list[str]:
@@ -164,12 +160,9 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="nagbench-store-"))
     work.mkdir(parents=True, exist_ok=True)
-    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    rows: list[tuple[str, str, str, str, str]] = []
-
-    def add(name: str, value: str, ratio: str = "", goal: str = "", met: bool | None = None) -> None:
-        rows.append((name, value, ratio, goal, "" if met is None else ("yes" if met else "**no**")))
-        log(f"  {name}: {value} {ratio}")
+    load_before = load_average()
+    table = ResultTable("value")
+    add = table.add
 
     try:
         per_doc_a = None
@@ -229,11 +222,8 @@ def main() -> None:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\n{platform.machine()} x {os.cpu_count()} cores; load average before {load_before}, after "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
-    print("| measurement | value | ratio | goal | met |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+          f"{load_average()}\n")
+    print(table.markdown())
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REJECTS_FILE = "rejects.jsonl"
+DUPLICATE = "duplicate id"
 
 
 @dataclass
@@ -290,19 +291,16 @@ def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: 
     states: dict[str, dict[str, Any]] = {}  # size and stamp of each input, looked up once (remote: one request)
     bar = progress_bar(_estimate_records(todo, starts), desc="ingest", enabled=show_progress)
     rate = TokenRate(bar)
-    in_flight: set[str] = set()  # ids screened but not committed yet (windows encoding in parallel)
 
     def screen(docs: list[Document]) -> tuple[list[Document], list[Reject]]:
-        """Documents are deduplicated by id only (as in the reference): the first one wins."""
+        """Skip encoding documents whose id is already committed (a duplicate whatever happens next).
+
+        Repeats among documents not committed yet are settled at commit time (``_drop_duplicates``):
+        one of them may still be dropped for having no tokens, so which one wins is known only then.
+        """
         known = store.contains([d.docid for d in docs])
-        kept, dups = [], []
-        for doc, in_index in zip(docs, known):
-            if in_index or doc.docid in in_flight:
-                dups.append(Reject(doc.source, doc.position, "duplicate id", doc.docid))
-            else:
-                in_flight.add(doc.docid)
-                kept.append(doc)
-        return kept, dups
+        return ([d for d, k in zip(docs, known) if not k],
+                [Reject(d.source, d.position, DUPLICATE, d.docid) for d, k in zip(docs, known) if k])
 
     def windows() -> Iterator[Window]:
         for item in todo:
@@ -316,6 +314,7 @@ def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: 
                 window = next(encoded, None)
             if window is None:
                 break
+            _drop_duplicates(window, store)
             if strict and window.rejects:
                 raise InputError(window.rejects[0].message())
             stop = limit is not None and result.added + len(window.docs) >= limit
@@ -328,7 +327,6 @@ def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: 
                 store.append(window.codes.get(neuron_type, np.zeros(0)), [d.docid for d in window.docs],
                              window.token_counts, [window.key] * len(window.docs), [d.position for d in window.docs],
                              progress={window.key: state}, rejects=window.rejects)
-            in_flight.difference_update(d.docid for d in window.docs)
             _count(result, window)
             rate.update(len(window.docs) + len(window.rejects), int(window.token_counts.sum()))
             if stop:
@@ -336,6 +334,30 @@ def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: 
     finally:
         encoded.close()  # stops a parallel encoder's in-flight work
         bar.close()
+
+
+def _drop_duplicates(window: Window, store: Any) -> None:
+    """Reject documents whose id is committed or repeated earlier in the window, just before committing.
+
+    Windows commit one after the other in input order, so the first document of an id that has a
+    NAG wins, however many windows were encoding in parallel and wherever a previous run stopped. The
+    window's rejects are put in input order, so the rejects table does not depend on timing either.
+    """
+    known = store.contains([d.docid for d in window.docs])
+    seen: set[str] = set()
+    keep: list[int] = []
+    dups: list[Reject] = []
+    for i, (doc, committed) in enumerate(zip(window.docs, known)):
+        if committed or doc.docid in seen:
+            dups.append(Reject(doc.source, doc.position, DUPLICATE, doc.docid))
+        else:
+            seen.add(doc.docid)
+            keep.append(i)
+    if dups:
+        window.docs = [window.docs[i] for i in keep]
+        window.codes = {t: c[keep] for t, c in window.codes.items()}
+        window.token_counts = window.token_counts[keep]
+    window.rejects = sorted(window.rejects + dups, key=lambda r: -1 if r.position is None else r.position)
 
 
 def _truncate(window: Window, n: int) -> None:

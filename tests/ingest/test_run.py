@@ -210,3 +210,48 @@ def test_reject_summary_groups_by_kind(reason, kind):
     from nagindex.ingest.run import reject_kind
 
     assert reject_kind(reason) == kind
+
+
+class _NoTokensFor(NagExtractor):
+    """The tiny extractor, except that texts starting with ``SILENT`` tokenize to nothing (as some
+    control-character texts do): the documents ingest drops only once it encodes them."""
+
+    def __init__(self, base: NagExtractor) -> None:
+        self.__dict__.update(base.__dict__)
+
+    def tokenize(self, texts):
+        ids, counts = super().tokenize(texts)
+        silent = [t.startswith("SILENT") for t in texts]
+        return [[] if s else x for s, x in zip(silent, ids)], [0 if s else c for s, c in zip(silent, counts)]
+
+
+@pytest.mark.parametrize("second_line", [1, 4], ids=["same window", "next window"])
+def test_an_id_dropped_for_no_tokens_is_free_with_or_without_a_crash(extractor, tmp_path, second_line):
+    """A document dropped for having no tokens does not claim its id: the later document with that id
+    is indexed, in one run and after a crash between the two documents alike."""
+    lines = [{"docid": f"d{i}", "doc": f"plain text number {i}"} for i in range(8)]
+    lines[0] = {"docid": "shared", "doc": "SILENT nothing to see"}
+    lines[second_line] = {"docid": "shared", "doc": "the real document with this id"}
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    enc = _NoTokensFor(extractor)
+    kw = dict(extractor=enc, backbone="m", commit_every=3, **SETTINGS)
+    ingest([src], tmp_path / "one", **kw)
+
+    real_append, calls = IndexStore.append, [0]
+
+    def crash_after_first_window(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt  # what Ctrl-C does between two commits
+        return real_append(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(IndexStore, "append", crash_after_first_window)
+        with pytest.raises(KeyboardInterrupt):
+            ingest([src], tmp_path / "two", **kw)
+    ingest([src], tmp_path / "two", **kw)
+    one, two = snapshot(tmp_path / "one"), snapshot(tmp_path / "two")
+    assert "shared" in one[0] and one[0].index("shared") == second_line - 1
+    assert one[0] == two[0] and np.array_equal(one[1], two[1]) and one[3] == two[3]
+    assert [r[2] for r in one[3]] == ["no tokens"]

@@ -2,13 +2,16 @@
 
 Each reader raises ``SourceUnavailableError`` when its source cannot be read on
 this machine (package, ``datasets`` or network missing), so the registry can
-fall back to the next source a target lists. pyarrow and ``datasets`` are
-imported lazily; package data is found without importing the package.
+fall back to the next source a target lists. A hub dataset that needs its loading
+script run is a config error instead: nagindex never runs code from configs.
+pyarrow and ``datasets`` are imported lazily; package data is found without
+importing the package.
 """
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import inspect
 import json
 import os
 import socket
@@ -114,19 +117,64 @@ def _network_available(timeout: float = 3.0) -> bool:
         return False
 
 
+def _script_refusal(location: str) -> NagIndexError:
+    """The config error for a dataset that needs its loading script run (nagindex never executes config code)."""
+    return NagIndexError(
+        f"hub dataset {location!r} is based on a loading script; nagindex never runs dataset scripts. "
+        "Point the hub source at a parquet revision (e.g. `revision: refs/convert/parquet` in the target YAML) "
+        "or use a `file:` source with the exported data.")
+
+
+def _is_script_location(location: str) -> bool:
+    """Whether ``location`` names a loading script: a ``.py`` path, or a local folder holding ``<folder>.py``.
+
+    These are the two local layouts ``datasets`` resolves to a script; refusing them before
+    ``load_dataset`` runs means no installed ``datasets`` version gets the chance to import one.
+    """
+    if location.lower().endswith(".py"):
+        return True
+    folder = Path(location)
+    return folder.is_dir() and (folder / f"{folder.name}.py").is_file()
+
+
+def _is_script_error(exc: BaseException) -> bool:
+    """Whether ``datasets`` refused a script dataset (4+: "scripts are no longer supported"; 2.x/3.x: trust_remote_code)."""
+    text = str(exc).lower()
+    return "dataset scripts" in text or "trust_remote_code" in text
+
+
+def _no_remote_code_kwargs(load_dataset: Any) -> dict[str, Any]:
+    """``trust_remote_code=False`` where ``load_dataset`` still takes it (datasets 2.x/3.x); 4+ removed it."""
+    try:
+        params = inspect.signature(load_dataset).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"trust_remote_code": False} if "trust_remote_code" in params else {}
+
+
 def read_hub(source: SourceSpec) -> Iterable[dict[str, Any]]:
+    """Rows of a hub (or local-folder) dataset via ``datasets.load_dataset``, never running a loading script.
+
+    A script dataset is a config error (``NagIndexError``), not a fallback: the fix is in the
+    target YAML. Other failures (no ``datasets``, no network, auth) raise ``SourceUnavailableError``.
+    """
     try:
         datasets = _import_datasets()
     except ImportError as exc:
         raise SourceUnavailableError("the `datasets` package is not installed") from exc
+    if _is_script_location(source.location):
+        raise _script_refusal(source.location)
     cache_only = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                      for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     if not cache_only and not _network_available():
         raise SourceUnavailableError("no network connection to the Hugging Face Hub")
+    extra = {"revision": source.revision} if source.revision else {}
+    extra.update(_no_remote_code_kwargs(datasets.load_dataset))
     try:
-        extra = {"revision": source.revision} if source.revision else {}
         return datasets.load_dataset(source.location, source.name, split=source.split, **extra)
     except Exception as exc:  # network, auth, missing config: fall back to the next source
+        if _is_script_error(exc):
+            raise _script_refusal(source.location) from exc
         raise SourceUnavailableError(f"datasets.load_dataset failed: {type(exc).__name__}: {exc}") from exc
 
 

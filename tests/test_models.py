@@ -26,7 +26,9 @@ def test_embedded_smollm2_offline_and_batch_independent(monkeypatch):
     bb = load_backbone("smollm2-135m", device="cpu")
     folder, sha = materialize_embedded("smollm2-135m")
     assert bb.weights_sha256 == sha == file_sha256([embedded_gguf("smollm2-135m")])
-    assert json.loads((folder / "nagindex_backbone.json").read_text())["gguf_sha256"] == sha
+    info = json.loads((folder / "nagindex_backbone.json").read_text())
+    assert info["gguf_sha256"] == sha
+    assert info["weights"] == {"model.safetensors": file_sha256([folder / "model.safetensors"])}
     ex = NagExtractor(bb, top_k=20, max_length=120, batch_size=1)
     assert (ex.num_layers, ex.widths["fwd_up"]) == (30, 1536)
     ids, counts = ex.tokenize(SENTENCES)

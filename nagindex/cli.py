@@ -76,7 +76,9 @@ def _extraction_options(multi_type: bool) -> Callable[[Callable[..., Any]], Call
         click.option("--batch-size", default=32, show_default=True, help="Documents per forward pass."),
         click.option("--text-field", default="auto", show_default=True,
                      help="Field holding the document text (auto: doc, else text, else content)."),
-        click.option("--id-field", default="docid", show_default=True, help="Field holding the document id."),
+        click.option("--id-field", default="auto", show_default=True,
+                     help="Field holding the document id (auto: docid, else id, doc_id, _id, uuid; "
+                          "none of them: <file>:<line>)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16."),
         click.option("--trust-remote-code", is_flag=True, help="Allow a hub model to run its own code (off by default)."),
@@ -151,6 +153,12 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
                f"{res.rejects:,} skipped" + (" (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(
                    res.reject_reasons.items(), key=lambda kv: -kv[1])) + ")" if res.reject_reasons else "")
                + (f"; {res.skipped_inputs} input(s) already ingested" if res.skipped_inputs else ""))
+    if res.fields:
+        click.echo("fields: " + "; ".join(f"{kind} from " + ", ".join(
+            f"{name!r}" if len(used) == 1 else f"{name!r} ({n:,})" for name, n in used.items())
+            for kind, used in res.fields.items()))
+    for warning in res.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if res.rejects:
         click.echo(f"skipped records: {index_dir}/rejects.jsonl")
     click.echo(f"time: {res.timings}", err=True)
@@ -344,7 +352,8 @@ def query(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ..
       nagindex query --index idx/ --target arc_challenge:2 --target mmlu --fraction 0.2 -o mix.parquet
       nagindex query --target-file mine.parquet --target-filter dataset=chem --tokens 30B
     """
-    from nagindex.query.run import default_output, parse_target, query as run_query
+    from nagindex.query.request import parse_target
+    from nagindex.query.run import default_output, query as run_query
     from nagindex.units import parse_count
 
     targets = ([parse_target(n) for n in names] + [parse_target(f, "file", filters) for f in files]
@@ -374,13 +383,12 @@ def mix(mixture: str, out: str | None, **kw: Any) -> None:
     over all targets) and targets (name, file or features, with weight and filter).
     """
     from nagindex.query.mixture import load_mixture
-    from nagindex.query.run import default_output, query as run_query
+    from nagindex.query.run import default_output, mix as run_mix
 
     m = load_mixture(mixture)
     if out is None:
         out = default_output(m.targets, Path(mixture).stem)
-    res = run_query(m.targets, k=m.k, tokens=m.tokens, fraction=m.fraction, mode=m.mode, dedup=m.dedup,
-                    out=out, **kw)
+    res = run_mix(m, out=out, **kw)
     _echo_result(res)
 
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from nagindex.ingest.index import open_index
 from nagindex.ingest.run import ingest
-from nagindex.query.run import QueryResult, parse_target, query
+from nagindex.query.request import parse_target
+from nagindex.query.run import QueryResult, query
 
 DEMO_TARGETS = (("arc_challenge",), ("arc_challenge", "triviaqa"))
 STEPS = 5

@@ -240,7 +240,8 @@ def import_profile(data: dict, work: Path) -> dict[str, float | bool]:
 
 def inprocess(data: dict, work: Path, repeats: int, **kw) -> tuple[float, dict[str, float], object]:
     """Best total and best per-stage seconds of ``query()`` in this process (numba already loaded)."""
-    from nagindex.query.run import parse_target, query
+    from nagindex.query.request import parse_target
+    from nagindex.query.run import query
 
     targets = kw.pop("targets", [data["targets"][0]])
     reqs = [parse_target(str(t), "features") for t in targets]
@@ -257,7 +258,8 @@ def inprocess(data: dict, work: Path, repeats: int, **kw) -> tuple[float, dict[s
 
 def target_profiles(data: dict, view) -> np.ndarray:
     from nagindex.query.profile import count_profile
-    from nagindex.query.run import feature_codes, parse_target
+    from nagindex.query.request import parse_target
+    from nagindex.query.run import feature_codes
 
     return np.stack([count_profile(feature_codes(parse_target(str(t), "features"), view.manifest),
                                    view.manifest["width"]) for t in data["targets"]])

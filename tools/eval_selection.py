@@ -170,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from scipy.stats import spearmanr
 
     from nagindex.ingest.index import open_index
-    from nagindex.query.run import parse_target, query
+    from nagindex.query.request import parse_target
+    from nagindex.query.run import query
     from nagindex.query.target import load_target
 
     index = Path(args.index)
@@ -242,7 +243,8 @@ def stability(name: str, index: Path, view: Any, docids: np.ndarray, tokens: np.
     from nagindex.query import select as sel
     from nagindex.query.encode import target_codes
     from nagindex.query.profile import count_profile
-    from nagindex.query.run import parse_target, query
+    from nagindex.query.request import parse_target
+    from nagindex.query.run import query
     from nagindex.query.score import score_codes
     from nagindex.query.target import load_target, sample_indices
 

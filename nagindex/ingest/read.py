@@ -24,7 +24,7 @@ import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,28 +36,75 @@ from nagindex.ingest.inputs import (READ_CHUNK, SUFFIX_KINDS, InputFile, input_f
 logger = logging.getLogger(__name__)
 
 
+class FieldUsage:
+    """What an ingest read its documents from: counts of the text and id fields used, and the
+    id-like fields that records carried while their id came from the position (a likely mistake)."""
+
+    def __init__(self) -> None:
+        self.text: dict[str, int] = {}
+        self.id: dict[str, int] = {}
+        self.unused_ids: dict[str, int] = {}
+
+    def note(self, text: str, id_field: str | None, names: Iterable[str], n: int = 1) -> None:
+        self.text[text] = self.text.get(text, 0) + n
+        used = id_field or POSITION_IDS
+        self.id[used] = self.id.get(used, 0) + n
+        if id_field is None:
+            for name in names:
+                if looks_like_id(name):
+                    self.unused_ids[name] = self.unused_ids.get(name, 0) + n
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        return {"text": dict(self.text), "id": dict(self.id)}
+
+    def warnings(self) -> list[str]:
+        """One line per id-like field that was present but not used."""
+        return [f"{n:,} records carry the field {name!r}, which looks like an id, but their ids were made "
+                f"from their position ({POSITION_IDS}): pass --id-field {name} to use it"
+                for name, n in sorted(self.unused_ids.items())]
+
+
 @dataclass(frozen=True, slots=True)
 class Fields:
     """Which record fields hold the text, the id and (optionally) the token count.
 
-    ``text="auto"`` takes the first of ``AUTO_TEXT_FIELDS`` that a file (or record) has.
+    ``text="auto"`` takes the first of ``AUTO_TEXT_FIELDS`` that a file (or record) has,
+    ``id="auto"`` the first of ``AUTO_ID_FIELDS`` (none: ids are ``<source>:<position>``).
+    ``usage``, when given, counts which fields were used (the ingest summary reports it).
     """
 
     text: str
     id: str
     token: str | None
+    usage: FieldUsage | None = field(default=None, compare=False)
 
     def resolve(self, names: Iterable[str]) -> "Fields":
-        """These fields with ``auto`` replaced by the text field found among ``names``."""
-        if self.text != AUTO:
+        """These fields with ``auto`` replaced by the fields found among ``names``."""
+        if self.text != AUTO and self.id != AUTO:
             return self
         present = set(names)
-        found = next((f for f in AUTO_TEXT_FIELDS if f in present), AUTO_TEXT_FIELDS[0])
-        return replace(self, text=found)
+        text = self.text if self.text != AUTO else next((f for f in AUTO_TEXT_FIELDS if f in present),
+                                                        AUTO_TEXT_FIELDS[0])
+        id_ = self.id if self.id != AUTO else next((f for f in AUTO_ID_FIELDS if f in present), AUTO_ID_FIELDS[0])
+        return replace(self, text=text, id=id_)
+
+    def note(self, names: Iterable[str], has_id: bool, n: int = 1) -> None:
+        """Count ``n`` records read with these (resolved) fields; ``names`` are the record's fields."""
+        if self.usage is not None:
+            self.usage.note(self.text, self.id if has_id else None, names, n)
 
 
 AUTO = "auto"
 AUTO_TEXT_FIELDS = ("doc", "text", "content")
+AUTO_ID_FIELDS = ("docid", "id", "doc_id", "_id", "uuid")
+POSITION_IDS = "<source>:<line or row>"
+_ID_NAMES = {"id", "docid", "doc_id", "_id", "uuid", "uid", "guid", "url", "key", "idx", "document_id", "doc_key"}
+
+
+def looks_like_id(name: str) -> bool:
+    """Whether a field name suggests a document id (``id``, ``url``, ``doc_id``, ``page_uuid``...)."""
+    low = name.lower()
+    return low in _ID_NAMES or low.endswith(("_id", "-id", "uuid"))
 
 
 def iter_records(
@@ -109,6 +156,7 @@ def make_record(
     """Validate one record; ``obj`` (a JSON object) or the explicit column values."""
     if obj is not None:
         fields = fields.resolve(obj)
+        fields.note(obj, fields.id in obj)
         if fields.text not in obj:
             return Reject(source, position, f"missing text field {fields.text!r}", _id_or_none(obj.get(fields.id)))
         text, docid = obj[fields.text], obj.get(fields.id)
@@ -247,6 +295,8 @@ def _read_txt(item: InputFile, fields: Fields, start: int) -> Iterator[Document 
     except UnicodeDecodeError as exc:
         yield Reject(item.source, 0, f"invalid UTF-8 at byte {exc.start}", item.name)
         return
+    if fields.usage is not None:
+        fields.usage.note("(whole file)", "(file name)", (), 1)
     yield make_record(None, item.source, 0, fields, text=text, docid=item.name)
 
 
@@ -257,12 +307,15 @@ def _columns(names: Iterable[str], fields: Fields) -> tuple[list[str], bool]:
     return wanted, fields.id in present
 
 
-def _rows_of_batch(batch: Any, item: InputFile, first: int, fields: Fields, has_id: bool) -> Iterator[Document | Reject]:
+def _rows_of_batch(batch: Any, item: InputFile, first: int, fields: Fields, has_id: bool,
+                   schema: Sequence[str]) -> Iterator[Document | Reject]:
+    """Documents of a record batch read with only the wanted columns; ``schema`` names all of the file's."""
     names = batch.schema.names
     n = batch.num_rows
     text = batch.column(names.index(fields.text)).to_pylist()
     ids = batch.column(names.index(fields.id)).to_pylist() if has_id else [None] * n
     toks = batch.column(names.index(fields.token)).to_pylist() if fields.token in names else [None] * n
+    fields.note(schema, has_id, n)
     for i in range(n):
         yield make_record(None, item.source, first + i, fields, text=text[i], docid=ids[i], tokens=toks[i])
 
@@ -302,7 +355,8 @@ def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Docum
             try:
                 for batch in pf.iter_batches(batch_size=8192, row_groups=[group], columns=columns):
                     skip = max(0, start - first)
-                    yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id)
+                    yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id,
+                                              pf.schema_arrow.names)
                     first += batch.num_rows
             except (pa.ArrowException, OSError, ValueError) as exc:
                 if network_error(item, exc):
@@ -360,7 +414,7 @@ def _read_hf(item: InputFile, fields: Fields, start: int) -> Iterator[Document |
                     yield Reject(item.source, first, f"missing text field {fields.text!r} (in {path.name})")
                     return
                 skip = max(0, start - first)
-                yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id)
+                yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id, batch.schema.names)
                 first += n
         except (pa.ArrowException, OSError, ValueError) as exc:
             yield Reject(item.source, first, f"unreadable arrow data from here on ({path.name}): {exc}")

@@ -24,7 +24,7 @@ from nagindex import __version__
 from nagindex.data import Document, Reject
 from nagindex.errors import InputError, NagIndexError
 from nagindex.ingest.inputs import InputFile, input_files, parquet_file
-from nagindex.ingest.read import Fields, read_input
+from nagindex.ingest.read import FieldUsage, Fields, read_input
 from nagindex.progress import StageTimer, TokenRate, progress_bar
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ class IngestResult:
     reject_reasons: dict[str, int] = field(default_factory=dict)
     rows: int = 0
     timings: str = ""
+    fields: dict[str, dict[str, int]] = field(default_factory=dict)  # {"text": {field: records}, "id": {...}}
+    warnings: list[str] = field(default_factory=list)
 
 
 def build_extractor(
@@ -174,7 +176,7 @@ def ingest(
     batch_size: int = 32,
     commit_every: int = 512,
     text_field: str = "auto",
-    id_field: str = "docid",
+    id_field: str = "auto",
     token_field: str | None = None,
     limit: int | None = None,
     strict: bool = False,
@@ -223,7 +225,8 @@ def ingest(
                                           gpus_per_worker=ray_gpus_per_worker, **model_kw)
             else:
                 encoder = LocalEncoder(extractor or build_extractor(backbone, [neuron_type], **model_kw))
-        fields = Fields(text_field, id_field, token_field)
+        usage = FieldUsage()
+        fields = Fields(text_field, id_field, token_field, usage)
         manifest = _manifest(encoder.describe(), backbone, neuron_type, max_length, fields)
         if store is None:
             store = IndexStore.open_or_create(index_dir, manifest)
@@ -234,6 +237,10 @@ def ingest(
         except NagIndexError:  # --strict or a network error: what was committed stays usable, then stop
             _finish(store, index_dir, result, timer)
             raise
+        finally:
+            result.fields, result.warnings = usage.summary(), usage.warnings()
+        for warning in result.warnings:
+            log.warning("%s", warning)
     if store is None:
         raise NagIndexError(f"no index at {index_dir} and nothing to ingest")
     _finish(store, index_dir, result, timer)
@@ -406,7 +413,7 @@ def extract_files(
     max_length: int = 120,
     batch_size: int = 32,
     text_field: str = "auto",
-    id_field: str = "docid",
+    id_field: str = "auto",
     device: str = "auto",
     dtype: str | None = None,
     trust_remote_code: bool = False,

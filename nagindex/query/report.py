@@ -244,7 +244,7 @@ def _rows_of(view: Any, docids: list[str], index_dir: Any) -> np.ndarray:
 
 
 def _requests(manifest: dict[str, Any]) -> list[Any]:
-    from nagindex.query.run import TargetRequest
+    from nagindex.query.request import TargetRequest
 
     raw = manifest.get("targets") or []
     if not raw:

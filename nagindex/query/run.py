@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -18,59 +19,12 @@ import numpy as np
 
 from nagindex.errors import InputError, NagIndexError
 from nagindex.progress import StageTimer
+from nagindex.query.request import MODES, TargetLike, TargetRequest, as_targets
 
 if TYPE_CHECKING:
     from nagindex.query.target import TargetSet
 
 log = logging.getLogger(__name__)
-
-MODES = ("paper", "union")
-
-
-@dataclass(frozen=True)
-class TargetRequest:
-    """One target of a query: a registry ``name``, a ``file`` of examples, or ``features`` of examples."""
-
-    kind: str  # "name" | "file" | "features"
-    value: str
-    weight: float = 1.0
-    filters: tuple[tuple[str, str], ...] = ()
-    label: str = ""
-
-    @property
-    def display(self) -> str:
-        if self.label:
-            return self.label
-        if self.kind == "name":
-            return self.value
-        stem = Path(self.value).name.split(".")[0]
-        return stem + "".join(f"[{k}={v}]" for k, v in self.filters)
-
-
-def parse_target(arg: str, kind: str = "name", filters: Sequence[str] = ()) -> TargetRequest:
-    """``arc_challenge`` or ``arc_challenge:2`` (a mixture weight); filters are ``COL=VALUE``."""
-    value, weight = arg, 1.0
-    head, sep, tail = arg.rpartition(":")
-    if sep and head and _is_number(tail):
-        value, weight = head, float(tail)
-    if weight <= 0:
-        raise NagIndexError(f"target {arg!r}: weight must be > 0")
-    pairs = []
-    for f in filters:
-        col, eq, val = f.partition("=")
-        if not eq or not col:
-            raise NagIndexError(f"--target-filter {f!r}: expected COL=VALUE")
-        pairs.append((col, val))
-    return TargetRequest(kind, value, weight, tuple(pairs))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
 
 @dataclass
 class QueryResult:
@@ -93,7 +47,7 @@ class QueryResult:
 
 
 def query(
-    targets: Sequence[TargetRequest],
+    targets: TargetLike | Sequence[TargetLike],
     index_dir: str | os.PathLike = "idx",
     *,
     k: int | None = None,
@@ -116,6 +70,10 @@ def query(
 ) -> QueryResult:
     """Select documents of the index for one target or a mixture of targets.
 
+    ``targets``: a registered name (``"arc_challenge"``, ``"mmlu:2"`` with a weight), a
+    mapping (``{"file": "mine.jsonl", "filter": {"dataset": "chem"}, "weight": 2}``,
+    ``{"features": "target_features.jsonl"}``), a ``TargetRequest``, or a list of them.
+
     One target: rank by NAG distance (ties by docid) and keep the top ``k``, or
     the ranked prefix within a token budget (``tokens``, or ``fraction`` of the
     index's tokens). Several targets: ``mode="paper"`` gives each its weighted
@@ -129,6 +87,7 @@ def query(
     from nagindex.query import select as sel
     from nagindex.query.profile import count_profile, resolve_layers
 
+    targets = as_targets(targets)
     if mode not in MODES:
         raise NagIndexError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
     if not targets:
@@ -186,6 +145,26 @@ def query(
                                 approx, targets, sampling)
     result.timings = timer.summary()
     return result
+
+
+def mix(mixture: str | os.PathLike | Mapping[str, Any] | Any, index_dir: str | os.PathLike = "idx",
+        **options: Any) -> QueryResult:
+    """``query`` for a mixture: a YAML file (``configs/mixtures/paper6.yaml``), or the same as a mapping
+    (``{"mode": "paper", "fraction": 0.2, "targets": [{"name": "arc_challenge"}, ...]}``), or a
+    ``Mixture``. The mixture gives the targets, mode, dedup and quota; ``options`` are the rest of
+    ``query``'s keywords (``out``, ``max_examples``, ``with_text``...).
+    """
+    from nagindex.query.mixture import Mixture, load_mixture, mixture_from_mapping
+
+    if isinstance(mixture, Mapping):
+        mixture = mixture_from_mapping(mixture)
+    elif not isinstance(mixture, Mixture):
+        mixture = load_mixture(mixture)
+    clash = sorted(set(options) & {"targets", "k", "tokens", "fraction", "mode", "dedup"})
+    if clash:
+        raise NagIndexError(f"mix: {', '.join(clash)}: set by the mixture itself, not as options")
+    return query(mixture.targets, index_dir, k=mixture.k, tokens=mixture.tokens, fraction=mixture.fraction,
+                 mode=mixture.mode, dedup=mixture.dedup, **options)
 
 
 def _input_paths(targets: Sequence[TargetRequest], quality_file: Any = None) -> list[str]:

@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from nagindex.config import CONFIGS_ENV, configs_root, load_yaml
+from nagindex.config import CONFIGS_ENV, config_path, configs_root, load_yaml
 from nagindex.errors import InputError, NagIndexError
 from nagindex.query.sources import PACKAGE_MODULES, SourceSpec, SourceUnavailableError, read_records, read_source
 
@@ -110,7 +110,7 @@ def _registry(configs_dir: str | os.PathLike[str] | None) -> dict[str, TargetSpe
     for path in sorted(root.rglob("*.yaml"), key=lambda p: p.relative_to(root).as_posix()):
         if path.name.startswith("_"):
             continue
-        spec = load_spec_file(path, root=root)
+        spec = load_spec_file(path, root=root.parent)  # paths may reach configs/data, not beyond configs/
         if spec.name in specs:
             logger.warning("target %r in %s overrides the one in %s", spec.name, path, specs[spec.name].path)
         specs[spec.name] = spec
@@ -188,9 +188,7 @@ def _resolve(path: Path, root: Path, stack: tuple[Path, ...] = ()) -> tuple[dict
         inc = data["include"]
         if not isinstance(inc, str) or not inc.strip():
             raise InputError(f"{path}: field 'include': expected a relative path string, got {inc!r}")
-        inc_path = (path.parent / inc).resolve()
-        if not inc_path.is_relative_to(root):
-            raise InputError(f"{path}: field 'include': {inc!r} resolves outside the configs root {root}")
+        inc_path = config_path(path, inc, "include", root)
         if not inc_path.is_file():
             raise InputError(f"{path}: field 'include': {inc_path} does not exist")
         merged, origin = _resolve(inc_path, root, (*stack, path))
@@ -202,7 +200,8 @@ def _resolve(path: Path, root: Path, stack: tuple[Path, ...] = ()) -> tuple[dict
 
 
 def load_spec_file(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> TargetSpec:
-    """Read and validate one target YAML; includes may not leave ``root`` (default: its folder)."""
+    """Read and validate one target YAML; relative paths in it (includes, file sources) may not
+    leave ``root`` (default: its folder; the registry passes its configs root), per ``config_path``."""
     path = Path(path).resolve()
     root_path = Path(root).resolve() if root is not None else path.parent
     data, origin = _resolve(path, root_path)
@@ -229,7 +228,7 @@ def load_spec_file(path: str | os.PathLike[str], root: str | os.PathLike[str] | 
     raw_sources = data["sources"]
     if not isinstance(raw_sources, list) or not raw_sources:
         raise fail("sources", "expected a non-empty list of sources")
-    sources = tuple(_parse_source(s, f"sources[{i}]", origin.get("sources", path), fail)
+    sources = tuple(_parse_source(s, f"sources[{i}]", origin.get("sources", path), root_path, fail)
                     for i, s in enumerate(raw_sources))
 
     env = _jinja_env()
@@ -247,7 +246,7 @@ def load_spec_file(path: str | os.PathLike[str], root: str | os.PathLike[str] | 
                       filter=data.get("filter"), eval_split_warning=data.get("eval_split_warning"), path=path)
 
 
-def _parse_source(raw: Any, field: str, yaml_path: Path, fail: Any) -> SourceSpec:
+def _parse_source(raw: Any, field: str, yaml_path: Path, root: Path, fail: Any) -> SourceSpec:
     if not isinstance(raw, dict):
         raise fail(field, f"expected a mapping, got {type(raw).__name__}")
     kinds = [k for k in _SOURCE_KEYS if k in raw]
@@ -278,8 +277,7 @@ def _parse_source(raw: Any, field: str, yaml_path: Path, fail: Any) -> SourceSpe
     if kind == "hub":
         return SourceSpec("hub", text("hub"), text("split"), name=text("name", required=False),
                           revision=text("revision", required=False))
-    file_path = Path(text("file")).expanduser()
-    file_path = file_path if file_path.is_absolute() else (yaml_path.parent / file_path).resolve()
+    file_path = config_path(yaml_path, text("file"), f"{field}.file", root)
     return SourceSpec("file", str(file_path), text("split", required=False) or "custom")
 
 

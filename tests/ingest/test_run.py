@@ -255,3 +255,32 @@ def test_an_id_dropped_for_no_tokens_is_free_with_or_without_a_crash(extractor, 
     assert "shared" in one[0] and one[0].index("shared") == second_line - 1
     assert one[0] == two[0] and np.array_equal(one[1], two[1]) and one[3] == two[3]
     assert [r[2] for r in one[3]] == ["no tokens"]
+
+
+def test_ids_are_found_as_users_data_has_them(extractor, tmp_path):
+    """``{"id": ..., "text": ...}`` (the common HF shape) gives its ids, and the summary says so;
+    an id-like field that is not used is warned about instead of silently making path ids."""
+    from click.testing import CliRunner
+
+    from nagindex.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "web.jsonl").write_text("".join(json.dumps({"id": f"web-{i}", "text": f"some web text {i}"}) + "\n"
+                                              for i in range(4)))
+    res = ingest([corpus], tmp_path / "idx", extractor=extractor, backbone="m", **SETTINGS)
+    assert snapshot(tmp_path / "idx")[0] == ["web-0", "web-1", "web-2", "web-3"]
+    assert res.fields == {"text": {"text": 4}, "id": {"id": 4}} and res.warnings == []
+
+    (corpus / "urls.jsonl").write_text("".join(json.dumps({"url": f"https://x.org/{i}", "content": "a page"}) + "\n"
+                                               for i in range(3)))
+    res = ingest([corpus / "urls.jsonl"], tmp_path / "idx", extractor=extractor, backbone="m", **SETTINGS)
+    assert res.fields == {"text": {"content": 3}, "id": {"<source>:<line or row>": 3}}
+    assert res.warnings == ["3 records carry the field 'url', which looks like an id, but their ids were made from "
+                            "their position (<source>:<line or row>): pass --id-field url to use it"]
+    out = CliRunner().invoke(main, ["ingest", str(corpus / "urls.jsonl"), "--index", str(tmp_path / "cli"),
+                                    "--backbone", str(Path(extractor.backbone.model.name_or_path)),
+                                    "--top-k", "8", "--max-length", "64", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    assert "fields: text from 'content'; id from '<source>:<line or row>'" in out.output
+    assert "pass --id-field url to use it" in out.output

@@ -10,7 +10,8 @@ from nagindex.errors import NagIndexError
 from nagindex.ingest.interop import import_features, write_features
 from nagindex.ingest.index import open_index
 from nagindex.query import approx
-from nagindex.query.run import TargetRequest, query
+from nagindex.query.request import TargetRequest
+from nagindex.query.run import query
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from nagindex.cli import main
 from nagindex.errors import NagIndexError
 from nagindex.query.report import collect, jaccard_matrix, shared_share, write_report
-from nagindex.query.run import TargetRequest, query
+from nagindex.query.request import TargetRequest
+from nagindex.query.run import query
 
 pytest.importorskip("matplotlib")
 

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from nagindex.cli import main
 from nagindex.errors import NagIndexError
-from nagindex.query.run import TargetRequest, parse_target, query
+from nagindex.query.request import TargetRequest, parse_target
+from nagindex.query.run import query
 
 
 def _expect(golden_dir: Path, name: str) -> tuple[list[str], np.ndarray, dict]:

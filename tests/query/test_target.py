@@ -48,12 +48,13 @@ def configs(tmp_path: Path) -> Path:
     root = tmp_path / "configs"
     targets = root / "targets"
     targets.mkdir(parents=True)
-    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (root / "data").mkdir()
+    (root / "data" / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     write(targets / "alpha.yaml", """
 task: alpha
 description: tiny QA
 sources:
-  - file: ../../rows.jsonl
+  - file: ../data/rows.jsonl
     split: train
 doc_to_text: "{% if q %}Q: {{ q }} A: {{ a }}{% endif %}"
 doc_to_id: uid
@@ -69,7 +70,7 @@ filter: keep
     write(targets / "sub" / "gamma.yaml", """
 include: ../_common.yaml
 task: gamma
-sources: [{file: ../../../rows.jsonl, split: test}]
+sources: [{file: ../../data/rows.jsonl, split: test}]
 """)
     return root
 
@@ -90,7 +91,7 @@ def test_file_source_renders_ids_and_drops_empty(configs: Path) -> None:
     assert ts.texts == ["Q: What is 2+2? A: 4", "Q: Capital of France? A: Paris", "Q: Color of the sky? A: blue"]
     assert ts.ids == ["x1", "x3", "x4"]
     assert ts.n_dropped == 1 and ts.split == "train" and ts.note == ""
-    assert ts.source == f"file:{(configs.parent / 'rows.jsonl').resolve()}"
+    assert ts.source == f"file:{(configs / 'data' / 'rows.jsonl').resolve()}"
     two = T.load_target("alpha", limit=2, configs_dir=configs)
     assert len(two) == 2 and two.n_available == 3 and set(two.ids) < {"x1", "x3", "x4"}
     with pytest.raises(InputError, match="limit"):
@@ -125,6 +126,17 @@ def test_include_cycle(configs: Path) -> None:
     write(targets / "c2.yaml", "include: c1.yaml\ntask: c2\n")
     with pytest.raises(InputError, match=r"c2\.yaml: field 'include': include cycle c1.yaml -> c2.yaml -> c1.yaml"):
         T.list_targets(configs)
+
+
+def test_file_source_may_not_escape_root_but_may_be_absolute(configs: Path, tmp_path: Path) -> None:
+    """One rule for paths in configs (README): relative stays inside the configs root; absolute as given."""
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text((configs / "data" / "rows.jsonl").read_text())
+    write(configs / "targets" / "esc.yaml", GOOD.replace("rows.jsonl", "../../outside.jsonl").replace("task: t", "task: esc"))
+    with pytest.raises(InputError, match=r"esc\.yaml: field 'sources\[0\]\.file': .*points outside the configs root"):
+        T.list_targets(configs)
+    write(configs / "targets" / "esc.yaml", GOOD.replace("rows.jsonl", str(outside)).replace("task: t", "task: esc"))
+    assert len(T.load_target("esc", configs_dir=configs)) == 3  # ROWS has one empty question
 
 
 def test_include_may_not_escape_root(configs: Path) -> None:
@@ -173,14 +185,14 @@ def test_invalid_yaml_names_file(configs: Path) -> None:
 
 def test_render_error_names_field_and_example(configs: Path) -> None:
     write(configs / "targets" / "alpha.yaml", GOOD.replace("{{ q }}", "{{ nope }}").replace(
-        "rows.jsonl", "../../rows.jsonl").replace("task: t", "task: alpha"))
+        "rows.jsonl", "../data/rows.jsonl").replace("task: t", "task: alpha"))
     with pytest.raises(InputError, match=r"alpha\.yaml: field 'doc_to_text': cannot render example 0 .*'nope'"):
         T.load_target("alpha", configs_dir=configs)
 
 
 def test_templates_cannot_run_code(configs: Path) -> None:
     write(configs / "targets" / "alpha.yaml", GOOD.replace("{{ q }}", "{{ q.__class__.__mro__ }}").replace(
-        "rows.jsonl", "../../rows.jsonl").replace("task: t", "task: alpha"))
+        "rows.jsonl", "../data/rows.jsonl").replace("task: t", "task: alpha"))
     with pytest.raises(InputError, match="doc_to_text"):
         T.load_target("alpha", configs_dir=configs)
 
@@ -192,7 +204,8 @@ def test_load_target_file_formats(tmp_path: Path, configs: Path) -> None:
     assert (ts.name, ts.texts, ts.ids, ts.n_dropped, ts.split) == ("mine", [" one ", "two"], ["a", "2"], 1, "custom")
     txt = write(tmp_path / "lines.txt", "first\n\nsecond\n")
     assert T.load_target_file(txt, limit=1).texts[0] in ("first", "second")
-    assert T.load_target_file(configs / "targets" / "alpha.yaml").ids == ["x1", "x3", "x4"]
+    own = write(tmp_path / "own.yaml", GOOD.replace("rows.jsonl", "configs/data/rows.jsonl") + "doc_to_id: uid\n")
+    assert T.load_target_file(own).ids == ["x1", "x3", "x4"]  # a YAML outside the registry: paths from its folder
     with pytest.raises(InputError, match=r"bad.jsonl: record 0: no text field 'doc' \(fields: body\)"):
         T.load_target_file(write(tmp_path / "bad.jsonl", '{"body": "x"}\n'))
     with pytest.raises(InputError, match=r"null.jsonl: record 1: field 'text' is NoneType, not a string"):

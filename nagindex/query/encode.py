@@ -5,6 +5,10 @@ with, so they are computed from the index manifest, never from CLI flags. The
 result is cached in ``INDEX/targets/<key>.npy`` keyed by the texts' content and
 those settings: a second query with the same target loads no model (and does
 not import torch at all).
+
+A cache miss on a large target is the one slow step of a first query (HellaSwag's
+10,042 examples take over 10 minutes on a 2-core CPU), so it is announced before
+the model loads, then reported as it goes, in logs too (``nagindex.progress``).
 """
 from __future__ import annotations
 
@@ -12,17 +16,24 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from nagindex.errors import NagIndexError
+from nagindex.fsio import atomic_path
+from nagindex.progress import format_duration, notice, progress_bar
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "targets"
 _SETTINGS = ("backbone", "weights_sha256", "neuron_type", "num_layers", "top_k", "max_length")
+#: from this many examples on, the announcement suggests --max-examples (BENCHMARKS.md, target-set stability)
+SAMPLE_HINT_MIN = 1000
+#: batches per progress step: small enough for frequent progress, large enough to keep batches full
+SLICE_BATCHES = 8
 
 
 def cache_key(texts: Sequence[str], manifest: dict[str, Any]) -> str:
@@ -50,7 +61,14 @@ def target_codes(
             "pass --target-features (reference-format features of the target docs), or import with --backbone"
         )
     from nagindex.ingest.run import build_extractor
+    from nagindex.models import resolve_device
 
+    label = f"target {name}" if name else "target"
+    on = resolve_device(device)
+    hint = ("; --max-examples 200 reproduces the full set's top 20% at Jaccard 0.89-0.97 (BENCHMARKS.md)"
+            if len(texts) > SAMPLE_HINT_MIN else "")
+    notice(f"{label}: encoding {len(texts):,} examples with {manifest['backbone']} on {on}, "
+           f"once per index and target (cached in {path.parent}){hint}")
     extractor = build_extractor(manifest["backbone"], [manifest["neuron_type"]], top_k=manifest["top_k"],
                                 max_length=manifest["max_length"], batch_size=batch_size, device=device,
                                 dtype=dtype, trust_remote_code=trust_remote_code)
@@ -64,9 +82,38 @@ def target_codes(
         log.warning("target %s: %d examples have no tokens and are dropped", name, len(ids) - len(kept))
     if not kept:
         raise NagIndexError(f"target {name}: no example has any token")
-    codes = extractor.codes(kept)[manifest["neuron_type"]]
+    codes = _encode(extractor, kept, manifest["neuron_type"], label, str(on))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, codes, allow_pickle=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # concurrent queries may encode the same target
+        np.save(fh, codes, allow_pickle=False)
     return codes
+
+
+def _encode(extractor: Any, seqs: list[list[int]], neuron_type: str, label: str, on: str) -> np.ndarray:
+    """``extractor.codes(seqs)[neuron_type]``, computed in slices so progress can be shown.
+
+    The slices follow the extractor's own longest-first order, so each slice is a run of
+    the batches one call would make: the codes are bit-identical to one call's. Work
+    tracks tokens, not examples (the longest come first), so the bar counts tokens and
+    the estimate after the first slice scales its time by the tokens left.
+    """
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    order = np.argsort(-lengths, kind="stable")
+    step = extractor.batch_size * SLICE_BATCHES
+    total = int(lengths.sum())
+    out = np.empty((len(seqs), extractor.num_layers, extractor.top_k), dtype=np.uint16)
+    bar = progress_bar(total=total, desc=label, unit="tok")
+    start = time.perf_counter()
+    try:
+        for lo in range(0, len(seqs), step):
+            rows = order[lo : lo + step]
+            out[rows] = extractor.codes([seqs[i] for i in rows])[neuron_type]
+            bar.set_postfix_str(f"{lo + len(rows):,}/{len(seqs):,} ex", refresh=False)
+            bar.update(int(lengths[rows].sum()))
+            if lo == 0 and len(rows) < len(seqs):
+                seconds = (time.perf_counter() - start) * total / int(lengths[rows].sum())
+                notice(f"{label}: about {format_duration(seconds)} for {len(seqs):,} examples "
+                       f"({total:,} tokens) on {on}")
+    finally:
+        bar.close()
+    return out

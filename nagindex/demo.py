@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from nagindex.errors import InputError, NagIndexError
+from nagindex.fsio import atomic_path
 from nagindex.query.sources import package_data_root, read_saved_dataset
 
 logger = logging.getLogger(__name__)
@@ -147,11 +148,9 @@ def build_demo_corpus(out_path: str | os.PathLike[str], n_docs: int | None = 200
 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
     logger.info("demo corpus: %d docs (%s) -> %s", len(rows),
                 ", ".join(f"{name} {k}" for name, k in counts.items()), out)
     return out

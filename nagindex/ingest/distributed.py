@@ -5,7 +5,9 @@ and committing windows to LMDB in input order with their resume cursors, so a
 Ray ingest writes exactly the index a local one writes, and resumes the same
 way after a crash. Each actor loads the backbone once (on its own GPU when
 ``gpus_per_worker`` > 0) and turns windows of documents into NAG codes; at most
-``2 x workers`` windows are in flight, so memory stays bounded.
+``2 x workers`` windows are in flight, so memory stays bounded. A worker that
+dies (OOM kill, lost node) stops the ingest with a ``NagIndexError``: the windows
+committed before it are kept, and the same command resumes.
 
     nagindex ingest corpus/ --ray-address auto --ray-workers 8 --device cuda   # an existing cluster
     nagindex ingest corpus/ --ray-address local --ray-workers 2                # a cluster started here
@@ -13,6 +15,7 @@ way after a crash. Each actor loads the backbone once (on its own GPU when
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
 from nagindex.errors import NagIndexError
@@ -64,7 +67,8 @@ class RayEncoder:
         log.info("ray: %d encode workers, %s GPU each", workers, gpus_per_worker)
 
     def describe(self) -> dict[str, Any]:
-        return self._ray.get(self.actors[0].describe.remote())
+        with self._lost_worker():
+            return self._ray.get(self.actors[0].describe.remote())
 
     def map(self, windows: Iterable[Any]) -> Iterator[Any]:
         pending = 0
@@ -73,10 +77,37 @@ class RayEncoder:
                 self.pool.submit(lambda a, w: a.encode.remote(w), window)
                 pending += 1
                 if pending >= self.depth:
-                    yield self.pool.get_next()
+                    with self._lost_worker():
+                        encoded = self.pool.get_next()
+                    yield encoded
                     pending -= 1
             while self.pool.has_next():
-                yield self.pool.get_next()
+                with self._lost_worker():
+                    encoded = self.pool.get_next()
+                yield encoded
         finally:
             for a in self.actors:  # an early stop (--limit, Ctrl-C) must not leave actors holding GPUs
                 self._ray.kill(a)
+
+    @contextmanager
+    def _lost_worker(self) -> Iterator[None]:
+        """A worker that died (killed, out of memory, node lost) as a user error: the driver commits
+        windows in order, so everything before the lost one is kept and the same command resumes."""
+        errors = self._ray.exceptions
+        try:
+            yield
+        except (errors.RayActorError, errors.WorkerCrashedError) as exc:
+            ids = [a._actor_id.hex() for a in self.actors]
+            actor_id = getattr(exc, "actor_id", None)
+            which = f"{ids.index(actor_id) + 1} of {len(ids)} " if actor_id in ids else ""
+            what = "could not start" if getattr(exc, "actor_init_failed", False) else "was lost"
+            raise NagIndexError(f"Ray encode worker {which}{what}; the windows committed before it are kept: "
+                                f"run the same command again to resume. Ray says: {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """Ray's own account of a lost worker, without its boilerplate and per-actor detail lines."""
+    base = getattr(type(exc), "BASE_ERROR_MSG", "")
+    lines = [line.strip() for line in str(exc).splitlines()
+             if line.strip() and not line.startswith("\t") and line.strip() != base]
+    return " ".join(lines) or type(exc).__name__

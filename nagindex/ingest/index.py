@@ -10,9 +10,9 @@ incrementally by ``sync_derived`` (only rows not derived yet):
 - ``docids.off`` uint64 ``(N + 1,)`` offsets into ``docids.bin`` (utf-8); together
   an Arrow ``large_string`` column, opened with zero copies.
 - ``fingerprints.faiss`` ``faiss.IndexBinaryFlat(4096)``, FAISS id = row number.
-- ``index_info.json`` written last (tmp + ``os.replace``): its ``rows`` is the
-  only count readers trust. Bytes past it (a derive killed mid-way) are cut off
-  by the next ``sync_derived``.
+- ``index_info.json`` written last (``fsio.atomic_path``): its ``rows`` is the
+  only count readers trust. Bytes past it (a derive killed or out of disk
+  mid-way) are cut off by the next ``sync_derived``.
 
 Fingerprint: each (layer l, neuron n) of a NAG sets bit
 ``((l * width + n) * 2654435761 mod 2**32) >> 20`` (Knuth's multiplicative hash,
@@ -26,15 +26,16 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nagindex.errors import NagIndexError
-from nagindex.ingest.store import IndexStore
+from nagindex.fsio import DiskFullError, atomic_path, disk_full, disk_full_error, remove_stale_temps
+from nagindex.ingest.store import IndexStore, StoreSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +99,8 @@ def _read_info(directory: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(value, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _row_width(name: str, manifest: dict[str, Any]) -> int:
@@ -151,20 +148,19 @@ def _load_faiss(directory: Path, rows: int, width: int, codes_file: Path, shape:
 
 
 def _save_faiss(directory: Path, index: Any) -> None:
-    tmp = directory / (FAISS_FILE + ".tmp")
-    _faiss().write_index_binary(index, str(tmp))
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # durable before it replaces the old one
-    finally:
-        os.close(fd)
-    os.replace(tmp, directory / FAISS_FILE)
+    """Written through a Python file, not FAISS's own ``fopen``: a full disk then raises ``OSError``
+    with its errno (FAISS would raise a bare ``RuntimeError``)."""
+    faiss = _faiss()
+    with atomic_path(directory / FAISS_FILE) as tmp, open(tmp, "wb") as fh:
+        faiss.write_index_binary(index, faiss.PyCallbackIOWriter(fh.write))
 
 
 def sync_derived(index_dir: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Extend the derived files to the store's current rows; return the new ``index_info.json``.
 
-    ``progress(done, total)`` is called after each chunk with rows derived so far.
+    ``progress(done, total)`` is called after each chunk with rows derived so far. A full disk
+    raises ``DiskFullError`` naming the index and roughly the room the derive needs; the rows it
+    appended are cut back by the next derive (``index_info.json`` still has the old count).
     """
     from nagindex import __version__
 
@@ -172,48 +168,77 @@ def sync_derived(index_dir: str | os.PathLike, progress: Callable[[int, int], No
     started = time.perf_counter()
     with open(directory / "derive.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one derive at a time; readers never take it
-        store = IndexStore.open(directory)
-        try:
-            with store.snapshot() as snap:
-                manifest = snap.manifest()
-                info = _read_info(directory)
-                same = info is not None and all(info["manifest"].get(k) == manifest.get(k)
-                                                for k in ("created_at", "num_layers", "top_k", "width"))
-                rows = _repair(directory, info["rows"] if same else 0, manifest)
-                total, shape = manifest["rows"], (manifest["num_layers"], manifest["top_k"])
-                up_to_date = rows == total and (directory / FAISS_FILE).is_file()  # re-runs: skip FAISS I/O
-                index = None if up_to_date else \
-                    _load_faiss(directory, rows, manifest["width"], directory / ROW_FILES["codes"][0], shape)
-                with ExitStack() as files:
-                    handles = {n: files.enter_context(open(directory / f, "ab")) for n, (f, _) in ROW_FILES.items()}
-                    off_fh = files.enter_context(open(directory / DOCID_OFFSETS, "ab"))
-                    blob_fh = files.enter_context(open(directory / DOCID_BYTES, "ab"))
-                    base = blob_fh.tell()
-                    for first, chunk in snap.iter_chunks(rows):
-                        for name, fh in handles.items():
-                            fh.write(np.ascontiguousarray(getattr(chunk, name)).tobytes())
-                        off_fh.write((chunk.docid_offsets[1:].astype("<u8") + np.uint64(base)).tobytes())
-                        blob_fh.write(chunk.docid_bytes)
-                        base += len(chunk.docid_bytes)
-                        index.add(fingerprints(chunk.codes, manifest["width"]))
-                        if progress is not None:
-                            progress(first + len(chunk), total)
-                    for fh in (*handles.values(), off_fh, blob_fh):
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                if index is not None:
-                    _save_faiss(directory, index)
-                _write_json(directory / SOURCES_FILE, snap.sources())
-        finally:
-            store.close()
-        files = [f for f, _ in ROW_FILES.values()] + [DOCID_OFFSETS, DOCID_BYTES, FAISS_FILE, SOURCES_FILE]
-        info = {"rows": total, "store_rows": total, "derived_new_rows": total - rows,
-                "build_seconds": round(time.perf_counter() - started, 3),
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "nagindex_version": __version__, "files": files, "manifest": manifest}
-        _write_json(directory / INFO_FILE, info)
+        remove_stale_temps(directory, [FAISS_FILE, SOURCES_FILE, INFO_FILE])  # left by a kill -9 mid-write
+        with IndexStore.open(directory) as store, store.snapshot() as snap:
+            manifest = snap.manifest()
+            info = _read_info(directory)
+            same = info is not None and all(info["manifest"].get(k) == manifest.get(k)
+                                            for k in ("created_at", "num_layers", "top_k", "width"))
+            derived, total = (info["rows"] if same else 0), manifest["rows"]
+            with _derive_disk_errors(directory, _space_needed(manifest, total - derived, total)):
+                rows = _extend(directory, snap, manifest, derived, progress)
+                files = [f for f, _ in ROW_FILES.values()] + [DOCID_OFFSETS, DOCID_BYTES, FAISS_FILE, SOURCES_FILE]
+                info = {"rows": total, "store_rows": total, "derived_new_rows": total - rows,
+                        "build_seconds": round(time.perf_counter() - started, 3),
+                        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "nagindex_version": __version__, "files": files, "manifest": manifest}
+                _write_json(directory / INFO_FILE, info)
     logger.info("derived %d new rows in %s (%d total)", total - rows, directory, total)
     return info
+
+
+def _extend(directory: Path, snap: StoreSnapshot, manifest: dict[str, Any], rows: int,
+            progress: Callable[[int, int], None] | None) -> int:
+    """Append the rows past ``rows`` (once repaired) to every derived file; return the rows kept by the repair."""
+    rows = _repair(directory, rows, manifest)
+    total, shape = manifest["rows"], (manifest["num_layers"], manifest["top_k"])
+    up_to_date = rows == total and (directory / FAISS_FILE).is_file()  # re-runs: skip FAISS I/O
+    index = None if up_to_date else \
+        _load_faiss(directory, rows, manifest["width"], directory / ROW_FILES["codes"][0], shape)
+    with ExitStack() as files:
+        handles = {n: files.enter_context(open(directory / f, "ab")) for n, (f, _) in ROW_FILES.items()}
+        off_fh = files.enter_context(open(directory / DOCID_OFFSETS, "ab"))
+        blob_fh = files.enter_context(open(directory / DOCID_BYTES, "ab"))
+        base = blob_fh.tell()
+        for first, chunk in snap.iter_chunks(rows):
+            for name, fh in handles.items():
+                fh.write(np.ascontiguousarray(getattr(chunk, name)).tobytes())
+            off_fh.write((chunk.docid_offsets[1:].astype("<u8") + np.uint64(base)).tobytes())
+            blob_fh.write(chunk.docid_bytes)
+            base += len(chunk.docid_bytes)
+            index.add(fingerprints(chunk.codes, manifest["width"]))
+            if progress is not None:
+                progress(first + len(chunk), total)
+        for fh in (*handles.values(), off_fh, blob_fh):
+            fh.flush()
+            os.fsync(fh.fileno())
+    if index is not None:
+        _save_faiss(directory, index)
+    _write_json(directory / SOURCES_FILE, snap.sources())
+    return rows
+
+
+def _space_needed(manifest: dict[str, Any], new_rows: int, total: int) -> str:
+    """Roughly the room a derive needs: its new rows, and the whole FAISS file rewritten beside the old one."""
+    per_row = 2 * manifest["num_layers"] * manifest["top_k"] + 8 + 8 + 4 + 8  # codes, tokens, positions, source, offset
+    fp_bytes = FINGERPRINT_BITS // 8
+    need = new_rows * per_row + total * fp_bytes
+    size = f"{need / 1e9:,.1f} GB" if need >= 1e9 else f"{need / 1e6:,.1f} MB" if need >= 1e5 else f"{need:,} bytes"
+    return (f"the derived files need about {size}: {new_rows} new rows x {per_row} B plus their docids, "
+            f"and {total} rows x {fp_bytes} B for {FAISS_FILE}")
+
+
+@contextmanager
+def _derive_disk_errors(directory: Path, need: str) -> Iterator[None]:
+    """A full disk anywhere in a derive (row files, FAISS, JSON) becomes one ``DiskFullError`` naming the
+    index folder and the room needed, whichever file hit it (``atomic_path`` names only its own file)."""
+    try:
+        yield
+    except (OSError, DiskFullError) as exc:
+        cause = exc.__cause__ if isinstance(exc, DiskFullError) else exc
+        if not disk_full(cause):
+            raise
+        raise disk_full_error(directory, cause, need=need) from cause
 
 
 class DocidColumn:

@@ -12,13 +12,13 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from nagindex.data import Reject
 from nagindex.errors import InputError
+from nagindex.fsio import atomic_path
 from nagindex.ingest.features import (INDEX_KEY, JSON_KINDS, FeatureBatch, FeatureSpec, feature_batches, line_blocks,
                                       prefetch)
 from nagindex.ingest.inputs import input_files, parquet_file
@@ -59,24 +59,19 @@ def write_feature_lines(fh: IO[str], docids: Sequence[str], codes_by_type: dict[
 def write_features(out_path: str | os.PathLike, docids: Sequence[str], codes: np.ndarray,
                    neuron_type: str = "fwd_up") -> None:
     """Write one neuron type's features as the reference's JSONL (atomically: tmp, then rename)."""
-    out = Path(out_path)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
         write_feature_lines(fh, docids, {neuron_type: codes})
-    os.replace(tmp, out)
 
 
 def export_features(index_dir: str | os.PathLike, out_path: str | os.PathLike) -> int:
     """Write every document of an index as reference feature JSONL, in row order; return the count."""
-    out = Path(out_path)
-    tmp, rows = out.with_name(out.name + ".tmp"), 0
-    with IndexStore.open(index_dir) as store, store.snapshot() as snap, \
+    rows = 0
+    with IndexStore.open(index_dir) as store, store.snapshot() as snap, atomic_path(out_path) as tmp, \
             open(tmp, "w", encoding="utf-8", newline="\n") as fh:
         neuron_type = snap.manifest()["neuron_type"]
         for _, chunk in snap.iter_chunks():
             write_feature_lines(fh, chunk.docids, {neuron_type: chunk.codes})
             rows += len(chunk)
-    os.replace(tmp, out)
     return rows
 
 

@@ -394,13 +394,17 @@ def reject_kind(reason: str) -> str:
 
 
 def _write_rejects(store: Any, index_dir: Path) -> None:
-    """Export the store's rejects table as ``rejects.jsonl`` (the LMDB table is the record)."""
-    tmp = index_dir / (REJECTS_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    """Export the store's rejects table as ``rejects.jsonl`` (the LMDB table is the record).
+
+    Only the store's writer calls this, so temporary files of the export left by a kill -9 are stale.
+    """
+    from nagindex.fsio import atomic_path, remove_stale_temps
+
+    remove_stale_temps(index_dir, [REJECTS_FILE])
+    with atomic_path(index_dir / REJECTS_FILE) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for r in store.rejects():
             fh.write(json.dumps({"source": r.source, "line_or_row": None if r.position is None else r.position + 1,
                                  "docid": r.docid, "reason": r.reason}) + "\n")
-    os.replace(tmp, index_dir / REJECTS_FILE)
 
 
 def extract_files(
@@ -425,6 +429,7 @@ def extract_files(
     Unlike ``ingest``, any bad record (an empty document included) is an error
     naming its file, line and docid: a feature file must have a line per document.
     """
+    from nagindex.fsio import atomic_path
     from nagindex.ingest.interop import write_feature_lines
 
     files = input_files(inputs)
@@ -439,12 +444,11 @@ def extract_files(
                                     trust_remote_code=trust_remote_code)
     fields = Fields(text_field, id_field, None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     written = 0
     bar = progress_bar(_estimate_records(files, {}), desc="extract", enabled=show_progress)
     rate = TokenRate(bar)
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:  # a bad record: no output at all
             for item in files:
                 groups = group_windows(read_input(item, fields=fields), max(batch_size * 8, 64))
                 for window in LocalEncoder(extractor).map(groups):
@@ -453,8 +457,6 @@ def extract_files(
                     write_feature_lines(fh, [d.docid for d in window.docs], window.codes)
                     written += len(window.docs)
                     rate.update(len(window.docs), int(window.token_counts.sum()))
-        os.replace(tmp, out)
     finally:
         bar.close()
-        tmp.unlink(missing_ok=True)
     return written

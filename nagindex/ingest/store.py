@@ -41,6 +41,7 @@ import numpy as np
 
 from nagindex.data import Reject
 from nagindex.errors import IndexMismatchError, NagIndexError
+from nagindex.fsio import DISK_FULL, disk_errors, disk_full_error
 from nagindex.ingest.chunk import ChunkView, decode_chunk, encode_chunk
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,43 @@ _DBS = ("meta", "chunks", "ids", "sources", "source_ids", "progress", "rejects")
 COMPARED_SETTINGS = ("backbone", "weights_sha256", "neuron_type", "num_layers", "width", "top_k", "max_length")
 _REQUIRED = ("neuron_type", "num_layers", "width", "top_k")
 _ENVS: dict[str, list[Any]] = {}  # path -> [env, refcount, handles]; LMDB allows one env per path per process
+_DAMAGED = "is damaged and cannot be trusted: move it aside and ingest again into a new --index"
+#: what to do about an LMDB error, by exception class name (lmdb is imported lazily)
+_ADVICE = {
+    "MapFullError": "reached LMDB's map size limit ({map_size:,} bytes); committed work is kept: "
+                    "ingest further inputs into another --index",
+    "CorruptedError": _DAMAGED, "PageNotFoundError": _DAMAGED, "InvalidError": _DAMAGED,
+    "BadChecksumError": _DAMAGED, "VersionMismatchError": "was written by another LMDB version: open it with "
+                                                         "the nagindex that made it",
+    "ReadonlyError": "is read-only: check the permissions of the folder and its files",
+    "LockError": "is locked by another process (or its lock.mdb is not writable): wait for it, or check permissions",
+    "PanicError": "stopped after a failed write earlier in this process; committed work is kept: "
+                  "run the same command again",
+}
+
+
+class StoreError(NagIndexError):
+    """The LMDB store failed (full map, damaged, read-only, locked); the message names it and what to do."""
+
+
+@contextmanager
+def _store_errors(path: Path) -> Iterator[None]:
+    """LMDB errors and a full disk as user errors naming the store and what to do: the one place for them.
+
+    Used around everything that touches LMDB (opening, initialising, write and read
+    transactions), so no LMDB failure reaches the user as a traceback.
+    """
+    import lmdb
+
+    with disk_errors(path):  # an OSError of our own file handling around LMDB
+        try:
+            yield
+        except lmdb.Error as exc:
+            if isinstance(exc, lmdb.DiskError) or any(os.strerror(e) in str(exc) for e in DISK_FULL):
+                raise disk_full_error(path) from exc  # lmdb raises a quota error as a bare Error with its text
+            advice = next((_ADVICE[c.__name__] for c in type(exc).__mro__ if c.__name__ in _ADVICE),
+                          "failed")
+            raise StoreError(f"index store {path} {advice.format(map_size=_MAP_SIZE)} (LMDB: {exc})") from exc
 
 
 def _key(text: str) -> bytes:
@@ -81,8 +119,9 @@ def _open_env(path: Path) -> Any:
         _ENVS[key][1] += 1
         return _ENVS[key][0]
     writable = os.access(path, os.W_OK)  # read-only media: no writer can exist, so no lock either
-    env = lmdb.open(key, map_size=_MAP_SIZE, max_dbs=len(_DBS), subdir=True, create=False,
-                    readonly=not writable, lock=writable, readahead=False)
+    with _store_errors(path):
+        env = lmdb.open(key, map_size=_MAP_SIZE, max_dbs=len(_DBS), subdir=True, create=False,
+                        readonly=not writable, lock=writable, readahead=False)
     _ENVS[key] = [env, 1]
     return env
 
@@ -91,7 +130,8 @@ def _handles(env: Any) -> dict[str, Any]:
     """Sub-database handles, opened once per environment (opening may wait for a writer's commit)."""
     entry = next(e for e in _ENVS.values() if e[0] is env)
     if len(entry) == 2:
-        entry.append({name: env.open_db(name.encode(), create=False) for name in _DBS})
+        with _store_errors(Path(env.path())):
+            entry.append({name: env.open_db(name.encode(), create=False) for name in _DBS})
     return entry[2]
 
 
@@ -152,8 +192,9 @@ class IndexStore:
             full = {**manifest, "nagindex_version": __version__,
                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "rows": 0, "tokens": 0, "rejects": 0}
-            _initialise(directory / (STORE_DIR + ".partial"), full)
-            os.replace(directory / (STORE_DIR + ".partial"), directory / STORE_DIR)  # all or nothing
+            with _store_errors(directory / STORE_DIR):
+                _initialise(directory / (STORE_DIR + ".partial"), full)
+                os.replace(directory / (STORE_DIR + ".partial"), directory / STORE_DIR)  # all or nothing
             return cls(directory, _open_env(directory / STORE_DIR), False, lock_fd)
         except BaseException:
             os.close(lock_fd)
@@ -217,7 +258,7 @@ class IndexStore:
     @contextmanager
     def snapshot(self) -> Iterator[StoreSnapshot]:
         """A consistent view: all reads through it see the store as of this moment."""
-        with self._env.begin() as txn:
+        with _store_errors(self.directory / STORE_DIR), self._env.begin() as txn:
             yield StoreSnapshot(self._db, txn)
 
     def _read(self, method: str, *args: Any) -> Any:
@@ -280,7 +321,7 @@ class IndexStore:
         codes = np.asarray(codes)
         tokens = np.asarray(token_counts, dtype=np.int64).reshape(-1)
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-        with self._env.begin(write=True) as txn:
+        with _store_errors(self.directory / STORE_DIR), self._env.begin(write=True) as txn:  # commits on exit
             snap = StoreSnapshot(self._db, txn)
             manifest = snap.manifest()
             shape = (n, manifest["num_layers"], manifest["top_k"])

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nagindex.errors import InputError, NagIndexError
+from nagindex.fsio import atomic_path
 
 GROUP_BY = ("source", "docid-prefix")
 TOP_DOCS = 20  # documents in the per-layer plot
@@ -98,9 +99,8 @@ def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike
     page = render_page(data, group_by, started)
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return out
 
 

@@ -1,7 +1,7 @@
 """Selections to disk: parquet or JSONL that pandas, pyarrow and HF datasets read directly.
 
-Written atomically (tmp file, then ``os.replace``) with a ``<out>.manifest.json``
-beside it saying how the selection was made.
+Written atomically (``fsio.atomic_path``) with a ``<out>.manifest.json`` beside
+it saying how the selection was made.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nagindex.errors import NagIndexError
+from nagindex.fsio import atomic_path
 
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
 
@@ -42,22 +43,21 @@ def write_selection(out: str | os.PathLike, columns: dict[str, Any], manifest: d
 
     out = Path(out)
     table = pa.Table.from_arrays([arrow_column(v) for v in columns.values()], names=list(columns))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    if out.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, tmp)
-    elif out.suffix == ".jsonl":
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for batch in table.to_batches(65536):
-                for row in batch.to_pylist():
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    else:
+    if out.suffix not in OUTPUT_SUFFIXES:
         raise NagIndexError(f"-o {out}: use a .parquet or .jsonl file name")  # check_output says so earlier
-    os.replace(tmp, out)
-    side = out.with_name(out.name + ".manifest.json")
-    side.write_text(json.dumps(manifest, indent=1, default=str))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        if out.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for batch in table.to_batches(65536):
+                    for row in batch.to_pylist():
+                        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with atomic_path(out.with_name(out.name + ".manifest.json")) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, default=str))
     return out
 
 

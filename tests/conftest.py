@@ -1,9 +1,15 @@
 """Shared fixtures: the golden reference outputs and a tiny backbone loaded once."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Tests run offline (CI has no network). Set before any test imports `datasets` or `huggingface_hub`,
+# which read these once at import: set later, they would retry unreachable hub URLs for minutes.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO.parent / "shared" / "fixtures" / "nag-golden"

@@ -108,7 +108,7 @@ def extract(inputs: tuple[str, ...], out: str, neuron_types: str, **kw: Any) -> 
     \b
       nagindex extract pool.parquet -o pool_features.jsonl --top-k 20
     """
-    from nagindex.ingest.extract import parse_neuron_types
+    from nagindex.encode.extract import parse_neuron_types
     from nagindex.ingest.run import extract_files
 
     n = extract_files(inputs, out, neuron_types=parse_neuron_types(neuron_types), **kw)
@@ -173,7 +173,7 @@ def info(index_dir: str) -> None:
     \b
       nagindex info --index idx/
     """
-    from nagindex.ingest.info import describe_index
+    from nagindex.index.info import describe_index
 
     click.echo(describe_index(index_dir))
 

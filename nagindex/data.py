@@ -7,7 +7,9 @@ is the reference's layer-major ``layer_topk_value_index`` list.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +42,20 @@ class Reject:
         where = self.source if self.position is None else f"{self.source}:{self.position + 1}"
         who = f" (docid {self.docid!r})" if self.docid is not None else ""
         return f"{where}{who}: {self.reason}"
+
+
+@dataclass
+class Window:
+    """A run of consecutive records of one input, the unit of encoding and of one commit.
+
+    ``codes`` (neuron type -> ``(n, L, K)``) and ``token_counts`` are filled in by
+    ``encode.encoder.encode_window``.
+    """
+
+    key: str
+    docs: list[Document]
+    rejects: list[Reject]
+    next_position: int
+    last: bool = False  # the input's final window: committing it marks the input done
+    codes: dict[str, np.ndarray] = field(default_factory=dict)
+    token_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nagindex.ingest.index import open_index
+from nagindex.index.derived import open_index
 from nagindex.ingest.run import ingest
 from nagindex.query.request import parse_target
 from nagindex.query.run import QueryResult, query

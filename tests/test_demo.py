@@ -90,7 +90,7 @@ def test_run_demo_end_to_end_with_the_real_model(tmp_path: Path, monkeypatch: py
     import pyarrow.parquet as pq
 
     from nagindex.demo_run import run_demo
-    from nagindex.ingest.index import open_index
+    from nagindex.index.derived import open_index
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     lines: list[str] = []
@@ -113,12 +113,12 @@ def test_run_demo_end_to_end_with_the_real_model(tmp_path: Path, monkeypatch: py
     page = (tmp_path / "report.html").read_text("utf-8")
     assert page.count("data:image/png;base64,") == 4 and "does NOT reproduce" not in page
     # rerun: no model is loaded (index and target NAGs are reused) and the selections are the same
-    from nagindex.ingest import run as ingest_run
+    from nagindex.encode import encoder
 
     def no_model(*a, **k):
         raise AssertionError("a rerun must not load the backbone")
 
-    monkeypatch.setattr(ingest_run, "build_extractor", no_model)
+    monkeypatch.setattr(encoder, "build_extractor", no_model)
     lines.clear()
     again = run_demo(tmp_path, n_docs=30, max_examples=4, echo=lines.append)
     assert "2/5 ingest: 0 new documents" in "\n".join(lines)

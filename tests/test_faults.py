@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 
 from nagindex.errors import NagIndexError
-from nagindex.ingest import index as index_mod
-from nagindex.ingest import store as store_mod
-from nagindex.ingest.index import open_index, sync_derived
-from nagindex.ingest.store import IndexStore
+from nagindex.index import derived as index_mod
+from nagindex.index import store as store_mod
+from nagindex.index.derived import open_index, sync_derived
+from nagindex.index.store import IndexStore
 
 DERIVED = ["codes.u16", "tokens.i64", "positions.i64", "source_ids.u32", "docids.off", "docids.bin",
            "fingerprints.faiss", "sources.json"]
@@ -248,7 +248,7 @@ def test_disk_full_in_a_whole_file_writer_keeps_the_old_file_and_no_temp(tmp_pat
 
 
 def test_extract_leaves_no_output_when_the_disk_fills(golden_dir, tiny_backbone, tmp_path, monkeypatch):
-    from nagindex.ingest.extract import NagExtractor
+    from nagindex.encode.extract import NagExtractor
     from nagindex.ingest.run import extract_files
 
     corpus = tmp_path / "c.jsonl"
@@ -285,7 +285,7 @@ def test_cli_ingest_disk_full_on_commit_prints_an_error_and_resumes(golden_dir, 
     import lmdb
 
     from nagindex.cli import main
-    from nagindex.ingest.extract import NagExtractor
+    from nagindex.encode.extract import NagExtractor
     from nagindex.ingest.run import ingest
 
     corpus = _corpus(golden_dir, tmp_path)
@@ -315,7 +315,7 @@ def test_a_lost_ray_worker_is_an_error_and_the_same_command_resumes(golden_dir, 
                                                                    monkeypatch):
     ray = pytest.importorskip("ray")
     from nagindex.ingest import distributed
-    from nagindex.ingest.extract import NagExtractor
+    from nagindex.encode.extract import NagExtractor
     from nagindex.ingest.run import ingest
 
     class DiesOnSecondWindow(distributed._EncodeWorker):  # defined here: Ray ships it to the worker by value

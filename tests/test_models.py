@@ -20,7 +20,7 @@ SENTENCES = [
 
 @pytest.mark.slow
 def test_embedded_smollm2_offline_and_batch_independent(monkeypatch):
-    from nagindex.ingest.extract import NagExtractor
+    from nagindex.encode.extract import NagExtractor
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bb = load_backbone("smollm2-135m", device="cpu")

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from nagindex.ingest.extract import NEURON_TYPES, NagExtractor, find_hooks
+from nagindex.encode.extract import NEURON_TYPES, NagExtractor, find_hooks
 
 
 def passages(n: int) -> list[str]:

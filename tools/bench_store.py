@@ -51,8 +51,8 @@ def docids(first: int, n: int) -> list[str]:
 # ---------------------------------------------------------------- (b) store + derive
 def store_and_derive(directory: Path, shape: tuple[int, int, int], docs: int, window: int, seed: int) -> dict:
     """Append ``docs`` synthetic NAGs in windows like ``ingest``, then derive; seconds by step."""
-    from nagindex.ingest.index import sync_derived
-    from nagindex.ingest.store import IndexStore
+    from nagindex.index.derived import sync_derived
+    from nagindex.index.store import IndexStore
 
     num_layers, top_k, width = shape
     shutil.rmtree(directory, ignore_errors=True)
@@ -88,7 +88,7 @@ def store_and_derive(directory: Path, shape: tuple[int, int, int], docs: int, wi
 # ---------------------------------------------------------------- (a), (c) real model
 def extraction(extract_docs: int, batch_size: int, max_length: int):
     """The SmolLM2 extractor, and its seconds per doc on ``extract_docs`` passages (warm-up excluded)."""
-    from nagindex.ingest.run import build_extractor
+    from nagindex.encode.encoder import build_extractor
 
     t = time.perf_counter()
     ex = build_extractor("smollm2-135m", ["fwd_up"], top_k=20, max_length=max_length, batch_size=batch_size,
@@ -123,9 +123,9 @@ def bytes_per_doc(directory: Path, docs: int) -> dict[str, float]:
     """Bytes per doc by file, and LMDB by sub-database (pages in use)."""
     import lmdb
 
-    from nagindex.ingest.index import FAISS_FILE, ROW_FILES
-    from nagindex.ingest.info import disk_usage
-    from nagindex.ingest.store import STORE_DIR
+    from nagindex.index.derived import FAISS_FILE, ROW_FILES
+    from nagindex.index.info import disk_usage
+    from nagindex.index.store import STORE_DIR
 
     usage = disk_usage(directory)
     out = {f"disk_usage {k}": v / docs for k, v in usage.items()}

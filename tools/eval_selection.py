@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from scipy.stats import spearmanr
 
-    from nagindex.ingest.index import open_index
+    from nagindex.index.derived import open_index
     from nagindex.query.request import parse_target
     from nagindex.query.run import query
     from nagindex.query.target import load_target
@@ -241,7 +241,7 @@ def stability(name: str, index: Path, view: Any, docids: np.ndarray, tokens: np.
     from scipy.stats import spearmanr
 
     from nagindex.query import select as sel
-    from nagindex.query.encode import target_codes
+    from nagindex.query.target_nags import target_codes
     from nagindex.query.profile import count_profile
     from nagindex.query.request import parse_target
     from nagindex.query.run import query

@@ -27,17 +27,17 @@ class _EncodeWorker:
     """One Ray actor: a backbone loaded once, encoding the windows it is given."""
 
     def __init__(self, backbone: str, neuron_types: Sequence[str], model_kw: dict[str, Any]) -> None:
-        from nagindex.ingest.run import build_extractor
+        from nagindex.encode.encoder import build_extractor
 
         self.extractor = build_extractor(backbone, neuron_types, **model_kw)
 
     def describe(self) -> dict[str, Any]:
-        from nagindex.ingest.run import describe_extractor
+        from nagindex.encode.encoder import describe_extractor
 
         return describe_extractor(self.extractor)
 
     def encode(self, window: Any) -> Any:
-        from nagindex.ingest.run import encode_window
+        from nagindex.encode.encoder import encode_window
 
         return encode_window(window, self.extractor)
 

@@ -22,7 +22,7 @@ from nagindex.fsio import atomic_path
 from nagindex.ingest.features import (INDEX_KEY, JSON_KINDS, FeatureBatch, FeatureSpec, feature_batches, line_blocks,
                                       prefetch)
 from nagindex.ingest.inputs import input_files, parquet_file
-from nagindex.ingest.store import IndexStore
+from nagindex.index.store import IndexStore
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def import_features(feature_paths: Any, index_dir: str | os.PathLike, *, num_lay
     (joined on ``id_field``); a doc with neither is a reject. Each batch is committed with
     its file's cursor, so a killed import resumes where it stopped.
     """
-    from nagindex.ingest.index import sync_derived
+    from nagindex.index.derived import sync_derived
 
     if not token_field:
         raise InputError("import_features needs token counts: give token_field (a field of the feature "

@@ -21,32 +21,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nagindex import __version__
-from nagindex.data import Document, Reject
+from nagindex.data import Document, Reject, Window
+from nagindex.encode import encoder as enc
 from nagindex.errors import InputError, NagIndexError
 from nagindex.ingest.inputs import InputFile, input_files, parquet_file
 from nagindex.ingest.read import FieldUsage, Fields, read_input
 from nagindex.progress import StageTimer, TokenRate, progress_bar
 
 if TYPE_CHECKING:
-    from nagindex.ingest.extract import NagExtractor
+    from nagindex.encode.extract import NagExtractor
 
 log = logging.getLogger(__name__)
 
 REJECTS_FILE = "rejects.jsonl"
 DUPLICATE = "duplicate id"
-
-
-@dataclass
-class Window:
-    """A run of consecutive records of one input; ``codes`` are filled in by ``encode_window``."""
-
-    key: str
-    docs: list[Document]
-    rejects: list[Reject]
-    next_position: int
-    last: bool = False  # the input's final window: committing it marks the input done
-    codes: dict[str, np.ndarray] = field(default_factory=dict)
-    token_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass
@@ -61,18 +49,6 @@ class IngestResult:
     timings: str = ""
     fields: dict[str, dict[str, int]] = field(default_factory=dict)  # {"text": {field: records}, "id": {...}}
     warnings: list[str] = field(default_factory=list)
-
-
-def build_extractor(
-    backbone: str, neuron_types: Sequence[str], *, top_k: int, max_length: int, batch_size: int,
-    device: str = "auto", dtype: str | None = None, trust_remote_code: bool = False,
-) -> "NagExtractor":
-    """Load the backbone and wrap it in an extractor (the one place a model is loaded)."""
-    from nagindex.ingest.extract import NagExtractor
-    from nagindex.models import load_backbone
-
-    bb = load_backbone(backbone, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    return NagExtractor(bb, neuron_types, top_k=top_k, max_length=max_length, batch_size=batch_size)
 
 
 def group_windows(
@@ -107,23 +83,6 @@ def _screened(window: Window, screen: Callable[[list[Document]], tuple[list[Docu
     return window
 
 
-def encode_window(window: Window, extractor: "NagExtractor") -> Window:
-    """Tokenize and extract a window's NAGs; documents with no tokens become rejects (never a NAG)."""
-    docs = window.docs
-    ids, counts = extractor.tokenize([d.text for d in docs])
-    empty = [i for i, seq in enumerate(ids) if not seq]
-    if empty:  # e.g. text of characters the tokenizer drops
-        window.rejects = window.rejects + [Reject(docs[i].source, docs[i].position, "no tokens", docs[i].docid)
-                                           for i in empty]
-        keep = [i for i in range(len(docs)) if ids[i]]
-        docs, ids, counts = [docs[i] for i in keep], [ids[i] for i in keep], [counts[i] for i in keep]
-    window.docs = docs
-    window.token_counts = np.array([d.token_count if d.token_count is not None else c
-                                    for d, c in zip(docs, counts)], dtype=np.int64)
-    window.codes = extractor.codes(ids)
-    return window
-
-
 class LocalEncoder:
     """Encodes windows in this process, one after the other."""
 
@@ -131,17 +90,11 @@ class LocalEncoder:
         self.extractor = extractor
 
     def describe(self) -> dict[str, Any]:
-        return describe_extractor(self.extractor)
+        return enc.describe_extractor(self.extractor)
 
     def map(self, windows: Iterable[Window]) -> Iterator[Window]:
         for window in windows:
-            yield encode_window(window, self.extractor)
-
-
-def describe_extractor(extractor: "NagExtractor") -> dict[str, Any]:
-    """What the manifest records about the model that encodes an index."""
-    return {"weights_sha256": extractor.backbone.weights_sha256, "num_layers": extractor.num_layers,
-            "widths": dict(extractor.widths), "top_k": extractor.top_k}
+            yield enc.encode_window(window, self.extractor)
 
 
 def _estimate_records(files: Sequence[InputFile], starts: dict[str, int]) -> int | None:
@@ -198,7 +151,7 @@ def ingest(
     one), ``ray_workers`` Ray actors extract the NAGs while this process reads,
     screens and commits in input order: the index is the same as a local run's.
     """
-    from nagindex.ingest.store import IndexStore, check_index_path
+    from nagindex.index.store import IndexStore, check_index_path
 
     index_dir = Path(index_dir)
     check_index_path(index_dir)
@@ -224,7 +177,7 @@ def ingest(
                 encoder: Any = RayEncoder(backbone, [neuron_type], address=ray_address, workers=ray_workers,
                                           gpus_per_worker=ray_gpus_per_worker, **model_kw)
             else:
-                encoder = LocalEncoder(extractor or build_extractor(backbone, [neuron_type], **model_kw))
+                encoder = LocalEncoder(extractor or enc.build_extractor(backbone, [neuron_type], **model_kw))
         usage = FieldUsage()
         fields = Fields(text_field, id_field, token_field, usage)
         manifest = _manifest(encoder.describe(), backbone, neuron_type, max_length, fields)
@@ -249,7 +202,7 @@ def ingest(
 
 def _finish(store: Any, index_dir: Path, result: IngestResult, timer: StageTimer) -> None:
     """Derive the committed rows (queryable at once), list the rejects, release the store."""
-    from nagindex.ingest.index import sync_derived
+    from nagindex.index.derived import sync_derived
 
     with timer("index"):
         sync_derived(index_dir)
@@ -439,7 +392,7 @@ def extract_files(
         raise InputError(f"-o {out} is one of the inputs ({clash.source}): writing features there would destroy "
                          "it; choose another -o")
     if extractor is None:
-        extractor = build_extractor(backbone, neuron_types, top_k=top_k, max_length=max_length,
+        extractor = enc.build_extractor(backbone, neuron_types, top_k=top_k, max_length=max_length,
                                     batch_size=batch_size, device=device, dtype=dtype,
                                     trust_remote_code=trust_remote_code)
     fields = Fields(text_field, id_field, None)

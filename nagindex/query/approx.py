@@ -2,7 +2,7 @@
 
 Each target profile is turned into one query fingerprint: per layer, its K most
 frequent neurons (the target's "modal NAG"), hashed like every document's NAG
-(``ingest/index.py``). The ``IndexBinaryFlat`` returns the documents nearest in
+(``index/derived.py``). The ``IndexBinaryFlat`` returns the documents nearest in
 Hamming distance, a superset of the wanted top k; only those are scored exactly.
 Hamming distance to one modal NAG only approximates the weighted profile score
 (spec sec. 3), so the candidate pool is wide: ``CANDIDATE_FACTOR`` x k, and never
@@ -39,7 +39,7 @@ def _flat_index(view: Any) -> Any:
     """The view's FAISS index, memory-mapped when this FAISS can (rows past the view are filtered by the caller)."""
     import faiss
 
-    from nagindex.ingest.index import FAISS_FILE
+    from nagindex.index.derived import FAISS_FILE
 
     flag = getattr(faiss, "IO_FLAG_MMAP_IFC", None)
     if flag is not None:
@@ -58,7 +58,7 @@ def faiss_candidates(view: Any, profiles: np.ndarray, kept: np.ndarray, quota: A
 
     None when the candidate pool would be the whole index: the exact scan is then cheaper.
     """
-    from nagindex.ingest.index import fingerprints
+    from nagindex.index.derived import fingerprints
     from nagindex.query.profile import top_neurons
 
     manifest = view.manifest

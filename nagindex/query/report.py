@@ -107,7 +107,7 @@ def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike
 def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, group_by: str = "source",
             device: str = "auto") -> ReportData:
     """Read the selection, rebuild its targets' profiles and re-score the pool (no plotting)."""
-    from nagindex.ingest.index import open_index
+    from nagindex.index.derived import open_index
     from nagindex.query.profile import count_profile, resolve_layers
     from nagindex.query.score import layer_contributions, score_codes
 
@@ -275,7 +275,7 @@ def _resolve_target(req: Any, name: str, view: Any, layers: np.ndarray, power: f
     ``example_seed`` from the selection manifest), so their NAGs are usually in
     the index's target cache and no backbone is loaded.
     """
-    from nagindex.query.encode import cache_key, target_codes
+    from nagindex.query.target_nags import cache_key, target_codes
     from nagindex.query.run import feature_codes, load_examples
 
     if req.kind == "features":

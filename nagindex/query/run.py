@@ -1,7 +1,7 @@
 """``query()`` and ``mix()``: target -> profile -> score -> select -> write.
 
 No LLM pass over the corpus: the corpus NAGs come from the index. Target NAGs
-come from the target cache (``encode.py``), from reference-format features, or,
+come from the target cache (``target_nags.py``), from reference-format features, or,
 the first time a target is seen, from one small pass of the index's backbone
 over the target examples only. All targets are scored in one pass over the codes.
 """
@@ -83,7 +83,7 @@ def query(
     ``max_examples`` profiles a random sample of each target's examples drawn
     with ``example_seed`` (``target.sample_examples``); the manifest records both.
     """
-    from nagindex.ingest.index import open_index
+    from nagindex.index.derived import open_index
     from nagindex.query import select as sel
     from nagindex.query.profile import count_profile, resolve_layers
 
@@ -183,7 +183,7 @@ def default_output(targets: Sequence[TargetRequest], stem: str | None = None) ->
 def _target_codes(t: TargetRequest, view: Any, max_examples: int | None, seed: int, device: str,
                   notes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """The target's example NAGs and how many examples they are (of how many available)."""
-    from nagindex.query.encode import target_codes
+    from nagindex.query.target_nags import target_codes
 
     manifest = view.manifest
     if t.kind == "features":

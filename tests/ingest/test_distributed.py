@@ -7,14 +7,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from nagindex.ingest.index import open_index
+from nagindex.index.derived import open_index
 from nagindex.ingest.run import ingest
 
 ray = pytest.importorskip("ray")
 
 
 def test_ray_ingest_equals_local(golden_dir, tmp_path, tiny_backbone):
-    from nagindex.ingest.extract import NagExtractor
+    from nagindex.encode.extract import NagExtractor
 
     rows = pq.read_table(golden_dir / "data/pool/pool.parquet").to_pylist()
     corpus = tmp_path / "c.jsonl"

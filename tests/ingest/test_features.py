@@ -15,8 +15,8 @@ from nagindex.data import Reject
 from nagindex.ingest import features as features_module
 from nagindex.ingest.features import read_features
 from nagindex.ingest.interop import export_features, import_features, write_feature_lines, write_features
-from nagindex.ingest.index import open_index
-from nagindex.ingest.store import IndexStore
+from nagindex.index.derived import open_index
+from nagindex.index.store import IndexStore
 
 SETTINGS = {"num_layers": 4, "top_k": 8, "width": 256}
 

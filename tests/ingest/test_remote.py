@@ -20,8 +20,8 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from nagindex.errors import InputError
-from nagindex.ingest.extract import NagExtractor
-from nagindex.ingest.index import open_index
+from nagindex.encode.extract import NagExtractor
+from nagindex.index.derived import open_index
 from nagindex.ingest.run import ingest
 from nagindex.query.write import fetch_texts
 

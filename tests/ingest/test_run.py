@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from nagindex.errors import IndexMismatchError, InputError
-from nagindex.ingest.extract import NagExtractor
-from nagindex.ingest.index import open_index
+from nagindex.encode.extract import NagExtractor
+from nagindex.index.derived import open_index
 from nagindex.ingest.run import extract_files, ingest
-from nagindex.ingest.store import IndexStore
+from nagindex.index.store import IndexStore
 
 SETTINGS = dict(top_k=8, max_length=64)
 
@@ -159,7 +159,7 @@ def test_extract_files_names_an_empty_document(extractor, tmp_path):
 # A real `kill -9` at chosen moments: inside an open LMDB write transaction, and between commits.
 _KILLER = textwrap.dedent("""
     import os, signal, sys
-    from nagindex.ingest import store
+    from nagindex.index import store
     from nagindex.cli import main
     mode, n = sys.argv[1], int(sys.argv[2])
     calls = [0]

@@ -8,7 +8,7 @@ import pytest
 
 from nagindex.errors import NagIndexError
 from nagindex.ingest.interop import import_features, write_features
-from nagindex.ingest.index import open_index
+from nagindex.index.derived import open_index
 from nagindex.query import approx
 from nagindex.query.request import TargetRequest
 from nagindex.query.run import query

@@ -96,7 +96,7 @@ def test_k_larger_than_index_selects_all_with_a_note(golden_index, target_featur
 def model_index(tiny_backbone, golden_dir, tmp_path_factory):
     """The golden pool ingested with the fixture model (its NAGs equal the reference's), and that extractor."""
     from nagindex.ingest import run as ingest_run
-    from nagindex.ingest.extract import NagExtractor
+    from nagindex.encode.extract import NagExtractor
 
     ex = NagExtractor(tiny_backbone, top_k=8, max_length=64)
     idx = tmp_path_factory.mktemp("mi") / "idx"
@@ -111,13 +111,13 @@ def _no_model(*a, **k):
 
 def test_target_from_file_is_encoded_once_then_cached(model_index, golden_dir, tmp_path, monkeypatch):
     """A model-built index: a target file is encoded with the index's backbone, then served from the cache."""
-    from nagindex.ingest import run as ingest_run
+    from nagindex.encode import encoder
 
     idx, ex = model_index
-    monkeypatch.setattr(ingest_run, "build_extractor", lambda *a, **k: ex)
+    monkeypatch.setattr(encoder, "build_extractor", lambda *a, **k: ex)
     target = parse_target(str(golden_dir / "data/target/target.parquet"), "file", ["dataset=sci_target"])
     first = query([target], idx, fraction=0.3, out=tmp_path / "a.parquet")
-    monkeypatch.setattr(ingest_run, "build_extractor", _no_model)
+    monkeypatch.setattr(encoder, "build_extractor", _no_model)
     second = query([target], idx, fraction=0.3, out=tmp_path / "b.parquet", with_text=True)
     assert np.array_equal(first.rows, second.rows)
     docids, distance, _ = _expect(golden_dir, "selected_sci")
@@ -134,13 +134,13 @@ def test_target_from_file_is_encoded_once_then_cached(model_index, golden_dir, t
 def test_max_examples_sample_is_recorded_and_reported(model_index, golden_dir, golden_ranking, tmp_path,
                                                       monkeypatch):
     """--max-examples profiles a seeded random sample; the manifest records it, so the report finds its NAGs."""
-    from nagindex.ingest import run as ingest_run
+    from nagindex.encode import encoder
     from nagindex.ingest.interop import write_features
     from nagindex.query.report import collect
     from nagindex.query.target import load_target_file
 
     idx, ex = model_index
-    monkeypatch.setattr(ingest_run, "build_extractor", lambda *a, **k: ex)
+    monkeypatch.setattr(encoder, "build_extractor", lambda *a, **k: ex)
     path = golden_dir / "data/target/target.parquet"
     target = parse_target(str(path), "file")  # 6 examples: sci and story
     res = query([target], idx, k=5, max_examples=3, example_seed=7, out=tmp_path / "s.parquet")
@@ -156,7 +156,7 @@ def test_max_examples_sample_is_recorded_and_reported(model_index, golden_dir, g
     manifest = json.loads((tmp_path / "s.parquet.manifest.json").read_text())
     assert (manifest["max_examples"], manifest["example_seed"]) == (3, 7)
     assert manifest["targets"][0]["examples"] == {"used": 3, "available": 6, "source": f"file:{path}"}
-    monkeypatch.setattr(ingest_run, "build_extractor", _no_model)
+    monkeypatch.setattr(encoder, "build_extractor", _no_model)
     data = collect(tmp_path / "s.parquet", idx)
     assert data.targets[0].matches and "3 of 6 examples" in data.targets[0].how
     assert "(cached NAGs)" in data.targets[0].how

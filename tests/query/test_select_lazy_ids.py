@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nagindex.ingest.index import DocidColumn
+from nagindex.index.derived import DocidColumn
 from nagindex.query.select import Quota, rank_order, select, select_with_quality, top_rows
 
 

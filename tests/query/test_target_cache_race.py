@@ -5,7 +5,6 @@ import hashlib
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +23,7 @@ _CHILD = textwrap.dedent("""
                 time.sleep(0.01)
         return real_replace(src, dst)
     os.replace = replace_together
-    from nagindex.query.encode import target_codes
+    from nagindex.query.target_nags import target_codes
     manifest = {"backbone": model, "weights_sha256": None, "neuron_type": "fwd_up", "num_layers": 4,
                 "top_k": 8, "max_length": 64}
     texts = ["The sun is a star.", "Water boils at 100 degrees.", "Plants need light."]

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nagindex.errors import NagIndexError
-from nagindex.ingest.extract import NEURON_TYPES, NagExtractor, parse_neuron_types
+from nagindex.encode.extract import NEURON_TYPES, NagExtractor, parse_neuron_types
 
 L, K, MAX_LEN = 4, 8, 64
 

@@ -13,8 +13,8 @@ def _size(path: Path) -> int:
 
 def disk_usage(index_dir: str | os.PathLike) -> dict[str, int]:
     """Bytes on disk by part: the LMDB record, the derived scan files, the FAISS index."""
-    from nagindex.ingest.index import FAISS_FILE
-    from nagindex.ingest.store import STORE_DIR
+    from nagindex.index.derived import FAISS_FILE
+    from nagindex.index.store import STORE_DIR
 
     directory = Path(index_dir)
     lmdb = _size(directory / STORE_DIR)
@@ -24,8 +24,8 @@ def disk_usage(index_dir: str | os.PathLike) -> dict[str, int]:
 
 def describe_index(index_dir: str | os.PathLike) -> str:
     """Manifest, document and token counts, pending rows, rejects and sizes, one per line."""
-    from nagindex.ingest.store import IndexStore
-    from nagindex.ingest.index import open_index
+    from nagindex.index.store import IndexStore
+    from nagindex.index.derived import open_index
 
     view = open_index(index_dir)
     with IndexStore.open(index_dir) as store:

@@ -35,7 +35,7 @@ import numpy as np
 
 from nagindex.errors import NagIndexError
 from nagindex.fsio import DiskFullError, atomic_path, disk_full, disk_full_error, remove_stale_temps
-from nagindex.ingest.store import IndexStore, StoreSnapshot
+from nagindex.index.store import IndexStore, StoreSnapshot
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import pytest
 
 from nagindex.data import Reject
 from nagindex.errors import IndexMismatchError, NagIndexError
-from nagindex.ingest import store as store_module
-from nagindex.ingest.chunk import decode_chunk, encode_chunk
-from nagindex.ingest.store import IndexStore
+from nagindex.index import store as store_module
+from nagindex.index.chunk import decode_chunk, encode_chunk
+from nagindex.index.store import IndexStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,7 +135,7 @@ def test_one_writer_at_a_time(tmp_path: Path, tiny_manifest) -> None:
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from nagindex.ingest.store import IndexStore
+    from nagindex.index.store import IndexStore
     store = IndexStore.open(sys.argv[1], readonly=False)
     rng = np.random.default_rng(0)
     batch, rounds = int(sys.argv[2]), int(sys.argv[3])

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nagindex.ingest import index as index_module
-from nagindex.ingest.index import (FAISS_FILE, INFO_FILE, fingerprint_bits, fingerprints, open_index,
+from nagindex.index import derived as index_module
+from nagindex.index.derived import (FAISS_FILE, INFO_FILE, fingerprint_bits, fingerprints, open_index,
                                    sync_derived)
-from nagindex.ingest.store import IndexStore
+from nagindex.index.store import IndexStore
 
 DERIVED = ["codes.u16", "tokens.i64", "positions.i64", "source_ids.u32", "docids.off", "docids.bin", "sources.json"]
 
@@ -131,7 +131,7 @@ def test_open_index_reports_pending_rows(tmp_path: Path, tiny_manifest, make_cod
     parts = batches(make_codes)
     with IndexStore.create(tmp_path, tiny_manifest) as store:
         store.append(*parts[0])
-        with caplog.at_level(logging.WARNING, logger="nagindex.ingest.index"):
+        with caplog.at_level(logging.WARNING, logger="nagindex.index.derived"):
             view = open_index(tmp_path)
         assert len(view) == 0 and view.pending == 6 and view.codes.shape == (0, 4, 8)
         assert "6 rows are in the store but not derived yet" in caplog.text

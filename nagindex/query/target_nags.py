@@ -60,7 +60,7 @@ def target_codes(
             f"index {index_dir} records no backbone (imported features), so target texts cannot be encoded: "
             "pass --target-features (reference-format features of the target docs), or import with --backbone"
         )
-    from nagindex.ingest.run import build_extractor
+    from nagindex.encode.encoder import build_extractor
     from nagindex.models import resolve_device
 
     label = f"target {name}" if name else "target"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from nagindex.ingest.extract import NagExtractor
+from nagindex.encode.extract import NagExtractor
 from nagindex.models import Backbone
 
 VOCAB = 512  # the fixture tokenizer's vocabulary

@@ -42,7 +42,7 @@ import numpy as np
 from nagindex.data import Reject
 from nagindex.errors import IndexMismatchError, NagIndexError
 from nagindex.fsio import DISK_FULL, disk_errors, disk_full_error
-from nagindex.ingest.chunk import ChunkView, decode_chunk, encode_chunk
+from nagindex.index.chunk import ChunkView, decode_chunk, encode_chunk
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nagindex.query import encode
+from nagindex.query import target_nags as encode
 
 WORDS = "plants water train heart beach fox river forest sunlight energy leaves pressure hour organ waves".split()
 
@@ -12,11 +12,11 @@ WORDS = "plants water train heart beach fox river forest sunlight energy leaves 
 @pytest.fixture
 def tiny_target(tiny_backbone, golden_dir, tmp_path, monkeypatch):
     """(index dir, manifest, extractor, 40 texts of 1 to 40 words): 3 slices of 16 at batch size 2."""
-    from nagindex.ingest import run as ingest_run
-    from nagindex.ingest.extract import NagExtractor
+    from nagindex.encode import encoder
+    from nagindex.encode.extract import NagExtractor
 
     ex = NagExtractor(tiny_backbone, top_k=8, max_length=64, batch_size=2)
-    monkeypatch.setattr(ingest_run, "build_extractor", lambda *a, **k: ex)
+    monkeypatch.setattr(encoder, "build_extractor", lambda *a, **k: ex)
     monkeypatch.setenv("NAGINDEX_PROGRESS_INTERVAL", "0")
     manifest = {"backbone": str(golden_dir / "model"), "weights_sha256": None, "neuron_type": "fwd_up",
                 "num_layers": 4, "top_k": 8, "max_length": 64}

@@ -1,0 +1,1 @@
+"""The index: what ingest writes and query reads (LMDB store, chunk layout, derived files, fingerprints)."""

@@ -333,8 +333,21 @@ class IndexView:
         return self._faiss
 
 
-def open_index(index_dir: str | os.PathLike) -> IndexView:
-    """Open the derived snapshot of an index; rows committed but not derived yet are only counted."""
+def open_index(index_dir: str | os.PathLike) -> Any:
+    """Open the derived snapshot of an index: one folder (``IndexView``), or a sharded index
+    (``sharded.ShardedView``, the same interface over all shards, cross-shard repeats left out)."""
+    from nagindex.index.catalog import load_catalog
+
+    catalog = load_catalog(index_dir)
+    if catalog is None:
+        return open_shard(index_dir)
+    from nagindex.index.sharded import ShardedView
+
+    return ShardedView(catalog)
+
+
+def open_shard(index_dir: str | os.PathLike) -> IndexView:
+    """Open the derived snapshot of one store folder; rows committed but not derived yet are only counted."""
     directory = Path(index_dir)
     info = _read_info(directory)
     try:

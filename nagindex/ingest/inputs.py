@@ -111,21 +111,27 @@ def _walk(root: Path, given: str) -> Iterator[InputFile]:
             yield InputFile(str(entry.resolve()), entry, _kind_of(entry), source, rel)
 
 
-def input_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[InputFile]:
-    """Expand files and folders into concrete sources, in a stable order, no duplicates."""
+def input_files(paths: str | os.PathLike | Sequence[str | os.PathLike | InputFile]) -> list[InputFile]:
+    """Expand files and folders into concrete sources, in a stable order, no duplicates.
+
+    ``InputFile`` items pass through as they are (a shard worker gets the driver's, so
+    the docids it makes from names and positions are the ones a one-shard ingest makes).
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[InputFile] = []
     seen: set[str] = set()
     for given in paths:
-        path = Path(given)
-        if is_url(given) and not path.exists():
+        if isinstance(given, InputFile):
+            found = [given]
+        elif is_url(given) and not Path(given).exists():
             found = _remote_files(str(given))
-        elif not path.exists():
+        elif not Path(given).exists():
             raise InputError(f"input path {str(given)!r} does not exist")
-        elif path.is_dir() and not _is_hf_folder(path):
-            found = list(_walk(path, str(given)))
+        elif Path(given).is_dir() and not _is_hf_folder(Path(given)):
+            found = list(_walk(Path(given), str(given)))
         else:
+            path = Path(given)
             found = [InputFile(str(path.resolve()), path, _kind_of(path), str(given), path.name)]
         for item in found:
             if item.key not in seen:

@@ -49,6 +49,7 @@ class IngestResult:
     timings: str = ""
     fields: dict[str, dict[str, int]] = field(default_factory=dict)  # {"text": {field: records}, "id": {...}}
     warnings: list[str] = field(default_factory=list)
+    hidden: int = 0  # sharded ingests: documents left out as repeats of an id in an earlier shard's input
 
 
 def group_windows(
@@ -139,6 +140,8 @@ def ingest(
     ray_address: str | None = None,
     ray_workers: int = 2,
     ray_gpus_per_worker: float | None = None,
+    shards: int = 1,
+    shard_root: str | os.PathLike | None = None,
     extractor: "NagExtractor | None" = None,
     show_progress: bool | None = None,
 ) -> IngestResult:
@@ -150,13 +153,25 @@ def ingest(
     With ``ray_address`` ("local" starts a cluster here, "auto" joins the running
     one), ``ray_workers`` Ray actors extract the NAGs while this process reads,
     screens and commits in input order: the index is the same as a local run's.
+    ``shards`` > 1 (or an index that already has a catalog) writes a sharded index:
+    one worker process (or, with ``ray_address``, one Ray task) per shard, each
+    owning whole inputs (``ingest.sharded``); ``shard_root`` puts the shards elsewhere.
     """
+    from nagindex.index.catalog import CATALOG_FILE
     from nagindex.index.store import IndexStore, check_index_path
 
     index_dir = Path(index_dir)
     check_index_path(index_dir)
     if Path(backbone).expanduser().is_dir():  # a local model is recorded by absolute path
         backbone = str(Path(backbone).expanduser().resolve())
+    if shards > 1 or (index_dir / CATALOG_FILE).is_file():
+        from nagindex.ingest.sharded import ingest_sharded
+
+        return ingest_sharded(inputs, index_dir, shards=shards, shard_root=shard_root, ray_address=ray_address,
+                              ray_gpus_per_worker=ray_gpus_per_worker, backbone=backbone, neuron_type=neuron_type,
+                              top_k=top_k, max_length=max_length, batch_size=batch_size, commit_every=commit_every,
+                              text_field=text_field, id_field=id_field, token_field=token_field, limit=limit,
+                              strict=strict, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     files = input_files(inputs)
     timer = StageTimer()
     result = IngestResult(index_dir)

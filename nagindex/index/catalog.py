@@ -1,0 +1,113 @@
+"""The catalog of a sharded index: its shards, where they live, which inputs each owns, their shared identity.
+
+A sharded index is a folder holding ``catalog.json`` and one self-contained store
+per shard (today's one-folder layout: ``store.lmdb`` plus derived files), by
+default ``shard-00000/`` ... under the index folder, or anywhere else (a node's
+local disk: the catalog records absolute paths for those). An index folder that
+holds ``store.lmdb`` and no catalog is a one-shard index whose shard is the folder
+itself: every index written before shards existed opens unchanged.
+
+``catalog.json``::
+
+    {"version": 1,
+     "identity": {"backbone": ..., "weights_sha256": ..., "neuron_type": ..., "num_layers": ...,
+                  "width": ..., "top_k": ..., "max_length": ..., "dtype": ...},
+     "shards": [{"name": "shard-00000", "path": "shard-00000"}, ...],
+     "inputs": [{"key": "/abs/path/a.jsonl", "shard": 0, "size": 1234}, ...],
+     "dedup": {"rows": [n0, n1, ...], "hidden": 3}}
+
+``inputs`` is the global input order (first ingest first, then each append's new
+inputs): an input keeps its shard for ever, so a rerun after a crash resumes each
+shard where it stopped. A document id seen in two shards is kept where a one-shard
+ingest would keep it, at its first occurrence in that order; the other copies are
+listed in ``hidden-<shard>.u64`` (sorted rows, written by ``dedup.reconcile``) and
+left out of every view. ``dedup.rows`` are the shard sizes those files describe.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nagindex.errors import IndexMismatchError, NagIndexError
+from nagindex.fsio import atomic_path
+
+CATALOG_FILE = "catalog.json"
+VERSION = 1
+#: the settings every shard of an index must share (``store.COMPARED_SETTINGS`` plus dtype)
+IDENTITY = ("backbone", "weights_sha256", "neuron_type", "num_layers", "width", "top_k", "max_length", "dtype")
+
+
+@dataclass
+class Catalog:
+    """The parsed ``catalog.json`` of the index at ``root``."""
+
+    root: Path
+    shards: list[dict[str, str]]
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    identity: dict[str, Any] = field(default_factory=dict)
+    dedup: dict[str, Any] = field(default_factory=dict)
+
+    def shard_path(self, i: int) -> Path:
+        path = Path(self.shards[i]["path"])
+        return path if path.is_absolute() else self.root / path
+
+    def shard_paths(self) -> list[Path]:
+        return [self.shard_path(i) for i in range(len(self.shards))]
+
+    def input_shards(self) -> dict[str, int]:
+        return {item["key"]: int(item["shard"]) for item in self.inputs}
+
+    def hidden_file(self, i: int) -> Path:
+        return self.root / f"hidden-{self.shards[i]['name']}.u64"
+
+    def save(self) -> None:
+        value = {"version": VERSION, "identity": self.identity, "shards": self.shards, "inputs": self.inputs,
+                 "dedup": self.dedup}
+        with atomic_path(self.root / CATALOG_FILE) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(value, fh, indent=1)
+
+    def check_identity(self, manifest: dict[str, Any], where: str) -> None:
+        """Refuse a shard whose settings differ from the catalog's, naming each (unknown ones are skipped)."""
+        diffs = [f"{k}: index has {self.identity[k]!r}, {where} has {manifest[k]!r}" for k in IDENTITY
+                 if self.identity.get(k) is not None and manifest.get(k) is not None
+                 and self.identity[k] != manifest[k]]
+        if diffs:
+            raise IndexMismatchError(f"index {self.root}: " + "; ".join(diffs))
+
+
+def load_catalog(root: str | os.PathLike) -> Catalog | None:
+    """The catalog of the index at ``root``, or None for a one-folder (one-shard) index."""
+    root = Path(root)
+    path = root / CATALOG_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise NagIndexError(f"{path}: unreadable catalog: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("version") != VERSION or not isinstance(raw.get("shards"), list):
+        raise NagIndexError(f"{path}: not a version-{VERSION} nagindex catalog")
+    return Catalog(root, raw["shards"], raw.get("inputs", []), raw.get("identity", {}), raw.get("dedup", {}))
+
+
+def new_catalog(root: str | os.PathLike, shards: int, shard_root: str | os.PathLike | None = None) -> Catalog:
+    """A catalog of ``shards`` empty shards under ``root`` (or under ``shard_root``, recorded absolute)."""
+    if shards < 1:
+        raise NagIndexError(f"--shards must be >= 1, got {shards}")
+    root = Path(root)
+    names = [f"shard-{i:05d}" for i in range(shards)]
+    if shard_root is None:
+        entries = [{"name": n, "path": n} for n in names]
+    else:
+        base = Path(shard_root).expanduser().resolve() / root.resolve().name
+        entries = [{"name": n, "path": str(base / n)} for n in names]
+    return Catalog(root, entries)
+
+
+def shard_dirs(root: str | os.PathLike) -> list[Path]:
+    """The store folders of the index at ``root``: the catalog's shards, or the folder itself."""
+    catalog = load_catalog(root)
+    return [Path(root)] if catalog is None else catalog.shard_paths()

@@ -1,0 +1,84 @@
+"""``ShardedView``: all shards of an index as one ``IndexView``-like snapshot.
+
+Rows are the shards' derived rows in catalog order, without the rows that
+``dedup.reconcile`` hid (later copies of an id held by an earlier input), so every
+query sees exactly the documents of a one-shard ingest of the same inputs; ties
+are broken by docid, so the row order does not change any selection.
+
+This view gathers the shards' arrays into memory (about L x K x 2 bytes per
+document, plus docids); exact selection over shards at bounded memory is the
+query side's job.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nagindex.errors import NagIndexError
+from nagindex.index.catalog import Catalog
+
+
+class ShardedView:
+    """The derived snapshot of every shard of ``catalog``, concatenated, cross-shard repeats left out."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        import pyarrow as pa
+
+        from nagindex.index.dedup import hidden_rows
+        from nagindex.index.derived import DocidColumn, open_shard
+        from nagindex.index.store import STORE_DIR
+
+        self.catalog = catalog
+        self.directory = catalog.root
+        present = [(s, path) for s, path in enumerate(catalog.shard_paths()) if (path / STORE_DIR).exists()]
+        if not present:
+            raise NagIndexError(f"index {catalog.root}: no shard holds a store yet (nothing ingested)")
+        views = [open_shard(path) for _, path in present]
+        sizes = [0] * len(catalog.shards)
+        for (s, _), view in zip(present, views):
+            sizes[s] = len(view)
+        if catalog.dedup.get("rows") != sizes:
+            raise NagIndexError(f"index {catalog.root}: its shards changed since their ids were reconciled "
+                                "(an ingest is running or was interrupted): run the same ingest again")
+        self.shards = views
+        keep = []
+        for (s, _), view in zip(present, views):
+            mask = np.ones(len(view), dtype=bool)
+            mask[hidden_rows(catalog, s)] = False
+            keep.append(np.flatnonzero(mask))
+        self.sources: list[str] = sorted({src for v in views for src in v.sources})
+        where = {src: i for i, src in enumerate(self.sources)}
+        self.codes = np.concatenate([np.asarray(v.codes)[k] for v, k in zip(views, keep)])
+        self.token_counts = np.concatenate([np.asarray(v.token_counts)[k] for v, k in zip(views, keep)])
+        self.positions = np.concatenate([np.asarray(v.positions)[k] for v, k in zip(views, keep)])
+        self.source_ids = np.concatenate([
+            np.array([where[s] for s in v.sources], dtype=np.uint32)[np.asarray(v.source_ids)[k]]
+            if len(k) else np.zeros(0, np.uint32) for v, k in zip(views, keep)])
+        ids = pa.concat_arrays([v.docids.arrow().take(pa.array(k, pa.int64())) for v, k in zip(views, keep)])
+        _, offsets, blob = ids.buffers()
+        self.docids = DocidColumn(np.frombuffer(offsets, "<u8", count=len(ids) + 1),
+                                  np.frombuffer(blob, "u1") if blob is not None else np.zeros(0, "u1"))
+        self.manifest: dict[str, Any] = {**views[0].manifest, "rows": len(self.token_counts),
+                                         "tokens": int(self.token_counts.sum())}
+        self.info = {"rows": len(self.token_counts), "manifest": self.manifest, "shards": len(views)}
+        self.pending = sum(v.pending for v in views)
+        self._faiss: Any = None
+
+    def __len__(self) -> int:
+        return len(self.token_counts)
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.token_counts.sum())
+
+    def faiss_index(self) -> Any:
+        """An ``IndexBinaryFlat`` over this view's rows (fingerprints recomputed from the codes)."""
+        if self._faiss is None:
+            from nagindex.index.derived import FINGERPRINT_BITS, _faiss, fingerprints
+
+            index = _faiss().IndexBinaryFlat(FINGERPRINT_BITS)
+            for start in range(0, len(self), 65536):
+                index.add(fingerprints(self.codes[start:start + 65536], self.manifest["width"]))
+            self._faiss = index
+        return self._faiss

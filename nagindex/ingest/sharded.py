@@ -1,0 +1,177 @@
+"""Sharded ingest: N workers each own a deterministic share of the inputs and write their own shard.
+
+    nagindex ingest corpus/ --index idx --shards 8                                # 8 local processes
+    nagindex ingest corpus/ --index idx --shards 8 --ray-address auto             # 8 Ray actors, a GPU each
+
+The driver only assigns inputs and records them in the catalog (``index.catalog``);
+each worker reads its inputs, tokenizes, extracts and commits into its own shard
+with the one-folder ``ingest`` (crash-safe per window, resumable), so no text and
+no NAG passes through the driver. Inputs are whole files, assigned in input order
+to the shard with the fewest bytes so far; an input keeps its shard for ever, so
+the same command after a crash (of a worker or of the driver) resumes every shard
+where it stopped. When all shards are done, ``index.dedup.reconcile`` hides the
+later copies of ids repeated across shards, so the index holds exactly the
+documents, codes, token counts and positions of a one-shard ingest.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nagindex.errors import NagIndexError
+
+log = logging.getLogger(__name__)
+
+
+def assign_inputs(catalog: Any, files: Sequence[Any]) -> dict[int, list[Any]]:
+    """Record the new ``files`` in the catalog's input order, each on the least-loaded shard (by bytes,
+    ties to the lower shard); return every shard's inputs of this run, known ones on their own shard."""
+    owner = catalog.input_shards()
+    load = [0] * len(catalog.shards)
+    for item in catalog.inputs:
+        load[int(item["shard"])] += int(item.get("size") or 0)
+    plan: dict[int, list[Any]] = {i: [] for i in range(len(catalog.shards))}
+    for f in files:
+        if f.key not in owner:
+            size = int(f.state().get("size") or 0)
+            owner[f.key] = min(range(len(load)), key=lambda i: (load[i], i))
+            load[owner[f.key]] += size
+            catalog.inputs.append({"key": f.key, "shard": owner[f.key], "size": size})
+        plan[owner[f.key]].append(f)
+    return plan
+
+
+def _ingest_shard(files: list[Any], shard_dir: str, options: dict[str, Any]) -> Any:
+    """One worker: a one-folder ingest of its inputs into its shard (a separate process or a Ray actor)."""
+    from nagindex.ingest.run import ingest
+
+    return ingest(files, shard_dir, **options)
+
+
+def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLike, *, shards: int,
+                   shard_root: str | os.PathLike | None = None, ray_address: str | None = None,
+                   ray_gpus_per_worker: float | None = None, **options: Any) -> Any:
+    """``ingest`` into a sharded index: one worker per shard, then cross-shard deduplication."""
+    from nagindex.index.catalog import load_catalog, new_catalog
+    from nagindex.index.dedup import reconcile
+    from nagindex.index.store import STORE_DIR
+    from nagindex.ingest.inputs import input_files
+    from nagindex.ingest.run import IngestResult
+
+    index_dir = Path(index_dir)
+    if options.get("limit") is not None:
+        raise NagIndexError("--limit applies to one-shard ingests only (a limit over parallel shards would "
+                            "depend on timing)")
+    if (index_dir / STORE_DIR).exists():
+        raise NagIndexError(f"{index_dir} is a one-shard index: ingest into it without --shards")
+    catalog = load_catalog(index_dir)
+    if catalog is None:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        catalog = new_catalog(index_dir, shards, shard_root)
+    elif shards not in (1, len(catalog.shards)):
+        raise NagIndexError(f"index {index_dir} has {len(catalog.shards)} shards; --shards {shards} cannot "
+                            "change that (leave it out to append)")
+    plan = assign_inputs(catalog, input_files(inputs))
+    catalog.save()  # the assignment is durable before any worker starts: a rerun makes the same one
+    jobs = [(i, files) for i, files in plan.items() if files]
+    results = _run_ray(catalog, jobs, ray_address, ray_gpus_per_worker, options) if ray_address \
+        else _run_local(catalog, jobs, options)
+    for i in range(len(catalog.shards)):
+        catalog.shard_path(i).mkdir(parents=True, exist_ok=True)
+    _check_identity(catalog)
+    hidden = reconcile(catalog)
+    total = IngestResult(index_dir)
+    for res in results:
+        total.added += res.added
+        total.tokens += res.tokens
+        total.rejects += res.rejects
+        total.skipped_inputs += res.skipped_inputs
+        for k, v in res.reject_reasons.items():
+            total.reject_reasons[k] = total.reject_reasons.get(k, 0) + v
+        for kind, used in res.fields.items():
+            for name, n in used.items():
+                total.fields.setdefault(kind, {})[name] = total.fields.get(kind, {}).get(name, 0) + n
+        total.warnings += res.warnings
+    total.skipped_inputs += sum(1 for files in plan.values() for _ in files) - sum(len(f) for _, f in jobs)
+    total.hidden = hidden  # later copies of ids held by an earlier input of another shard
+    from nagindex.index.derived import open_index
+
+    total.rows = len(open_index(index_dir))
+    total.timings = f"{len(jobs)} shard worker(s)"
+    return total
+
+
+def _shard_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in ("extractor", "ray_workers")}
+
+
+def _run_local(catalog: Any, jobs: list[tuple[int, list[Any]]], options: dict[str, Any]) -> list[Any]:
+    """One process per shard with work (spawned: each loads its own model)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    if not jobs:
+        return []
+    opts = {**_shard_options(options), "show_progress": False}
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {i: pool.submit(_ingest_shard, files, str(catalog.shard_path(i)), opts) for i, files in jobs}
+        results = []
+        for i, future in futures.items():
+            try:
+                results.append(future.result())
+            except BrokenProcessPool:
+                raise NagIndexError(f"the worker of shard {catalog.shards[i]['name']} died; every shard keeps "
+                                    "what it committed: run the same command again to resume") from None
+        return results
+
+
+def _run_ray(catalog: Any, jobs: list[tuple[int, list[Any]]], address: str, gpus: float | None,
+             options: dict[str, Any]) -> list[Any]:
+    """One Ray task per shard with work, scheduled where the cluster has room (a GPU each where it has them).
+
+    A task whose worker dies is retried by Ray; the retry resumes the shard from its last commit.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise NagIndexError("--ray-address needs Ray: pip install 'nagindex[ray]'") from None
+    if not jobs:
+        return []
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= len(jobs) else 0.0
+    task = ray.remote(num_gpus=gpus, max_retries=3, retry_exceptions=False)(_ingest_shard)
+    opts = {**_shard_options(options), "show_progress": False}
+    refs = {i: task.remote(files, str(catalog.shard_path(i)), opts) for i, files in jobs}
+    results = []
+    for i, ref in refs.items():
+        try:
+            results.append(ray.get(ref))
+        except ray.exceptions.RayError as exc:
+            if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, NagIndexError):
+                raise exc.cause from None
+            raise NagIndexError(f"shard {catalog.shards[i]['name']} could not be ingested on Ray ({exc}); every "
+                                "shard keeps what it committed: run the same command again to resume") from exc
+    return results
+
+
+def _check_identity(catalog: Any) -> None:
+    """All shards share one identity (the first written shard's), recorded in the catalog."""
+    from nagindex.index.catalog import IDENTITY
+    from nagindex.index.store import IndexStore, STORE_DIR
+
+    for i, path in enumerate(catalog.shard_paths()):
+        if not (path / STORE_DIR).exists():
+            continue
+        with IndexStore.open(path) as store:
+            manifest = store.manifest
+        if not catalog.identity:
+            catalog.identity = {k: manifest.get(k) for k in IDENTITY}
+        catalog.check_identity(manifest, f"shard {catalog.shards[i]['name']}")
+    catalog.save()

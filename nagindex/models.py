@@ -218,17 +218,37 @@ def resolve_device(device: str) -> "torch.device":
     return torch.device(device)
 
 
+#: ``--dtype`` spellings -> the canonical name an index records (its NAGs depend on it)
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+
+
+def canonical_dtype(dtype: str | None) -> str | None:
+    """``"bf16"`` -> ``"bfloat16"``; None or ``"auto"`` -> None (chosen by the device once it is known).
+
+    One spelling per precision, without importing torch, so an ingest can compare the
+    ``--dtype`` it was given with the index's before loading any model.
+    """
+    if dtype in (None, "auto"):
+        return None
+    if dtype not in _DTYPES:
+        raise NagIndexError(f"--dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def dtype_name(dtype: "torch.dtype") -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the name manifests record and ``canonical_dtype`` returns."""
+    return str(dtype).removeprefix("torch.")
+
+
 def resolve_dtype(dtype: str | None, device: "torch.device") -> "torch.dtype":
     """float32 on CPU (exact reproduction), bfloat16 on CUDA (the reference's choice)."""
     import torch
 
-    if dtype in (None, "auto"):
+    name = canonical_dtype(dtype)
+    if name is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        raise NagIndexError(f"--dtype {dtype!r}: choose one of {', '.join(table)}")
-    return table[dtype]
+    return getattr(torch, name)
 
 
 def load_backbone(

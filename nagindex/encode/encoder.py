@@ -30,9 +30,17 @@ def build_extractor(
 
 
 def describe_extractor(extractor: "NagExtractor") -> dict[str, Any]:
-    """What the manifest records about the model that encodes an index."""
-    return {"weights_sha256": extractor.backbone.weights_sha256, "num_layers": extractor.num_layers,
-            "widths": dict(extractor.widths), "top_k": extractor.top_k}
+    """What the manifest records about the model that encodes an index.
+
+    ``dtype`` is part of the NAGs' identity (bfloat16 and float32 rank neurons
+    differently); ``device_kind`` ("cpu", "cuda") is provenance only.
+    """
+    from nagindex.models import dtype_name
+
+    bb = extractor.backbone
+    return {"weights_sha256": bb.weights_sha256, "num_layers": extractor.num_layers,
+            "widths": dict(extractor.widths), "top_k": extractor.top_k,
+            "dtype": dtype_name(bb.dtype), "device_kind": bb.device.type}
 
 
 def encode_window(window: Window, extractor: "NagExtractor") -> Window:

@@ -51,7 +51,11 @@ _ROW = struct.Struct(">Q")
 _SRC = struct.Struct(">I")
 _MAP_SIZE = 1 << 40  # sparse: the file only grows as data is written
 _DBS = ("meta", "chunks", "ids", "sources", "source_ids", "progress", "rejects")
-COMPARED_SETTINGS = ("backbone", "weights_sha256", "neuron_type", "num_layers", "width", "top_k", "max_length")
+#: settings whose difference makes NAGs incomparable, so an append with another is refused. dtype is one
+#: (bfloat16 and float32 rank neurons differently). The manifest's "compute" (cpu/cuda) is provenance only:
+#: the same dtype on another device is the same arithmetic up to kernel differences.
+COMPARED_SETTINGS = ("backbone", "weights_sha256", "neuron_type", "num_layers", "width", "top_k", "max_length",
+                     "dtype")
 _REQUIRED = ("neuron_type", "num_layers", "width", "top_k")
 _ENVS: dict[str, list[Any]] = {}  # path -> [env, refcount, handles]; LMDB allows one env per path per process
 _DAMAGED = "is damaged and cannot be trusted: move it aside and ingest again into a new --index"

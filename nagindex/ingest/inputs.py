@@ -54,6 +54,20 @@ class InputFile:
     name: str
     fs: Any = None  # the fsspec filesystem of a remote input (``path`` is then its path there); None: local
 
+    def to_json(self) -> dict[str, str]:
+        """This source as JSON, to hand it to a shard worker process as the driver found it."""
+        return {"key": self.key, "path": self.path.as_posix(), "kind": self.kind, "source": self.source,
+                "name": self.name, "remote": self.fs is not None}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> "InputFile":
+        fs = None
+        if value["remote"]:
+            import fsspec
+
+            fs = fsspec.core.url_to_fs(value["key"])[0]
+        return cls(value["key"], Path(value["path"]), value["kind"], value["source"], value["name"], fs)
+
     def open(self) -> BinaryIO:
         """The file's raw bytes, local or remote."""
         if self.fs is None:

@@ -175,7 +175,11 @@ def ingest(
     files = input_files(inputs)
     timer = StageTimer()
     result = IngestResult(index_dir)
-    requested = {"backbone": backbone, "neuron_type": neuron_type, "top_k": top_k, "max_length": max_length}
+    from nagindex.models import canonical_dtype
+
+    # an explicit --dtype is checked before any model loads; auto (None) is checked via the full manifest
+    requested = {"backbone": backbone, "neuron_type": neuron_type, "top_k": top_k, "max_length": max_length,
+                 "dtype": canonical_dtype(dtype)}
     store = IndexStore.open(index_dir, readonly=False) if (index_dir / "store.lmdb").exists() else None
     if store is not None:
         store.check_compatible(requested)  # fail fast, before loading any model
@@ -250,6 +254,8 @@ def _manifest(model: dict[str, Any], backbone: str, neuron_type: str, max_length
         "width": model["widths"][neuron_type],
         "top_k": model["top_k"],
         "max_length": max_length,
+        "dtype": model["dtype"],  # compared on append: the NAGs depend on it
+        "compute": model["device_kind"],  # provenance only (cpu/cuda), not compared
         "nagindex_version": __version__,
         "text_field": fields.text,  # to read texts back (--with-text); not compared on append
         "id_field": fields.id,

@@ -44,11 +44,36 @@ def assign_inputs(catalog: Any, files: Sequence[Any]) -> dict[int, list[Any]]:
     return plan
 
 
-def _ingest_shard(files: list[Any], shard_dir: str, options: dict[str, Any]) -> Any:
-    """One worker: a one-folder ingest of its inputs into its shard (a separate process or a Ray actor)."""
+def _ingest_shard(files: list[dict[str, Any]], shard_dir: str, options: dict[str, Any]) -> dict[str, Any]:
+    """One worker: a one-folder ingest of its inputs (``InputFile.to_json`` form) into its shard;
+    returns the ``IngestResult`` as JSON. Runs in a worker process (``main``) or a Ray task."""
+    from dataclasses import asdict
+
+    from nagindex.ingest.inputs import InputFile
     from nagindex.ingest.run import ingest
 
-    return ingest(files, shard_dir, **options)
+    res = ingest([InputFile.from_json(f) for f in files], shard_dir, **options)
+    return {**asdict(res), "index_dir": str(res.index_dir)}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m nagindex.ingest.sharded JOB.json``: run one shard's job, write its result beside it.
+
+    A fresh interpreter per worker, not ``multiprocessing``: nothing of the caller is re-imported (a
+    script without ``if __name__ == "__main__"`` would be) and job and result are JSON, never pickle.
+    """
+    import json
+    import sys
+
+    from nagindex.errors import NagIndexError
+
+    job_path = Path((argv or sys.argv[1:])[0])
+    job = json.loads(job_path.read_text("utf-8"))
+    try:
+        result = {"ok": _ingest_shard(job["files"], job["shard_dir"], job["options"])}
+    except NagIndexError as exc:
+        result = {"error": str(exc)}
+    job_path.with_suffix(".result.json").write_text(json.dumps(result), encoding="utf-8")
 
 
 def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLike, *, shards: int,
@@ -85,16 +110,16 @@ def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.Path
     hidden = reconcile(catalog)
     total = IngestResult(index_dir)
     for res in results:
-        total.added += res.added
-        total.tokens += res.tokens
-        total.rejects += res.rejects
-        total.skipped_inputs += res.skipped_inputs
-        for k, v in res.reject_reasons.items():
+        total.added += res["added"]
+        total.tokens += res["tokens"]
+        total.rejects += res["rejects"]
+        total.skipped_inputs += res["skipped_inputs"]
+        for k, v in res["reject_reasons"].items():
             total.reject_reasons[k] = total.reject_reasons.get(k, 0) + v
-        for kind, used in res.fields.items():
+        for kind, used in res["fields"].items():
             for name, n in used.items():
                 total.fields.setdefault(kind, {})[name] = total.fields.get(kind, {}).get(name, 0) + n
-        total.warnings += res.warnings
+        total.warnings += res["warnings"]
     total.skipped_inputs += sum(1 for files in plan.values() for _ in files) - sum(len(f) for _, f in jobs)
     total.hidden = hidden  # later copies of ids held by an earlier input of another shard
     from nagindex.index.derived import open_index
@@ -108,29 +133,38 @@ def _shard_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in ("extractor", "ray_workers")}
 
 
-def _run_local(catalog: Any, jobs: list[tuple[int, list[Any]]], options: dict[str, Any]) -> list[Any]:
-    """One process per shard with work (spawned: each loads its own model)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+def _run_local(catalog: Any, jobs: list[tuple[int, list[Any]]], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One worker process per shard with work (``python -m nagindex.ingest.sharded``), all at once."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
 
-    if not jobs:
-        return []
     opts = {**_shard_options(options), "show_progress": False}
-    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {i: pool.submit(_ingest_shard, files, str(catalog.shard_path(i)), opts) for i, files in jobs}
-        results = []
-        for i, future in futures.items():
-            try:
-                results.append(future.result())
-            except BrokenProcessPool:
-                raise NagIndexError(f"the worker of shard {catalog.shards[i]['name']} died; every shard keeps "
-                                    "what it committed: run the same command again to resume") from None
-        return results
+    with tempfile.TemporaryDirectory(prefix=".jobs-", dir=catalog.root) as tmp:
+        procs = {}
+        for i, files in jobs:
+            job = Path(tmp) / f"{catalog.shards[i]['name']}.json"
+            job.write_text(json.dumps({"files": [f.to_json() for f in files], "shard_dir": str(catalog.shard_path(i)),
+                                       "options": opts}), encoding="utf-8")
+            procs[i] = (job, subprocess.Popen([sys.executable, "-m", "nagindex.ingest.sharded", str(job)]))
+        results, failed = [], []
+        for i, (job, proc) in procs.items():
+            proc.wait()
+            out = job.with_suffix(".result.json")
+            result = json.loads(out.read_text("utf-8")) if out.is_file() else {}
+            if "ok" in result:
+                results.append(result["ok"])
+            else:
+                failed.append(f"{catalog.shards[i]['name']}: " + result.get("error", f"worker exited with {proc.returncode}"))
+    if failed:
+        raise NagIndexError("shard worker(s) failed; every shard keeps what it committed, run the same command "
+                            "again to resume: " + "; ".join(failed))
+    return results
 
 
 def _run_ray(catalog: Any, jobs: list[tuple[int, list[Any]]], address: str, gpus: float | None,
-             options: dict[str, Any]) -> list[Any]:
+             options: dict[str, Any]) -> list[dict[str, Any]]:
     """One Ray task per shard with work, scheduled where the cluster has room (a GPU each where it has them).
 
     A task whose worker dies is retried by Ray; the retry resumes the shard from its last commit.
@@ -148,7 +182,7 @@ def _run_ray(catalog: Any, jobs: list[tuple[int, list[Any]]], address: str, gpus
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= len(jobs) else 0.0
     task = ray.remote(num_gpus=gpus, max_retries=3, retry_exceptions=False)(_ingest_shard)
     opts = {**_shard_options(options), "show_progress": False}
-    refs = {i: task.remote(files, str(catalog.shard_path(i)), opts) for i, files in jobs}
+    refs = {i: task.remote([f.to_json() for f in files], str(catalog.shard_path(i)), opts) for i, files in jobs}
     results = []
     for i, ref in refs.items():
         try:
@@ -175,3 +209,7 @@ def _check_identity(catalog: Any) -> None:
             catalog.identity = {k: manifest.get(k) for k in IDENTITY}
         catalog.check_identity(manifest, f"shard {catalog.shards[i]['name']}")
     catalog.save()
+
+
+if __name__ == "__main__":
+    main()

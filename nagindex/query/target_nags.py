@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR = "targets"
 _SETTINGS = ("backbone", "weights_sha256", "neuron_type", "num_layers", "top_k", "max_length")
+#: settings keyed only where the manifest records them, so older indexes keep their cached targets' keys
+_RECORDED_SETTINGS = ("dtype",)
 #: from this many examples on, the announcement suggests --max-examples (BENCHMARKS.md, target-set stability)
 SAMPLE_HINT_MIN = 1000
 #: batches per progress step: small enough for frequent progress, large enough to keep batches full
@@ -37,8 +39,14 @@ SLICE_BATCHES = 8
 
 
 def cache_key(texts: Sequence[str], manifest: dict[str, Any]) -> str:
-    """sha256 over the settings and the length-prefixed texts (order matters: codes are per example)."""
-    h = hashlib.sha256(json.dumps({k: manifest.get(k) for k in _SETTINGS}, sort_keys=True).encode())
+    """sha256 over the settings and the length-prefixed texts (order matters: codes are per example).
+
+    The dtype is keyed because bfloat16 and float32 give other NAGs; an index that records
+    none (built before it was recorded) keeps the key it always had.
+    """
+    settings = {k: manifest.get(k) for k in _SETTINGS}
+    settings.update({k: manifest[k] for k in _RECORDED_SETTINGS if manifest.get(k) is not None})
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for text in texts:
         raw = text.encode("utf-8")
         h.update(len(raw).to_bytes(8, "little"))
@@ -50,7 +58,12 @@ def target_codes(
     index_dir: str | os.PathLike, manifest: dict[str, Any], texts: Sequence[str], *, name: str = "",
     device: str = "auto", dtype: str | None = None, batch_size: int = 32, trust_remote_code: bool = False,
 ) -> np.ndarray:
-    """``(T, L, K)`` uint16 NAGs of ``texts`` (examples with no tokens are dropped, as in ingest)."""
+    """``(T, L, K)`` uint16 NAGs of ``texts`` (examples with no tokens are dropped, as in ingest).
+
+    They are encoded in the index's dtype, whatever this machine's default: a bfloat16
+    index queried on a CPU still gets bfloat16 target NAGs. ``dtype`` is used only for
+    an index that records none (built before dtypes were recorded).
+    """
     path = Path(index_dir) / CACHE_DIR / f"{cache_key(texts, manifest)}.npy"
     if path.is_file():
         log.info("target %s: cached NAGs %s", name, path.name)
@@ -65,9 +78,15 @@ def target_codes(
 
     label = f"target {name}" if name else "target"
     on = resolve_device(device)
+    if manifest.get("dtype"):
+        dtype = manifest["dtype"]
+    else:
+        log.warning("index %s does not record its dtype: target %s is encoded in %s, which may differ from "
+                    "the corpus's", index_dir, name, dtype or "this device's default")
     hint = ("; --max-examples 200 reproduces the full set's top 20% at Jaccard 0.89-0.97 (BENCHMARKS.md)"
             if len(texts) > SAMPLE_HINT_MIN else "")
-    notice(f"{label}: encoding {len(texts):,} examples with {manifest['backbone']} on {on}, "
+    notice(f"{label}: encoding {len(texts):,} examples with {manifest['backbone']} on {on}"
+           f"{' in ' + dtype if dtype else ''}, "
            f"once per index and target (cached in {path.parent}){hint}")
     extractor = build_extractor(manifest["backbone"], [manifest["neuron_type"]], top_k=manifest["top_k"],
                                 max_length=manifest["max_length"], batch_size=batch_size, device=device,

@@ -149,7 +149,8 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
       nagindex ingest corpus/
       nagindex ingest shard1.parquet shard2.jsonl.zst --index idx/ --text-field text
       nagindex ingest 'hf://datasets/tiiuae/falcon-refinedweb/data/*.parquet' --id-field url
-      nagindex ingest corpus/ --ray-address auto --ray-workers 8 --device cuda
+      nagindex ingest corpus/ --index idx --shards 8                  # 8 worker processes, 8 shards
+      nagindex ingest corpus/ --index idx --shards 64 --ray-address auto --device cuda
     """
     from nagindex.ingest.run import ingest as run_ingest
 
@@ -157,7 +158,8 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
     click.echo(f"{index_dir}: +{res.added:,} documents (+{res.tokens:,} tokens), {res.rows:,} in total; "
                f"{res.rejects:,} skipped" + (" (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(
                    res.reject_reasons.items(), key=lambda kv: -kv[1])) + ")" if res.reject_reasons else "")
-               + (f"; {res.skipped_inputs} input(s) already ingested" if res.skipped_inputs else ""))
+               + (f"; {res.skipped_inputs} input(s) already ingested" if res.skipped_inputs else "")
+               + (f"; {res.hidden:,} repeated id(s) across shards left out" if res.hidden else ""))
     if res.fields:
         click.echo("fields: " + "; ".join(f"{kind} from " + ", ".join(
             f"{name!r}" if len(used) == 1 else f"{name!r} ({n:,})" for name, n in used.items())

@@ -181,42 +181,47 @@ def ingest(
     requested = {"backbone": backbone, "neuron_type": neuron_type, "top_k": top_k, "max_length": max_length,
                  "dtype": canonical_dtype(dtype)}
     store = IndexStore.open(index_dir, readonly=False) if (index_dir / "store.lmdb").exists() else None
-    if store is not None:
-        store.check_compatible(requested)  # fail fast, before loading any model
-    progress = store.all_progress() if store is not None else {}
-    todo = [f for f in files if not _is_done(progress.get(f.key), f)]
-    result.skipped_inputs = len(files) - len(todo)
-    if todo:
-        with timer("load"):
-            model_kw = dict(top_k=top_k, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype,
-                            trust_remote_code=trust_remote_code)
-            if ray_address is not None:
-                from nagindex.ingest.distributed import RayEncoder
+    try:
+        if store is not None:
+            store.check_compatible(requested)  # fail fast, before loading any model
+        progress = store.all_progress() if store is not None else {}
+        todo = [f for f in files if not _is_done(progress.get(f.key), f)]
+        result.skipped_inputs = len(files) - len(todo)
+        if todo:
+            with timer("load"):
+                model_kw = dict(top_k=top_k, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype,
+                                trust_remote_code=trust_remote_code)
+                if ray_address is not None:
+                    from nagindex.ingest.distributed import RayEncoder
 
-                encoder: Any = RayEncoder(backbone, [neuron_type], address=ray_address, workers=ray_workers,
-                                          gpus_per_worker=ray_gpus_per_worker, **model_kw)
-            else:
-                encoder = LocalEncoder(extractor or enc.build_extractor(backbone, [neuron_type], **model_kw))
-        usage = FieldUsage()
-        fields = Fields(text_field, id_field, token_field, usage)
-        manifest = _manifest(encoder.describe(), backbone, neuron_type, max_length, fields)
+                    encoder: Any = RayEncoder(backbone, [neuron_type], address=ray_address, workers=ray_workers,
+                                              gpus_per_worker=ray_gpus_per_worker, **model_kw)
+                else:
+                    encoder = LocalEncoder(extractor or enc.build_extractor(backbone, [neuron_type], **model_kw))
+            usage = FieldUsage()
+            fields = Fields(text_field, id_field, token_field, usage)
+            manifest = _manifest(encoder.describe(), backbone, neuron_type, max_length, fields)
+            if store is None:
+                store = IndexStore.open_or_create(index_dir, manifest)
+            store.check_compatible(manifest)
+            try:
+                _ingest_files(store, todo, encoder, neuron_type, result, timer, progress, commit_every,
+                              fields, limit, strict, show_progress)
+            except NagIndexError:  # --strict or a network error: what was committed stays usable, then stop
+                _finish(store, index_dir, result, timer)
+                raise
+            finally:
+                result.fields, result.warnings = usage.summary(), usage.warnings()
+            for warning in result.warnings:
+                log.warning("%s", warning)
         if store is None:
-            store = IndexStore.open_or_create(index_dir, manifest)
-        store.check_compatible(manifest)
-        try:
-            _ingest_files(store, todo, encoder, neuron_type, result, timer, progress, commit_every,
-                          fields, limit, strict, show_progress)
-        except NagIndexError:  # --strict or a network error: what was committed stays usable, then stop
-            _finish(store, index_dir, result, timer)
-            raise
-        finally:
-            result.fields, result.warnings = usage.summary(), usage.warnings()
-        for warning in result.warnings:
-            log.warning("%s", warning)
-    if store is None:
-        raise NagIndexError(f"no index at {index_dir} and nothing to ingest")
-    _finish(store, index_dir, result, timer)
-    return result
+            raise NagIndexError(f"no index at {index_dir} and nothing to ingest")
+        _finish(store, index_dir, result, timer)
+        return result
+    except BaseException:  # a refused append, Ctrl-C, a crash: release the write lock at once
+        if store is not None:
+            store.close()
+        raise
 
 
 def _finish(store: Any, index_dir: Path, result: IngestResult, timer: StageTimer) -> None:

@@ -45,17 +45,30 @@ class Reject:
 
 
 @dataclass
-class Window:
-    """A run of consecutive records of one input, the unit of encoding and of one commit.
+class Cursor:
+    """Where reading one input stands after a window: committed with it, it is the resume point."""
 
-    ``codes`` (neuron type -> ``(n, L, K)``) and ``token_counts`` are filled in by
-    ``encode.encoder.encode_window``.
+    key: str  # the input's key (absolute path or URL), as in the store's progress table
+    next_position: int
+    done: bool = False
+
+
+@dataclass
+class Window:
+    """Consecutive records of one or more inputs (small inputs share a window), the unit of encoding and
+    of one commit.
+
+    ``cursors`` holds, in input order, every input the window read from, by its ``source``
+    (what ``Document.source`` and ``Reject.source`` say). ``codes`` (neuron type -> ``(n, L, K)``)
+    and ``token_counts`` are filled in by ``encode.encoder.encode_window``.
     """
 
-    key: str
     docs: list[Document]
     rejects: list[Reject]
-    next_position: int
-    last: bool = False  # the input's final window: committing it marks the input done
+    cursors: dict[str, Cursor]
     codes: dict[str, np.ndarray] = field(default_factory=dict)
     token_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def input_order(self, source: str) -> int:
+        """Rank of ``source`` among this window's inputs (records sort by it, then position)."""
+        return list(self.cursors).index(source)

@@ -1,8 +1,9 @@
 """Faults a user can meet give one ``Error:`` line, not a traceback, and lose nothing committed.
 
 Each fault is injected from outside (monkeypatch): a disk that fills while
-committing to LMDB or deriving the scan files, LMDB's own failures (a full map,
-a damaged file), a Ray encode worker that dies. After each, the same command
+committing to LMDB or deriving the scan files, LMDB's own failures (a damaged
+file; a full map is not one: it grows, ``tests/index/test_growth.py``), a Ray
+encode worker that dies. After each, the same command
 run again gives the index an uninterrupted run gives.
 """
 from __future__ import annotations
@@ -20,12 +21,11 @@ from click.testing import CliRunner
 
 from nagindex.errors import NagIndexError
 from nagindex.index import derived as index_mod
-from nagindex.index import store as store_mod
 from nagindex.index.derived import open_index, sync_derived
 from nagindex.index.store import IndexStore
 
 DERIVED = ["codes.u16", "tokens.i64", "positions.i64", "source_ids.u32", "docids.off", "docids.bin",
-           "fingerprints.faiss", "sources.json"]
+           "fingerprints.u8", "sources.json"]
 
 
 def disk_full(*args, **kwargs):
@@ -111,20 +111,6 @@ def test_a_failed_commit_is_a_user_error_naming_the_store(tmp_path, tiny_manifes
         assert len(store) == 6
 
 
-def test_a_full_lmdb_map_is_a_user_error_and_keeps_committed_rows(tmp_path, tiny_manifest, make_codes, monkeypatch):
-    """A real ``MDB_MAP_FULL``: the map is shrunk to 64 KiB so a few appends fill it."""
-    monkeypatch.setattr(store_mod, "_MAP_SIZE", 64 << 10)
-    rng = np.random.default_rng(1)
-    with IndexStore.create(tmp_path / "idx", tiny_manifest) as store:
-        with pytest.raises(NagIndexError, match="map size limit") as err:
-            for start in range(0, 10_000, 50):
-                fill(store, rng, make_codes, start, 50)
-        assert str(tmp_path / "idx" / "store.lmdb") in str(err.value)
-        assert len(store) == start > 0
-    with IndexStore.open(tmp_path / "idx") as store:
-        assert len(store) == start and len(list(store.iter_chunks())) == start // 50
-
-
 def test_a_damaged_store_is_a_user_error(tmp_path, tiny_manifest, make_codes):
     """Both meta pages overwritten: LMDB no longer recognises the file."""
     with IndexStore.create(tmp_path / "idx", tiny_manifest) as store:
@@ -173,7 +159,7 @@ def fill_disk_at(monkeypatch, name: str, nth: int) -> None:
     monkeypatch.setattr(index_mod, "open", fake_open, raising=False)
 
 
-@pytest.mark.parametrize("name", ["codes.u16", "docids.bin", "fingerprints.faiss", "sources.json", "index_info.json"])
+@pytest.mark.parametrize("name", ["codes.u16", "docids.bin", "fingerprints.u8", "sources.json", "index_info.json"])
 def test_disk_full_while_deriving_is_an_error_and_the_next_derive_repairs(tmp_path, tiny_manifest, make_codes,
                                                                          monkeypatch, name):
     rng = np.random.default_rng(3)

@@ -1,18 +1,30 @@
-"""Derived scan files and the FAISS binary index, rebuilt from the store at will.
+"""Derived scan files and the fingerprints ``--approx`` searches, rebuilt from the store at will.
 
 The LMDB store (``store.py``) is the record; the files here are flat copies of
-it laid out for fast scans (memory-mapped numpy) and for FAISS, extended
-incrementally by ``sync_derived`` (only rows not derived yet):
+it laid out for fast scans (memory-mapped numpy), each only ever appended to by
+``sync_derived`` (the rows not derived yet), so a derive costs its new rows, not
+the index:
 
 - ``codes.u16``      uint16 little-endian ``(N, L, K)``, the NAGs.
 - ``tokens.i64``     int64 ``(N,)`` token counts; ``positions.i64`` int64 ``(N,)``.
 - ``source_ids.u32`` uint32 ``(N,)``, ids into ``sources.json`` (a JSON list of paths).
 - ``docids.off`` uint64 ``(N + 1,)`` offsets into ``docids.bin`` (utf-8); together
   an Arrow ``large_string`` column, opened with zero copies.
-- ``fingerprints.faiss`` ``faiss.IndexBinaryFlat(4096)``, FAISS id = row number.
+- ``fingerprints.u8`` uint8 ``(N, 512)``, the 4096-bit fingerprints, row = FAISS id.
+  Raw rather than a FAISS file, so appending is cheap (a FAISS ``IndexBinaryFlat`` file
+  would be read and rewritten whole by every derive: 51 GB at 100M documents). ``--approx``
+  searches it memory-mapped with FAISS's exhaustive Hamming k-NN, the very search
+  ``IndexBinaryFlat`` runs (``FingerprintIndex``). An index derived before it holds
+  ``fingerprints.faiss`` instead: read as it is, copied over by the next derive.
 - ``index_info.json`` written last (``fsio.atomic_path``): its ``rows`` is the
   only count readers trust. Bytes past it (a derive killed or out of disk
   mid-way) are cut off by the next ``sync_derived``.
+
+Readers memory-map these files, so a derive never takes away bytes a reader may
+map: it only cuts files back to ``index_info.json``'s rows, which never shrink
+while the store is the same, and starting over (a new store, a lost or short
+file) unlinks the files instead of truncating them, so a reader keeps the old
+ones (a truncated mapping would crash it with SIGBUS).
 
 Fingerprint: each (layer l, neuron n) of a NAG sets bit
 ``((l * width + n) * 2654435761 mod 2**32) >> 20`` (Knuth's multiplicative hash,
@@ -40,7 +52,8 @@ from nagindex.index.store import IndexStore, StoreSnapshot
 logger = logging.getLogger(__name__)
 
 INFO_FILE = "index_info.json"
-FAISS_FILE = "fingerprints.faiss"
+FAISS_FILE = "fingerprints.u8"  # the fingerprints FAISS searches, raw (N, 512) uint8
+LEGACY_FAISS_FILE = "fingerprints.faiss"  # an IndexBinaryFlat, what indexes derived before FAISS_FILE hold
 SOURCES_FILE = "sources.json"
 FINGERPRINT_BITS = 4096
 HASH_MULTIPLIER = 2654435761
@@ -48,6 +61,7 @@ HASH_MULTIPLIER = 2654435761
 ROW_FILES = {"codes": ("codes.u16", "<u2"), "token_counts": ("tokens.i64", "<i8"),
              "positions": ("positions.i64", "<i8"), "source_ids": ("source_ids.u32", "<u4")}
 DOCID_OFFSETS, DOCID_BYTES = "docids.off", "docids.bin"
+FINGERPRINT_BYTES = FINGERPRINT_BITS // 8
 _FP_BLOCK = 8192
 
 
@@ -108,51 +122,49 @@ def _row_width(name: str, manifest: dict[str, Any]) -> int:
 
 
 def _repair(directory: Path, rows: int, manifest: dict[str, Any]) -> int:
-    """Cut every derived file back to ``rows``; return the rows kept (0 if a file is short or missing)."""
-    sizes = {name: rows * _row_width(name, manifest) * np.dtype(dt).itemsize for name, (_, dt) in ROW_FILES.items()}
-    off_path = directory / DOCID_OFFSETS
-    ok = all((directory / f).is_file() and (directory / f).stat().st_size >= sizes[n] for n, (f, _) in ROW_FILES.items())
-    ok = ok and off_path.is_file() and off_path.stat().st_size >= (rows + 1) * 8
+    """Cut every derived row file back to ``rows``; return the rows kept (0 if a file is short or missing).
+
+    Cut in place: a reader maps at most the rows of an ``index_info.json`` it read, never more than
+    ``rows``. Starting over instead unlinks the files: a reader of the old ones keeps them.
+    """
+    sizes = {f: rows * _row_width(n, manifest) * np.dtype(dt).itemsize for n, (f, dt) in ROW_FILES.items()}
+    sizes[FAISS_FILE] = rows * FINGERPRINT_BYTES
+    sizes[DOCID_OFFSETS] = (rows + 1) * 8
+    ok = rows > 0 and all((directory / f).is_file() and (directory / f).stat().st_size >= n for f, n in sizes.items())
     if ok:
-        end = int(np.fromfile(off_path, "<u8", count=1, offset=rows * 8)[0])
-        ok = (directory / DOCID_BYTES).is_file() and (directory / DOCID_BYTES).stat().st_size >= end
+        sizes[DOCID_BYTES] = int(np.fromfile(directory / DOCID_OFFSETS, "<u8", count=1, offset=rows * 8)[0])
+        ok = (directory / DOCID_BYTES).is_file() and (directory / DOCID_BYTES).stat().st_size >= sizes[DOCID_BYTES]
     if not ok:
         if rows:
             logger.warning("derived files in %s are incomplete; rebuilding them from the store", directory)
-        rows, end = 0, 0
-        sizes = dict.fromkeys(sizes, 0)
-        off_path.write_bytes(np.zeros(1, "<u8").tobytes())
-    for name, (fname, _) in ROW_FILES.items():
-        with open(directory / fname, "ab") as fh:
-            fh.truncate(sizes[name])
-    with open(off_path, "ab") as fh:
-        fh.truncate((rows + 1) * 8)
-    with open(directory / DOCID_BYTES, "ab") as fh:
-        fh.truncate(end)
+        for name in [*sizes, DOCID_BYTES]:
+            (directory / name).unlink(missing_ok=True)
+        (directory / DOCID_OFFSETS).write_bytes(np.zeros(1, "<u8").tobytes())
+        return 0
+    for name, size in sizes.items():
+        with open(directory / name, "ab") as fh:
+            fh.truncate(size)
     return rows
 
 
-def _load_faiss(directory: Path, rows: int, width: int, codes_file: Path, shape: tuple[int, int]) -> Any:
-    """``fingerprints.faiss`` holding exactly the first ``rows`` rows (repaired if it disagrees)."""
+def _legacy_fingerprints(directory: Path) -> np.ndarray | None:
+    """The fingerprints in ``fingerprints.faiss`` (an index derived before ``fingerprints.u8``), copied into
+    memory; None without that file."""
+    path = directory / LEGACY_FAISS_FILE
+    if not path.is_file():
+        return None
     faiss = _faiss()
-    path = directory / FAISS_FILE
-    fresh = rows == 0 or not path.is_file()
-    index = faiss.IndexBinaryFlat(FINGERPRINT_BITS) if fresh else faiss.read_index_binary(str(path))
-    if index.ntotal > rows:  # a derive died after writing FAISS but before index_info.json
-        index.remove_ids(faiss.IDSelectorRange(rows, index.ntotal))
-    if index.ntotal < rows:  # missing rows: recompute them from the code matrix
-        codes = np.memmap(codes_file, "<u2", "r", shape=(rows, *shape))
-        for start in range(index.ntotal, rows, 65536):
-            index.add(fingerprints(codes[start:min(rows, start + 65536)], width))
-    return index
+    index = faiss.read_index_binary(str(path), getattr(faiss, "IO_FLAG_MMAP_IFC", 0))  # mapped: one copy, not two
+    return faiss.vector_to_array(index.xb).reshape(index.ntotal, index.code_size)
 
 
-def _save_faiss(directory: Path, index: Any) -> None:
-    """Written through a Python file, not FAISS's own ``fopen``: a full disk then raises ``OSError``
-    with its errno (FAISS would raise a bare ``RuntimeError``)."""
-    faiss = _faiss()
-    with atomic_path(directory / FAISS_FILE) as tmp, open(tmp, "wb") as fh:
-        faiss.write_index_binary(index, faiss.PyCallbackIOWriter(fh.write))
+def _migrate(directory: Path, rows: int) -> None:
+    """An index derived before ``fingerprints.u8``: its first ``rows`` fingerprints copied over from
+    ``fingerprints.faiss`` (removed once the derive is complete). Without them ``_repair`` starts over."""
+    legacy = None if not rows or (directory / FAISS_FILE).is_file() else _legacy_fingerprints(directory)
+    if legacy is not None and len(legacy) >= rows:
+        with atomic_path(directory / FAISS_FILE) as tmp, open(tmp, "wb") as fh:
+            fh.write(memoryview(legacy[:rows]))  # contiguous: no copy
 
 
 def sync_derived(index_dir: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -168,14 +180,15 @@ def sync_derived(index_dir: str | os.PathLike, progress: Callable[[int, int], No
     started = time.perf_counter()
     with open(directory / "derive.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one derive at a time; readers never take it
-        remove_stale_temps(directory, [FAISS_FILE, SOURCES_FILE, INFO_FILE])  # left by a kill -9 mid-write
+        remove_stale_temps(directory, [FAISS_FILE, LEGACY_FAISS_FILE, SOURCES_FILE, INFO_FILE])  # left by a kill -9
         with IndexStore.open(directory) as store, store.snapshot() as snap:
             manifest = snap.manifest()
             info = _read_info(directory)
             same = info is not None and all(info["manifest"].get(k) == manifest.get(k)
                                             for k in ("created_at", "num_layers", "top_k", "width"))
+            same = same and info["rows"] <= manifest["rows"]  # fewer rows: another store, made the same second
             derived, total = (info["rows"] if same else 0), manifest["rows"]
-            with _derive_disk_errors(directory, _space_needed(manifest, total - derived, total)):
+            with _derive_disk_errors(directory, _space_needed(manifest, total - derived)):
                 rows = _extend(directory, snap, manifest, derived, progress)
                 files = [f for f, _ in ROW_FILES.values()] + [DOCID_OFFSETS, DOCID_BYTES, FAISS_FILE, SOURCES_FILE]
                 info = {"rows": total, "store_rows": total, "derived_new_rows": total - rows,
@@ -183,6 +196,7 @@ def sync_derived(index_dir: str | os.PathLike, progress: Callable[[int, int], No
                         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "nagindex_version": __version__, "files": files, "manifest": manifest}
                 _write_json(directory / INFO_FILE, info)
+            (directory / LEGACY_FAISS_FILE).unlink(missing_ok=True)  # migrated: FAISS_FILE has its rows now
     logger.info("derived %d new rows in %s (%d total)", total - rows, directory, total)
     return info
 
@@ -190,42 +204,38 @@ def sync_derived(index_dir: str | os.PathLike, progress: Callable[[int, int], No
 def _extend(directory: Path, snap: StoreSnapshot, manifest: dict[str, Any], rows: int,
             progress: Callable[[int, int], None] | None) -> int:
     """Append the rows past ``rows`` (once repaired) to every derived file; return the rows kept by the repair."""
+    _migrate(directory, rows)
     rows = _repair(directory, rows, manifest)
-    total, shape = manifest["rows"], (manifest["num_layers"], manifest["top_k"])
-    up_to_date = rows == total and (directory / FAISS_FILE).is_file()  # re-runs: skip FAISS I/O
-    index = None if up_to_date else \
-        _load_faiss(directory, rows, manifest["width"], directory / ROW_FILES["codes"][0], shape)
+    total = manifest["rows"]
     with ExitStack() as files:
         handles = {n: files.enter_context(open(directory / f, "ab")) for n, (f, _) in ROW_FILES.items()}
+        fp_fh = files.enter_context(open(directory / FAISS_FILE, "ab"))
         off_fh = files.enter_context(open(directory / DOCID_OFFSETS, "ab"))
         blob_fh = files.enter_context(open(directory / DOCID_BYTES, "ab"))
         base = blob_fh.tell()
         for first, chunk in snap.iter_chunks(rows):
             for name, fh in handles.items():
                 fh.write(np.ascontiguousarray(getattr(chunk, name)).tobytes())
+            fp_fh.write(fingerprints(chunk.codes, manifest["width"]).tobytes())
             off_fh.write((chunk.docid_offsets[1:].astype("<u8") + np.uint64(base)).tobytes())
             blob_fh.write(chunk.docid_bytes)
             base += len(chunk.docid_bytes)
-            index.add(fingerprints(chunk.codes, manifest["width"]))
             if progress is not None:
                 progress(first + len(chunk), total)
-        for fh in (*handles.values(), off_fh, blob_fh):
+        for fh in (*handles.values(), fp_fh, off_fh, blob_fh):
             fh.flush()
             os.fsync(fh.fileno())
-    if index is not None:
-        _save_faiss(directory, index)
     _write_json(directory / SOURCES_FILE, snap.sources())
     return rows
 
 
-def _space_needed(manifest: dict[str, Any], new_rows: int, total: int) -> str:
-    """Roughly the room a derive needs: its new rows, and the whole FAISS file rewritten beside the old one."""
-    per_row = 2 * manifest["num_layers"] * manifest["top_k"] + 8 + 8 + 4 + 8  # codes, tokens, positions, source, offset
-    fp_bytes = FINGERPRINT_BITS // 8
-    need = new_rows * per_row + total * fp_bytes
+def _space_needed(manifest: dict[str, Any], new_rows: int) -> str:
+    """Roughly the room a derive needs: its new rows (every derived file is appended to, none rewritten)."""
+    # codes, tokens, positions, source, fingerprint, offset
+    per_row = 2 * manifest["num_layers"] * manifest["top_k"] + 8 + 8 + 4 + FINGERPRINT_BYTES + 8
+    need = new_rows * per_row
     size = f"{need / 1e9:,.1f} GB" if need >= 1e9 else f"{need / 1e6:,.1f} MB" if need >= 1e5 else f"{need:,} bytes"
-    return (f"the derived files need about {size}: {new_rows} new rows x {per_row} B plus their docids, "
-            f"and {total} rows x {fp_bytes} B for {FAISS_FILE}")
+    return f"the derived files need about {size}: {new_rows} new rows x {per_row} B plus their docids"
 
 
 @contextmanager
@@ -296,8 +306,24 @@ def _memmap(path: Path, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
 
+class FingerprintIndex:
+    """Exhaustive Hamming k-NN over fingerprints where they lie (a memory map: nothing is copied).
+
+    It runs FAISS's ``hammings_knn_hc``, the search ``IndexBinaryFlat.search`` runs, so the results are
+    that index's, ties included; ``ntotal`` and ``code_size`` as on a FAISS index.
+    """
+
+    def __init__(self, codes: np.ndarray) -> None:
+        self.codes = codes
+        self.ntotal, self.code_size = codes.shape
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, rows)``, each ``(len(queries), k)``: the nearest rows first, -1 where there are none."""
+        return _faiss().knn_hamming(np.ascontiguousarray(queries, dtype=np.uint8), self.codes, k)
+
+
 class IndexView:
-    """A read-only view of the derived snapshot: memory-mapped arrays, FAISS loaded on demand."""
+    """A read-only view of the derived snapshot: memory-mapped arrays, fingerprints searched in place."""
 
     def __init__(self, directory: Path, info: dict[str, Any], pending: int) -> None:
         self.directory, self.info, self.pending = directory, info, pending
@@ -310,7 +336,9 @@ class IndexView:
         offsets = _memmap(directory / DOCID_OFFSETS, "<u8", (n + 1,)) if n else np.zeros(1, "<u8")
         self.docids = DocidColumn(offsets, _memmap(directory / DOCID_BYTES, "u1", (int(offsets[-1]),)))
         self.sources: list[str] = json.loads((directory / SOURCES_FILE).read_text("utf-8")) if n else []
-        self._faiss: Any = None
+        fp_path = directory / FAISS_FILE
+        mapped = not n or (fp_path.is_file() and fp_path.stat().st_size >= n * FINGERPRINT_BYTES)
+        self._fingerprints = _memmap(fp_path, "u1", (n, FINGERPRINT_BYTES)) if mapped else None  # None: legacy
 
     def __len__(self) -> int:
         return len(self.token_counts)
@@ -319,18 +347,15 @@ class IndexView:
     def total_tokens(self) -> int:
         return int(self.token_counts.sum())
 
-    def faiss_index(self) -> Any:
-        """The ``IndexBinaryFlat`` over exactly the derived rows (loaded on first use)."""
-        if self._faiss is None:
-            faiss = _faiss()
-            index = faiss.read_index_binary(str(self.directory / FAISS_FILE))
-            if index.ntotal > len(self):
-                index.remove_ids(faiss.IDSelectorRange(len(self), index.ntotal))
-            if index.ntotal != len(self):
-                raise NagIndexError(f"{self.directory / FAISS_FILE} holds {index.ntotal} rows, expected "
-                                    f"{len(self)}; run sync_derived")
-            self._faiss = index
-        return self._faiss
+    def faiss_index(self) -> FingerprintIndex:
+        """The fingerprints of exactly the derived rows, to search; an index derived before
+        ``fingerprints.u8`` has its ``fingerprints.faiss`` read into memory on first use instead."""
+        if self._fingerprints is None:
+            legacy = _legacy_fingerprints(self.directory)
+            if legacy is None or len(legacy) < len(self):
+                raise NagIndexError(f"{self.directory / FAISS_FILE} is missing or short: run sync_derived")
+            self._fingerprints = legacy[:len(self)]
+        return FingerprintIndex(self._fingerprints)
 
 
 def open_index(index_dir: str | os.PathLike) -> Any:

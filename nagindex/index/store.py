@@ -5,14 +5,16 @@ batch, together with the resume cursor of every input it read and the rejects
 it found: a ``kill -9`` at any moment leaves all of a batch or none of it.
 Readers use LMDB read transactions, so they see a consistent snapshot while an
 ingest is writing. No pickle: JSON for small records, a fixed binary layout for
-documents.
+documents. The LMDB map starts at ``_MAP_SIZE`` and doubles whenever a write
+transaction does not fit, so no store is too large for it.
 
 Sub-databases (keys are bytes; ``u64be`` = 8-byte big-endian unsigned):
 
 - ``meta``      ``b"manifest"`` -> JSON manifest (backbone, weights_sha256,
   neuron_type, num_layers, width, top_k, max_length, nagindex_version,
   created_at, and the counters ``rows``, ``tokens``, ``rejects``, updated in
-  the same transaction as every append).
+  the same transaction as every append); ``b"rejects_export"`` -> JSON
+  ``{"rejects", "bytes"}``, how much of the rejects table ``rejects.jsonl`` holds.
 - ``chunks``    u64be first row -> one chunk (format below), one per append.
 - ``ids``       docid utf-8 (or ``0xFF + sha256`` when over 500 bytes) -> u64be row.
 - ``sources``   u32be source id -> source path utf-8; ``source_ids`` the reverse.
@@ -32,10 +34,10 @@ import os
 import shutil
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -49,7 +51,11 @@ logger = logging.getLogger(__name__)
 STORE_DIR = "store.lmdb"
 _ROW = struct.Struct(">Q")
 _SRC = struct.Struct(">I")
-_MAP_SIZE = 1 << 40  # sparse: the file only grows as data is written
+#: LMDB map size a store opens with. The map is grown on demand (``IndexStore._write``), so this is
+#: only where it starts: no store outgrows it, and no process reserves a terabyte of address space.
+_MAP_SIZE = 1 << 30
+_EXPORT_KEY = b"rejects_export"  # in meta: how much of the rejects table rejects.jsonl holds
+_T = TypeVar("_T")
 _DBS = ("meta", "chunks", "ids", "sources", "source_ids", "progress", "rejects")
 #: settings whose difference makes NAGs incomparable, so an append with another is refused. dtype is one
 #: (bfloat16 and float32 rank neurons differently). The manifest's "compute" (cpu/cuda) is provenance only:
@@ -57,12 +63,11 @@ _DBS = ("meta", "chunks", "ids", "sources", "source_ids", "progress", "rejects")
 COMPARED_SETTINGS = ("backbone", "weights_sha256", "neuron_type", "num_layers", "width", "top_k", "max_length",
                      "dtype")
 _REQUIRED = ("neuron_type", "num_layers", "width", "top_k")
-_ENVS: dict[str, list[Any]] = {}  # path -> [env, refcount, handles]; LMDB allows one env per path per process
+#: path -> [env, refcount, handles (None until opened), open transactions]; LMDB allows one env per path per process
+_ENVS: dict[str, list[Any]] = {}
 _DAMAGED = "is damaged and cannot be trusted: move it aside and ingest again into a new --index"
 #: what to do about an LMDB error, by exception class name (lmdb is imported lazily)
 _ADVICE = {
-    "MapFullError": "reached LMDB's map size limit ({map_size:,} bytes); committed work is kept: "
-                    "ingest further inputs into another --index",
     "CorruptedError": _DAMAGED, "PageNotFoundError": _DAMAGED, "InvalidError": _DAMAGED,
     "BadChecksumError": _DAMAGED, "VersionMismatchError": "was written by another LMDB version: open it with "
                                                          "the nagindex that made it",
@@ -74,7 +79,7 @@ _ADVICE = {
 
 
 class StoreError(NagIndexError):
-    """The LMDB store failed (full map, damaged, read-only, locked); the message names it and what to do."""
+    """The LMDB store failed (damaged, read-only, locked); the message names it and what to do."""
 
 
 @contextmanager
@@ -94,7 +99,7 @@ def _store_errors(path: Path) -> Iterator[None]:
                 raise disk_full_error(path) from exc  # lmdb raises a quota error as a bare Error with its text
             advice = next((_ADVICE[c.__name__] for c in type(exc).__mro__ if c.__name__ in _ADVICE),
                           "failed")
-            raise StoreError(f"index store {path} {advice.format(map_size=_MAP_SIZE)} (LMDB: {exc})") from exc
+            raise StoreError(f"index store {path} {advice} (LMDB: {exc})") from exc
 
 
 def _key(text: str) -> bytes:
@@ -126,17 +131,56 @@ def _open_env(path: Path) -> Any:
     with _store_errors(path):
         env = lmdb.open(key, map_size=_MAP_SIZE, max_dbs=len(_DBS), subdir=True, create=False,
                         readonly=not writable, lock=writable, readahead=False)
-    _ENVS[key] = [env, 1]
+    _ENVS[key] = [env, 1, None, 0]
     return env
+
+
+def _entry(env: Any) -> list[Any]:
+    return next(e for e in _ENVS.values() if e[0] is env)
 
 
 def _handles(env: Any) -> dict[str, Any]:
     """Sub-database handles, opened once per environment (opening may wait for a writer's commit)."""
-    entry = next(e for e in _ENVS.values() if e[0] is env)
-    if len(entry) == 2:
+    entry = _entry(env)
+    if entry[2] is None:
         with _store_errors(Path(env.path())):
-            entry.append({name: env.open_db(name.encode(), create=False) for name in _DBS})
+            entry[2] = {name: env.open_db(name.encode(), create=False) for name in _DBS}
     return entry[2]
+
+
+def _set_map_size(env: Any, size: int) -> None:
+    """Remap the environment (``size`` 0: adopt the size another process grew it to).
+
+    LMDB requires that no transaction of this process is open on it (it does not check: a reader's pages
+    would move under it), so this refuses while one is (a snapshot kept open across a write, say).
+    """
+    if _entry(env)[3]:
+        raise StoreError(f"index store {env.path()} needs its LMDB map resized, which cannot be done while "
+                         "this process has a read of it open: close that snapshot first")
+    env.set_mapsize(size)
+
+
+@contextmanager
+def _transaction(env: Any, write: bool = False) -> Iterator[Any]:
+    """A transaction (a write one commits on a clean exit), counted as open while it runs.
+
+    A reader whose map another process grew past (``MapResizedError`` at begin) adopts the new size and
+    begins again: readers keep working while an ingest grows the store.
+    """
+    import lmdb
+
+    try:
+        txn = env.begin(write=write)
+    except lmdb.MapResizedError:
+        _set_map_size(env, 0)
+        txn = env.begin(write=write)
+    entry = _entry(env)
+    entry[3] += 1
+    try:
+        with txn as active:
+            yield active
+    finally:
+        entry[3] -= 1
 
 
 def _release_env(env: Any) -> None:
@@ -262,7 +306,7 @@ class IndexStore:
     @contextmanager
     def snapshot(self) -> Iterator[StoreSnapshot]:
         """A consistent view: all reads through it see the store as of this moment."""
-        with _store_errors(self.directory / STORE_DIR), self._env.begin() as txn:
+        with _store_errors(self.directory / STORE_DIR), _transaction(self._env) as txn:
             yield StoreSnapshot(self._db, txn)
 
     def _read(self, method: str, *args: Any) -> Any:
@@ -296,9 +340,10 @@ class IndexStore:
         with self.snapshot() as snap:
             yield from snap.iter_chunks(start_row)
 
-    def rejects(self) -> Iterator[Reject]:
+    def rejects(self, start: int = 0) -> Iterator[Reject]:
+        """The rejects from sequence number ``start`` on, in the order they were committed."""
         with self.snapshot() as snap:
-            yield from snap.rejects()
+            yield from snap.rejects(start)
 
     def check_compatible(self, requested: dict[str, Any]) -> None:
         """Raise ``IndexMismatchError`` naming every setting that differs (None = unknown, skipped)."""
@@ -319,13 +364,12 @@ class IndexStore:
 
         Raises ``NagIndexError`` (and commits nothing) if a docid is already in the index or repeated.
         """
-        if self.readonly:
-            raise NagIndexError(f"index {self.directory} is open read-only")
         n = len(docids)
         codes = np.asarray(codes)
         tokens = np.asarray(token_counts, dtype=np.int64).reshape(-1)
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-        with _store_errors(self.directory / STORE_DIR), self._env.begin(write=True) as txn:  # commits on exit
+
+        def write(txn: Any) -> int:
             snap = StoreSnapshot(self._db, txn)
             manifest = snap.manifest()
             shape = (n, manifest["num_layers"], manifest["top_k"])
@@ -345,7 +389,38 @@ class IndexStore:
             manifest.update(rows=first + n, tokens=manifest["tokens"] + int(tokens.sum()),
                             rejects=manifest["rejects"] + len(rejects))
             txn.put(b"manifest", json.dumps(manifest).encode(), db=self._db["meta"])
-        return first
+            return first
+
+        return self._write(write)
+
+    def _write(self, body: Callable[[Any], _T]) -> _T:
+        """Run ``body(txn)`` in one write transaction and commit it; return what it returns.
+
+        The map starts small (``_MAP_SIZE``) and grows here: LMDB raises ``MapFullError`` and keeps
+        nothing of a transaction that does not fit, so the map is doubled and ``body`` runs again.
+        Readers in other processes adopt the new size at their next transaction (``_transaction``).
+        """
+        import lmdb
+
+        if self.readonly:
+            raise NagIndexError(f"index {self.directory} is open read-only")
+        with _store_errors(self.directory / STORE_DIR):
+            while True:
+                try:
+                    with _transaction(self._env, write=True) as txn:  # commits on a clean exit
+                        return body(txn)
+                except lmdb.MapFullError:
+                    size = 2 * self._env.info()["map_size"]
+                    logger.info("index store %s: LMDB map full, growing it to %d bytes", self.directory, size)
+                    _set_map_size(self._env, size)
+
+    def exported_rejects(self) -> tuple[int, int]:
+        return self._read("exported_rejects")
+
+    def set_exported_rejects(self, rejects: int, size: int) -> None:
+        """Record that ``rejects.jsonl`` holds the first ``rejects`` rejects in its first ``size`` bytes."""
+        self._write(lambda txn: txn.put(_EXPORT_KEY, json.dumps({"rejects": rejects, "bytes": size}).encode(),
+                                        db=self._db["meta"]))
 
     def _put_ids(self, txn: Any, docids: Sequence[str], first: int) -> None:
         items = list(zip(_keys(docids), map(_ROW.pack, range(first, first + len(docids)))))
@@ -440,8 +515,16 @@ class StoreSnapshot:
                     chunk, first = chunk.slice(start_row - first), start_row
                 yield first, chunk
 
-    def rejects(self) -> Iterator[Reject]:
+    def exported_rejects(self) -> tuple[int, int]:
+        """``(rejects, bytes)``: how many rejects ``rejects.jsonl`` holds and its length then (0, 0: none yet)."""
+        raw = self._txn.get(_EXPORT_KEY, db=self._db["meta"])
+        value = json.loads(raw) if raw is not None else {"rejects": 0, "bytes": 0}
+        return value["rejects"], value["bytes"]
+
+    def rejects(self, start: int = 0) -> Iterator[Reject]:
         with self._txn.cursor(db=self._db["rejects"]) as cur:
+            if not cur.set_range(_ROW.pack(start)):
+                return
             for _, value in cur:
                 d = json.loads(value)
                 yield Reject(d["source"], d["position"], d["reason"], d.get("docid"))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nagindex import __version__
-from nagindex.data import Document, Reject, Window
+from nagindex.data import Cursor, Document, Reject, Window
 from nagindex.encode import encoder as enc
 from nagindex.errors import InputError, NagIndexError
 from nagindex.ingest.inputs import InputFile, input_files, parquet_file
@@ -53,27 +53,39 @@ class IngestResult:
 
 
 def group_windows(
-    records: Iterable[Document | Reject], size: int, *, key: str = "", start: int = 0,
+    inputs: Iterable[tuple[str, str, int, Iterable[Document | Reject]]], size: int, *,
     screen: Callable[[list[Document]], tuple[list[Document], list[Reject]]] | None = None,
 ) -> Iterator[Window]:
-    """Group one input's records into windows of ``size`` documents, ending with a ``last`` window.
+    """Group the records of ``inputs`` (``(key, source, start, records)`` each, in order) into windows of
+    ``size`` documents. Windows span inputs, so a folder of one-document files still encodes and commits
+    in full batches; each window carries the cursor of every input it read from, ``done`` once read through.
 
     ``screen`` may reject documents of a window before any model work (duplicate ids).
     """
     docs: list[Document] = []
     rejects: list[Reject] = []
-    position = start
-    for rec in records:
-        if rec.position is not None:
-            position = rec.position + 1
-        if isinstance(rec, Reject):
-            rejects.append(rec)
-            continue
-        docs.append(rec)
-        if len(docs) >= size:
-            yield _screened(Window(key, docs, rejects, position), screen)
-            docs, rejects = [], []
-    yield _screened(Window(key, docs, rejects, position, last=True), screen)
+    cursors: dict[str, Cursor] = {}
+    for key, source, start, records in inputs:
+        cursors[source] = Cursor(key, start)
+        try:
+            for rec in records:
+                if rec.position is not None:
+                    cursors[source].next_position = rec.position + 1
+                if isinstance(rec, Reject):
+                    rejects.append(rec)
+                    continue
+                docs.append(rec)
+                if len(docs) >= size:
+                    yield _screened(Window(docs, rejects, cursors), screen)
+                    docs, rejects = [], []
+                    cursors = {source: Cursor(key, cursors[source].next_position)}
+        except NagIndexError:  # reading must stop (a network error): what was read is committed first
+            if docs or rejects:
+                yield _screened(Window(docs, rejects, cursors), screen)
+            raise
+        cursors[source].done = True
+    if docs or rejects or cursors:
+        yield _screened(Window(docs, rejects, cursors), screen)
 
 
 def _screened(window: Window, screen: Callable[[list[Document]], tuple[list[Document], list[Reject]]] | None
@@ -99,12 +111,19 @@ class LocalEncoder:
 
 
 def _estimate_records(files: Sequence[InputFile], starts: dict[str, int]) -> int | None:
-    """Cheap total for the progress bar's ETA (newline counts, parquet metadata); None if unknown."""
+    """Cheap total for the progress bar's ETA (parquet metadata, .jsonl sizes); None if unknown.
+
+    A .jsonl is not read through (that would be a second pass over the corpus before any work): its
+    lines are its size over the bytes per line of its first MiB, exact when it is no longer.
+    """
+    sample = 1 << 20
     total = 0
     for item in files:
         if item.kind == "jsonl" and item.fs is None:
             with open(item.path, "rb") as fh:
-                n = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 24), b""))
+                head, size = fh.read(sample), os.fstat(fh.fileno()).st_size
+            lines = head.count(b"\n")
+            n = lines if len(head) == size else round(size * max(lines, 1) / len(head))
         elif item.kind == "parquet":
             try:
                 with parquet_file(item) as pf:
@@ -289,9 +308,9 @@ def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: 
                 [Reject(d.source, d.position, DUPLICATE, d.docid) for d, k in zip(docs, known) if k])
 
     def windows() -> Iterator[Window]:
-        for item in todo:
-            records = read_input(item, fields=fields, start=starts[item.key])
-            yield from group_windows(records, commit_every, key=item.key, start=starts[item.key], screen=screen)
+        inputs = ((item.key, item.source, starts[item.key], read_input(item, fields=fields, start=starts[item.key]))
+                  for item in todo)
+        yield from group_windows(inputs, commit_every, screen=screen)
 
     encoded = encoder.map(windows())
     try:
@@ -306,13 +325,15 @@ def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: 
             stop = limit is not None and result.added + len(window.docs) >= limit
             if stop:
                 _truncate(window, limit - result.added)
-            if window.key not in states:
-                states[window.key] = items[window.key].state()
-            state = {"next_position": window.next_position, "done": window.last and not stop, **states[window.key]}
+            for c in window.cursors.values():
+                if c.key not in states:
+                    states[c.key] = items[c.key].state()
+            progress = {c.key: {"next_position": c.next_position, "done": c.done, **states[c.key]}
+                        for c in window.cursors.values()}
             with timer("store"):
                 store.append(window.codes.get(neuron_type, np.zeros(0)), [d.docid for d in window.docs],
-                             window.token_counts, [window.key] * len(window.docs), [d.position for d in window.docs],
-                             progress={window.key: state}, rejects=window.rejects)
+                             window.token_counts, [window.cursors[d.source].key for d in window.docs],
+                             [d.position for d in window.docs], progress=progress, rejects=window.rejects)
             _count(result, window)
             rate.update(len(window.docs) + len(window.rejects), int(window.token_counts.sum()))
             if stop:
@@ -343,19 +364,29 @@ def _drop_duplicates(window: Window, store: Any) -> None:
         window.docs = [window.docs[i] for i in keep]
         window.codes = {t: c[keep] for t, c in window.codes.items()}
         window.token_counts = window.token_counts[keep]
-    window.rejects = sorted(window.rejects + dups, key=lambda r: -1 if r.position is None else r.position)
+    window.rejects = sorted(window.rejects + dups, key=lambda r: (window.input_order(r.source),
+                                                                 -1 if r.position is None else r.position))
 
 
 def _truncate(window: Window, n: int) -> None:
-    """Keep the first ``n`` documents of a window (``--limit``); resume continues after them."""
+    """Keep the first ``n`` documents of a window (``--limit``); resume continues after them.
+
+    The input of the first dropped document resumes at it; inputs after it in the window are left
+    out of its cursors, so they resume where they stood before.
+    """
     n = max(n, 0)
-    if n < len(window.docs):
-        window.next_position = window.docs[n].position
-        window.last = False
-        window.docs = window.docs[:n]
-        window.rejects = [r for r in window.rejects if r.position is None or r.position < window.next_position]
-        window.codes = {t: c[:n] for t, c in window.codes.items()}
-        window.token_counts = window.token_counts[:n]
+    if n >= len(window.docs):
+        return
+    cut = window.docs[n]
+    rank = window.input_order(cut.source)
+    sources = list(window.cursors)
+    window.cursors = {s: window.cursors[s] for s in sources[:rank + 1]}
+    window.cursors[cut.source].next_position, window.cursors[cut.source].done = cut.position, False
+    window.docs = window.docs[:n]
+    window.rejects = [r for r in window.rejects if window.input_order(r.source) < rank or (
+        r.source == cut.source and (r.position is None or r.position < cut.position))]
+    window.codes = {t: c[:n] for t, c in window.codes.items()}
+    window.token_counts = window.token_counts[:n]
 
 
 def _count(result: IngestResult, window: Window) -> None:
@@ -373,17 +404,30 @@ def reject_kind(reason: str) -> str:
 
 
 def _write_rejects(store: Any, index_dir: Path) -> None:
-    """Export the store's rejects table as ``rejects.jsonl`` (the LMDB table is the record).
+    """Append the rejects not exported yet to ``rejects.jsonl`` (the store's rejects table is the record).
 
-    Only the store's writer calls this, so temporary files of the export left by a kill -9 are stale.
+    The store records how many rejects the file holds and its length then. The file is first cut back
+    to that length, dropping lines of a run killed before it recorded them, so no line is written twice;
+    a file shorter than that (removed by hand) is written again whole. Only the store's writer calls
+    this; temporary files left by the whole-file export of earlier versions are stale.
     """
-    from nagindex.fsio import atomic_path, remove_stale_temps
+    from nagindex.fsio import disk_errors, remove_stale_temps
 
     remove_stale_temps(index_dir, [REJECTS_FILE])
-    with atomic_path(index_dir / REJECTS_FILE) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for r in store.rejects():
+    path = index_dir / REJECTS_FILE
+    done, size = store.exported_rejects()
+    if not path.is_file() or path.stat().st_size < size:
+        done, size = 0, 0
+    with disk_errors(path), open(path, "ab") as fh:
+        fh.truncate(size)
+        for r in store.rejects(done):
             fh.write(json.dumps({"source": r.source, "line_or_row": None if r.position is None else r.position + 1,
-                                 "docid": r.docid, "reason": r.reason}) + "\n")
+                                 "docid": r.docid, "reason": r.reason}).encode() + b"\n")
+            done += 1
+        fh.flush()
+        os.fsync(fh.fileno())
+        size = os.fstat(fh.fileno()).st_size
+    store.set_exported_rejects(done, size)
 
 
 def extract_files(
@@ -429,7 +473,8 @@ def extract_files(
     try:
         with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:  # a bad record: no output at all
             for item in files:
-                groups = group_windows(read_input(item, fields=fields), max(batch_size * 8, 64))
+                groups = group_windows([(item.key, item.source, 0, read_input(item, fields=fields))],
+                                       max(batch_size * 8, 64))
                 for window in LocalEncoder(extractor).map(groups):
                     if window.rejects:
                         raise InputError(window.rejects[0].message())

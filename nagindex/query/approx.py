@@ -13,12 +13,12 @@ recall@1000 0.91), and 10 x k suffices from k = 3,000 on. Re-measure on real NAG
 When the pool would cover the whole index (small indexes, large k), the exact scan
 runs instead: it is cheaper than a FAISS search for every row.
 
-The fingerprint file is memory-mapped (``IO_FLAG_MMAP_IFC``) where FAISS can:
-0.05 s to open instead of 0.6 s to read 512 MB per 1M documents. On a flat
-index the search is still a scan of every fingerprint, so on two cores
-``--approx`` is only modestly faster than the exact query (0.66x at k = 1K, 0.9x
-at 10K on 1M docs); it pays off with a GPU index or when the code matrix is not
-in the page cache.
+The fingerprints (``fingerprints.u8``) are memory-mapped and searched where they
+lie, by the exhaustive Hamming k-NN ``faiss.IndexBinaryFlat`` runs
+(``derived.FingerprintIndex``): nothing to load or copy. The search is still a
+scan of every fingerprint, so on two cores ``--approx`` is only modestly faster
+than the exact query (0.66x at k = 1K, 0.9x at 10K on 1M docs); it pays off when
+the code matrix is not in the page cache.
 """
 from __future__ import annotations
 
@@ -33,23 +33,6 @@ log = logging.getLogger(__name__)
 
 CANDIDATE_FACTOR = 10
 MIN_CANDIDATES = 32768
-
-
-def _flat_index(view: Any) -> Any:
-    """The view's FAISS index, memory-mapped when this FAISS can (rows past the view are filtered by the caller)."""
-    import faiss
-
-    from nagindex.index.derived import FAISS_FILE
-
-    flag = getattr(faiss, "IO_FLAG_MMAP_IFC", None)
-    if flag is not None:
-        try:
-            index = faiss.read_index_binary(str(view.directory / FAISS_FILE), flag)
-        except RuntimeError:  # an older layout or a FAISS that cannot map it
-            index = None
-        if index is not None and index.ntotal >= len(view):
-            return index
-    return view.faiss_index()  # reads it into memory; raises if it is behind the view
 
 
 def faiss_candidates(view: Any, profiles: np.ndarray, kept: np.ndarray, quota: Any,
@@ -76,9 +59,7 @@ def faiss_candidates(view: Any, profiles: np.ndarray, kept: np.ndarray, quota: A
     if want >= len(view):
         log.info("approx: %d candidates would be the whole index of %d docs; scoring it exactly", want, len(view))
         return None
-    index = _flat_index(view)
-    _, found = index.search(fingerprints(queries, width), min(index.ntotal, want + index.ntotal - len(view)))
-    found = found[(found >= 0) & (found < len(view))]  # rows derived after this view opened are not in it
+    _, found = view.faiss_index().search(fingerprints(queries, width), want)  # exactly the view's rows, want < them
     rows = np.unique(found)
     log.info("approx: %d candidates for k=%d from %d query fingerprints", len(rows), quota.k, len(profiles))
     return rows.astype(np.int64)

@@ -36,10 +36,7 @@ def build(directory: Path, manifest: dict, parts, sync_each: bool) -> None:
 
 
 def faiss_codes(directory: Path) -> np.ndarray:
-    import faiss
-
-    index = faiss.read_index_binary(str(directory / FAISS_FILE))
-    return faiss.vector_to_array(index.xb).reshape(index.ntotal, -1)
+    return np.fromfile(directory / FAISS_FILE, "u1").reshape(-1, 512)
 
 
 def assert_same_derived(a: Path, b: Path) -> None:
@@ -98,10 +95,10 @@ def test_crash_mid_derive_is_repaired(tmp_path: Path, tiny_manifest, make_codes,
         for part in parts[1:]:
             store.append(*part)
 
-    def killed(*args, **kwargs):  # the row files were appended; FAISS and index_info.json were not
+    def killed(*args, **kwargs):  # the row files were appended; sources.json and index_info.json were not
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(index_module, "_save_faiss", killed)
+    monkeypatch.setattr(index_module, "_write_json", killed)
     with pytest.raises(KeyboardInterrupt):
         sync_derived(crashed)
     monkeypatch.undo()
@@ -122,7 +119,7 @@ def test_faiss_ahead_of_info_is_trimmed(tmp_path: Path, tiny_manifest, make_code
     info = json.loads((ahead / INFO_FILE).read_text())
     (ahead / INFO_FILE).write_text(json.dumps({**info, "rows": 6}))  # died after FAISS, before the info
     assert open_index(ahead).faiss_index().ntotal == 6
-    (ahead / FAISS_FILE).unlink()  # and a lost FAISS file is rebuilt from the code matrix
+    (ahead / FAISS_FILE).unlink()  # and a lost fingerprint file is rebuilt from the store
     sync_derived(ahead)
     assert_same_derived(ahead, tmp_path / "full")
 

@@ -284,3 +284,29 @@ def test_ids_are_found_as_users_data_has_them(extractor, tmp_path):
     assert out.exit_code == 0, out.output
     assert "fields: text from 'content'; id from '<source>:<line or row>'" in out.output
     assert "pass --id-field url to use it" in out.output
+
+
+def test_windows_span_small_inputs(extractor, tmp_path):
+    """A folder of one-document files commits in full windows, not one per file; a limit and a crash
+    inside a window that spans files resume to the uninterrupted index."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(12):
+        (notes / f"n{i:02d}.txt").write_text(f"note number {i} about some topic")
+    commits = []
+    real_append = IndexStore.append
+
+    def counting_append(self, codes, docids, *args, **kwargs):
+        commits.append((len(docids), sorted(kwargs["progress"])))
+        return real_append(self, codes, docids, *args, **kwargs)
+
+    kw = dict(extractor=extractor, backbone="m", commit_every=5, **SETTINGS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(IndexStore, "append", counting_append)
+        ingest([notes], tmp_path / "one", **kw)
+    assert [n for n, _ in commits] == [5, 5, 2] and len(commits[0][1]) == 5  # one commit covers 5 files
+    first = ingest([notes], tmp_path / "two", limit=7, **kw)  # stops inside the second window
+    assert first.rows == 7
+    ingest([notes], tmp_path / "two", **kw)
+    assert snapshot(tmp_path / "two")[0] == snapshot(tmp_path / "one")[0] == [f"n{i:02d}.txt" for i in range(12)]
+    assert np.array_equal(snapshot(tmp_path / "two")[1], snapshot(tmp_path / "one")[1])

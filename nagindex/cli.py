@@ -198,6 +198,12 @@ def info(index_dir: str) -> None:
 @click.option("--id-field", default="docid", show_default=True)
 @click.option("--backbone", default=None, help="Record the backbone the features came from (enables target extraction).")
 @click.option("--max-length", type=int, default=None, help="Record the max_length the features used.")
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Write a sharded index split like `ingest --shards`: whole files per shard (the least loaded "
+                   "by bytes), so one big file makes one busy shard; split it into files first. An index keeps "
+                   "its shard count; appends leave it out.")
+@click.option("--shard-root", type=click.Path(file_okay=False), default=None,
+              help="Put the shards under this folder (a node's local disk) instead of inside --index.")
 @_user_errors
 def import_(features: tuple[str, ...], index_dir: str, payload: tuple[str, ...], **kw: Any) -> None:
     """Build an index from reference-format FEATURES (jsonl or parquet), no LLM needed.
@@ -205,11 +211,16 @@ def import_(features: tuple[str, ...], index_dir: str, payload: tuple[str, ...],
     \b
       nagindex import pool.jsonl --index idx/ --num-layers 28 --top-k 20 --width 6144 \\
           --token-field token_num --payload pool.parquet
+      nagindex import features/ --index idx/ --shards 8 --num-layers 28 --top-k 20 --width 6144 \\
+          --token-field token_num
     """
     from nagindex.ingest.interop import import_features
 
     res = import_features(features, index_dir, payload_paths=list(payload) or None, **kw)
-    click.echo(f"{index_dir}: +{res['added']:,} documents, {res['rejects']:,} skipped, {res['seconds']:.1f}s")
+    hidden = f" ({res['hidden']:,} repeats of an id in an earlier file of another shard hidden)" \
+        if res["hidden"] else ""
+    click.echo(f"{index_dir}: +{res['added']:,} documents{hidden}, {res['rejects']:,} skipped, "
+               f"{res['seconds']:.1f}s")
 
 
 @main.command()

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from nagindex.errors import InputError
 from nagindex.fsio import atomic_path
 from nagindex.ingest.features import (INDEX_KEY, JSON_KINDS, FeatureBatch, FeatureSpec, feature_batches, line_blocks,
                                       prefetch)
-from nagindex.ingest.inputs import input_files, parquet_file
+from nagindex.ingest.inputs import InputFile, input_files, parquet_file
 from nagindex.index.store import IndexStore
 
 logger = logging.getLogger(__name__)
@@ -132,14 +133,21 @@ def _payload_block(block: bytes, id_field: str, token_field: str) -> Iterator[tu
 def import_features(feature_paths: Any, index_dir: str | os.PathLike, *, num_layers: int, top_k: int, width: int,
                     neuron_type: str = "fwd_up", token_field: str | None = None, payload_paths: Any = None,
                     id_field: str = "docid", backbone: str | None = None, max_length: int | None = None,
-                    weights_sha256: str | None = None) -> dict[str, Any]:
+                    weights_sha256: str | None = None, shards: int = 1,
+                    shard_root: str | os.PathLike | None = None) -> dict[str, Any]:
     """Build (or resume building) an index from reference feature files; return counters.
 
     Token counts come from ``token_field`` in the feature files, else from payload files
     (joined on ``id_field``); a doc with neither is a reject. Each batch is committed with
     its file's cursor, so a killed import resumes where it stopped.
+
+    ``shards`` > 1 (or an index that already has a catalog) splits the files the way a
+    sharded ingest does (``ingest.sharded.plan_shards``: whole files, least-loaded shard by
+    bytes; ``shard_root`` puts the shards elsewhere), imports each shard in turn, then hides
+    ids repeated across shards, so the index equals a one-shard import of the same files
+    (``hidden`` counts the later copies left out).
     """
-    from nagindex.index.derived import sync_derived
+    from nagindex.index.catalog import CATALOG_FILE
 
     if not token_field:
         raise InputError("import_features needs token counts: give token_field (a field of the feature "
@@ -150,9 +158,33 @@ def import_features(feature_paths: Any, index_dir: str | os.PathLike, *, num_lay
     manifest = {"backbone": backbone, "weights_sha256": weights_sha256, "neuron_type": neuron_type,
                 "num_layers": num_layers, "width": width, "top_k": top_k, "max_length": max_length,
                 "imported_from": "reference features"}
+    files = input_files(feature_paths)
+    index_dir = Path(index_dir)
+    hidden = 0
+    if shards > 1 or (index_dir / CATALOG_FILE).is_file():
+        from nagindex.ingest.sharded import finish_shards, plan_shards
+
+        catalog, plan = plan_shards(index_dir, shards, shard_root, files)
+        counts = [_import_files(own, catalog.shard_path(i), spec, payload, manifest)
+                  for i, own in plan.items() if own]
+        added, rejected = sum(a for a, _ in counts), sum(r for _, r in counts)
+        hidden = finish_shards(catalog)
+    else:
+        added, rejected = _import_files(files, index_dir, spec, payload, manifest)
+    seconds = time.perf_counter() - started
+    logger.info("imported %d docs (%d rejects, %d hidden) into %s in %.1f s", added, rejected, hidden, index_dir,
+                seconds)
+    return {"added": added, "rejects": rejected, "hidden": hidden, "seconds": seconds}
+
+
+def _import_files(files: list[InputFile], index_dir: str | os.PathLike, spec: FeatureSpec,
+                  payload: dict[str, int] | None, manifest: dict[str, Any]) -> tuple[int, int]:
+    """Import ``files`` into the one-folder store at ``index_dir`` and derive; return (added, rejected)."""
+    from nagindex.index.derived import sync_derived
+
     added = rejected = 0
     with IndexStore.open_or_create(index_dir, manifest) as store:
-        for item in input_files(feature_paths):
+        for item in files:
             cursor = item.state()
             done = store.progress(item.key) or {"next_position": 0, "done": False}
             if done["done"] and done.get("size") == cursor["size"] and done.get("mtime") == cursor["mtime"]:
@@ -169,12 +201,10 @@ def import_features(feature_paths: Any, index_dir: str | os.PathLike, *, num_lay
                              progress={item.key: {**cursor, "next_position": batch.next_position, "done": False}})
                 added, rejected = added + n, rejected + len(rejects)
             last = store.progress(item.key) or {"next_position": 0}
-            store.append(np.zeros((0, num_layers, top_k), np.uint16), [], [], item.key, [],
+            store.append(np.zeros((0, spec.num_layers, spec.top_k), np.uint16), [], [], item.key, [],
                          progress={item.key: {**cursor, "next_position": last["next_position"], "done": True}})
     sync_derived(index_dir)
-    seconds = time.perf_counter() - started
-    logger.info("imported %d docs (%d rejects) into %s in %.1f s", added, rejected, index_dir, seconds)
-    return {"added": added, "rejects": rejected, "seconds": seconds}
+    return added, rejected
 
 
 def _filter(batch: FeatureBatch, store: IndexStore, payload: dict[str, int] | None,

@@ -12,6 +12,8 @@ the same command after a crash (of a worker or of the driver) resumes every shar
 where it stopped. When all shards are done, ``index.dedup.reconcile`` hides the
 later copies of ids repeated across shards, so the index holds exactly the
 documents, codes, token counts and positions of a one-shard ingest.
+``nagindex import --shards`` splits reference feature files the same way
+(``plan_shards``, then ``finish_shards``), importing the shards one after another.
 """
 from __future__ import annotations
 
@@ -42,6 +44,41 @@ def assign_inputs(catalog: Any, files: Sequence[Any]) -> dict[int, list[Any]]:
             catalog.inputs.append({"key": f.key, "shard": owner[f.key], "size": size})
         plan[owner[f.key]].append(f)
     return plan
+
+
+def plan_shards(index_dir: Path, shards: int, shard_root: str | os.PathLike | None,
+                files: Sequence[Any]) -> tuple[Any, dict[int, list[Any]]]:
+    """The index's catalog (created with ``shards`` shards if absent) and every shard's ``files``.
+
+    Shared by sharded ingest and import, so both split inputs the same way. The assignment is saved
+    before any shard is written: a rerun after a crash makes the same one, whatever the entry point.
+    """
+    from nagindex.index.catalog import load_catalog, new_catalog
+    from nagindex.index.store import STORE_DIR
+
+    if (index_dir / STORE_DIR).exists():
+        raise NagIndexError(f"{index_dir} is a one-shard index: add to it without --shards")
+    catalog = load_catalog(index_dir)
+    if catalog is None:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        catalog = new_catalog(index_dir, shards, shard_root)
+    elif shards not in (1, len(catalog.shards)):
+        raise NagIndexError(f"index {index_dir} has {len(catalog.shards)} shards; --shards {shards} cannot "
+                            "change that (leave it out to append)")
+    plan = assign_inputs(catalog, files)
+    catalog.save()
+    return catalog, plan
+
+
+def finish_shards(catalog: Any) -> int:
+    """After every shard is written: give each shard its folder, check and record their shared
+    identity, hide cross-shard repeats of an id (``dedup.reconcile``); return the rows hidden."""
+    from nagindex.index.dedup import reconcile
+
+    for i in range(len(catalog.shards)):
+        catalog.shard_path(i).mkdir(parents=True, exist_ok=True)
+    _check_identity(catalog)
+    return reconcile(catalog)
 
 
 def _ingest_shard(files: list[dict[str, Any]], shard_dir: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -80,9 +117,6 @@ def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.Path
                    shard_root: str | os.PathLike | None = None, ray_address: str | None = None,
                    ray_gpus_per_worker: float | None = None, **options: Any) -> Any:
     """``ingest`` into a sharded index: one worker per shard, then cross-shard deduplication."""
-    from nagindex.index.catalog import load_catalog, new_catalog
-    from nagindex.index.dedup import reconcile
-    from nagindex.index.store import STORE_DIR
     from nagindex.ingest.inputs import input_files
     from nagindex.ingest.run import IngestResult
 
@@ -90,24 +124,11 @@ def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.Path
     if options.get("limit") is not None:
         raise NagIndexError("--limit applies to one-shard ingests only (a limit over parallel shards would "
                             "depend on timing)")
-    if (index_dir / STORE_DIR).exists():
-        raise NagIndexError(f"{index_dir} is a one-shard index: ingest into it without --shards")
-    catalog = load_catalog(index_dir)
-    if catalog is None:
-        index_dir.mkdir(parents=True, exist_ok=True)
-        catalog = new_catalog(index_dir, shards, shard_root)
-    elif shards not in (1, len(catalog.shards)):
-        raise NagIndexError(f"index {index_dir} has {len(catalog.shards)} shards; --shards {shards} cannot "
-                            "change that (leave it out to append)")
-    plan = assign_inputs(catalog, input_files(inputs))
-    catalog.save()  # the assignment is durable before any worker starts: a rerun makes the same one
+    catalog, plan = plan_shards(index_dir, shards, shard_root, input_files(inputs))
     jobs = [(i, files) for i, files in plan.items() if files]
     results = _run_ray(catalog, jobs, ray_address, ray_gpus_per_worker, options) if ray_address \
         else _run_local(catalog, jobs, options)
-    for i in range(len(catalog.shards)):
-        catalog.shard_path(i).mkdir(parents=True, exist_ok=True)
-    _check_identity(catalog)
-    hidden = reconcile(catalog)
+    hidden = finish_shards(catalog)
     total = IngestResult(index_dir)
     for res in results:
         total.added += res["added"]
@@ -141,13 +162,17 @@ def _run_local(catalog: Any, jobs: list[tuple[int, list[Any]]], options: dict[st
     import tempfile
 
     opts = {**_shard_options(options), "show_progress": False}
+    # the workers share this machine's cores: torch's default (a thread per core each) oversubscribes them,
+    # which made 2 workers on 2 cores 2.8x slower than 1 (BENCHMARKS.md, ingest at scale)
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(jobs))))
     with tempfile.TemporaryDirectory(prefix=".jobs-", dir=catalog.root) as tmp:
         procs = {}
         for i, files in jobs:
             job = Path(tmp) / f"{catalog.shards[i]['name']}.json"
             job.write_text(json.dumps({"files": [f.to_json() for f in files], "shard_dir": str(catalog.shard_path(i)),
                                        "options": opts}), encoding="utf-8")
-            procs[i] = (job, subprocess.Popen([sys.executable, "-m", "nagindex.ingest.sharded", str(job)]))
+            procs[i] = (job, subprocess.Popen([sys.executable, "-m", "nagindex.ingest.sharded", str(job)], env=env))
         results, failed = [], []
         for i, (job, proc) in procs.items():
             proc.wait()

@@ -102,8 +102,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     import json
     import sys
 
-    from nagindex.errors import NagIndexError
-
     job_path = Path((argv or sys.argv[1:])[0])
     job = json.loads(job_path.read_text("utf-8"))
     try:

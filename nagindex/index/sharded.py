@@ -42,7 +42,7 @@ class ShardedView:
             raise NagIndexError(f"index {catalog.root}: its shards changed since their ids were reconciled "
                                 "(an ingest is running or was interrupted): run the same ingest again")
         self.shards = views
-        keep = []
+        self._keep = keep = []
         for (s, _), view in zip(present, views):
             mask = np.ones(len(view), dtype=bool)
             mask[hidden_rows(catalog, s)] = False
@@ -63,7 +63,7 @@ class ShardedView:
                                          "tokens": int(self.token_counts.sum())}
         self.info = {"rows": len(self.token_counts), "manifest": self.manifest, "shards": len(views)}
         self.pending = sum(v.pending for v in views)
-        self._faiss: Any = None
+        self._fingerprints: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.token_counts)
@@ -73,12 +73,9 @@ class ShardedView:
         return int(self.token_counts.sum())
 
     def faiss_index(self) -> Any:
-        """An ``IndexBinaryFlat`` over this view's rows (fingerprints recomputed from the codes)."""
-        if self._faiss is None:
-            from nagindex.index.derived import FINGERPRINT_BITS, _faiss, fingerprints
+        """The shards' stored fingerprints of this view's rows, searched as one ``FingerprintIndex``."""
+        if self._fingerprints is None:
+            self._fingerprints = np.concatenate([v.faiss_index().codes[k] for v, k in zip(self.shards, self._keep)])
+        from nagindex.index.derived import FingerprintIndex
 
-            index = _faiss().IndexBinaryFlat(FINGERPRINT_BITS)
-            for start in range(0, len(self), 65536):
-                index.add(fingerprints(self.codes[start:start + 65536], self.manifest["width"]))
-            self._faiss = index
-        return self._faiss
+        return FingerprintIndex(self._fingerprints)

@@ -51,6 +51,12 @@ def test_import_shards_equals_one_shard(golden_dir, features, tmp_path):
     assert "2 repeats of an id" in out
     rows = _rows(tmp_path / "one")
     assert len(rows) == 15 and _rows(tmp_path / "many") == rows
+    import numpy as np
+
+    from nagindex.index.derived import fingerprints, open_index
+
+    view = open_index(tmp_path / "many")  # --approx searches the shards' stored fingerprints of the kept rows
+    assert np.array_equal(view.faiss_index().codes, fingerprints(view.codes, view.manifest["width"]))
 
     target = str(golden_dir / "features_fwd_up_only/target/target.jsonl")
     for name in ("one", "many"):

@@ -352,13 +352,13 @@ def _kept_block(block: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return sub
 
 
-def _prepare(codes: np.ndarray, profiles: np.ndarray | Sequence[np.ndarray], layers: LayerSpec,
+def _prepare(shape: tuple[int, ...], profiles: np.ndarray | Sequence[np.ndarray], layers: LayerSpec,
              power: float, lanes: bool = True) -> tuple[np.ndarray, _Table]:
     """Validate shapes; resolve the kept layers exactly as ``count_profile`` did."""
-    if codes.ndim != 3:
-        raise NagIndexError(f"codes must be (docs, layers, K), got shape {codes.shape}")
-    kept = resolve_layers(layers, codes.shape[1])
-    table = build_table(profiles, power, terms=len(kept) * codes.shape[2], top_k=codes.shape[2] if lanes else 0)
+    if len(shape) != 3:
+        raise NagIndexError(f"codes must be (docs, layers, K), got shape {shape}")
+    kept = resolve_layers(layers, shape[1])
+    table = build_table(profiles, power, terms=len(kept) * shape[2], top_k=shape[2] if lanes else 0)
     if table.num_layers != len(kept):
         raise NagIndexError(f"profiles cover {table.num_layers} layers but {len(kept)} layers are kept")
     return kept, table
@@ -370,6 +370,46 @@ def _raise_bad_row(block: np.ndarray, start: int, width: int) -> None:
                         "the index and the profile disagree on the MLP width")
 
 
+class BlockScorer:
+    """P count profiles prepared once, then any number of ``(n, L, K)`` row blocks scored against them.
+
+    The unit of every scan: ``score_codes`` runs it over a whole matrix, a shard
+    scan (``query/scan.py``) over its memory map block by block, writing each
+    block's sums where it likes. ``sums(block)`` is ``(n, P)``: exact int64 sums
+    of counts with power 1 (``exact``), float64 weight sums otherwise; divide by
+    ``norm`` for the similarity.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], profiles: np.ndarray | Sequence[np.ndarray],
+                 layers: LayerSpec = None, power: float = 1.0) -> None:
+        self.kept, self.table = _prepare(shape, profiles, layers, power)
+        self.top_k = shape[2]
+        self.norm = self.table.norm
+        self.num_profiles = self.table.num_profiles
+        self.exact = self.table.exact
+        if self.table.lanes:
+            self._kernel = dict(zip((1, 4, 8), _lane_kernels(self.top_k, self.table.flush)))[self.table.lanes]
+            self._columns = {1: 1, 4: 4, 8: 8 * len(self.table.values)}[self.table.lanes]
+        else:
+            sum_single, sum_multi = _kernels()
+            self._kernel = sum_multi if self.table.values.ndim == 2 else sum_single
+            self._columns = self.table.values.shape[1] if self.table.values.ndim == 2 else 1
+            self._off = np.repeat(np.arange(len(self.kept), dtype=np.int64) * self.table.width, self.top_k)
+
+    def sums(self, block: np.ndarray, start: int = 0) -> np.ndarray:
+        """``(n, P)`` sums of the rows of ``block`` (``start``: its first row, for error messages)."""
+        sub = _kept_block(block, self.kept)
+        n, table = len(sub), self.table
+        out = np.zeros(n if self._columns == 1 else (n, self._columns), dtype=np.int64 if self.exact else np.float64)
+        if table.lanes:
+            self._kernel(sub, len(self.kept), table.width, LANE_BLOCK, table.values, out)
+        else:
+            self._kernel(sub, self._off, table.width, table.values, out)
+        if out.min(initial=0) < 0:
+            _raise_bad_row(sub, start, table.width)
+        return out.reshape(n, self._columns)[:, :self.num_profiles]
+
+
 def score_codes(codes: np.ndarray, profiles: np.ndarray | Sequence[np.ndarray], layers: LayerSpec = None,
                 power: float = 1.0, block_rows: int = BLOCK_ROWS,
                 on_block: Callable[[int], Any] | None = None) -> Scores:
@@ -379,49 +419,17 @@ def score_codes(codes: np.ndarray, profiles: np.ndarray | Sequence[np.ndarray], 
     ``resolve_layers``). ``on_block(rows_done)`` is called after each block of
     ``block_rows`` rows (for a progress bar).
     """
-    kept, table = _prepare(codes, profiles, layers, power)
-    if table.lanes:
-        return _score_lanes(codes, kept, table, block_rows, on_block)
-    n, _, top_k = codes.shape
-    off = np.repeat(np.arange(len(kept), dtype=np.int64) * table.width, top_k)
-    sum_single, sum_multi = _kernels()
-    multi = table.values.ndim == 2
-    kernel = sum_multi if multi else sum_single
-    raw = np.zeros((n, len(table.norm)) if multi else n, dtype=np.int64 if table.exact else np.float64)
+    if np.ndim(codes) != 3:
+        raise NagIndexError(f"codes must be (docs, layers, K), got shape {np.shape(codes)}")
+    scorer = BlockScorer(codes.shape, profiles, layers, power)
+    n = len(codes)
+    raw = np.zeros((scorer.num_profiles, n), dtype=np.int64 if scorer.exact else np.float64)
     for start in range(0, n, block_rows):
-        block = _kept_block(codes[start:start + block_rows], kept)
-        out = raw[start:start + block_rows]
-        kernel(block, off, table.width, table.values, out)
-        if out.min(initial=0) < 0:
-            _raise_bad_row(block, start, table.width)
+        raw[:, start:start + block_rows] = scorer.sums(codes[start:start + block_rows], start).T
         if on_block is not None:
             on_block(min(n, start + block_rows))
-    raw = np.ascontiguousarray(raw.reshape(n, len(table.norm)).T)
-    similarity = raw / table.norm[:, None]
-    logger.debug("scored %d docs against %d profiles over %d layers", n, len(table.norm), len(kept))
-    return Scores(similarity=similarity, raw=raw if table.exact else None)
-
-
-def _score_lanes(codes: np.ndarray, kept: np.ndarray, table: _Table, block_rows: int,
-                 on_block: Callable[[int], Any] | None) -> Scores:
-    """``score_codes`` with the lane kernels (exact integer sums)."""
-    n, _, top_k = codes.shape
-    lanes1, lanes4, lanes8 = _lane_kernels(top_k, table.flush)
-    kernel = {1: lanes1, 4: lanes4, 8: lanes8}[table.lanes]
-    columns = {1: 1, 4: 4, 8: 8 * len(table.values)}[table.lanes]
-    raw = np.zeros(n if table.lanes == 1 else (n, columns), dtype=np.int64)
-    for start in range(0, n, block_rows):
-        block = _kept_block(codes[start:start + block_rows], kept)
-        out = raw[start:start + block_rows]
-        kernel(block, len(kept), table.width, LANE_BLOCK, table.values, out)
-        if out.min(initial=0) < 0:
-            _raise_bad_row(block, start, table.width)
-        if on_block is not None:
-            on_block(min(n, start + block_rows))
-    raw = np.ascontiguousarray(raw.reshape(n, columns)[:, :table.num_profiles].T)
-    logger.debug("scored %d docs against %d profiles over %d layers (%d-lane kernel)", n, table.num_profiles,
-                 len(kept), table.lanes)
-    return Scores(similarity=raw / table.norm[:, None], raw=raw)
+    logger.debug("scored %d docs against %d profiles over %d layers", n, scorer.num_profiles, len(scorer.kept))
+    return Scores(similarity=raw / scorer.norm[:, None], raw=raw if scorer.exact else None)
 
 
 def layer_contributions(codes: np.ndarray, rows: Sequence[int] | np.ndarray,
@@ -432,7 +440,7 @@ def layer_contributions(codes: np.ndarray, rows: Sequence[int] | np.ndarray,
     Summed over the last axis it equals ``score_codes(...).similarity[:, rows]``;
     a report uses it to show which layers make a document close to the target.
     """
-    kept, table = _prepare(codes, profiles, layers, power, lanes=False)  # the generic layout: (rows, P)
+    kept, table = _prepare(codes.shape, profiles, layers, power, lanes=False)  # the generic layout: (rows, P)
     picked = np.asarray(codes[np.asarray(rows, dtype=np.int64)])[:, kept, :]
     if picked.size and picked.max() >= table.width:
         _raise_bad_row(picked.reshape(len(picked), -1), 0, table.width)

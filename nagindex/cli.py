@@ -323,7 +323,13 @@ def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "Sec. 4.1) [default: all].  Ignored for --target-features."),
         click.option("--example-seed", type=int, default=0, show_default=True,
                      help="Seed of the --max-examples sample (recorded in the manifest)."),
-        click.option("--device", default="auto", show_default=True, help="For encoding new target examples."),
+        click.option("--device", default="auto", show_default=True,
+                     help="For encoding new target examples; cuda or cuda:N also scores the index on that GPU "
+                          "(same selection as the CPU).  auto scores on the CPU."),
+        click.option("--ray-address", default=None,
+                     help="Score each shard in its own Ray actor, on the node the catalog records for it: 'auto' "
+                          "joins the running cluster, 'local' starts one here, or ray://host:port.  Actors stay "
+                          "warm between queries (NAGINDEX_ACTOR_IDLE seconds, default 900)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -335,9 +341,9 @@ def _echo_result(res: Any) -> None:
 
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
-    sim = res.similarity[(res.chosen_by if res.chosen_by is not None else 0), res.rows] if len(res.rows) else []
-    span = f", score {min(sim):.4f}..{max(sim):.4f}" if len(sim) else ""
-    click.echo(f"selected {len(res.rows):,} of {res.pool_docs:,} documents, {format_count(res.tokens)} of "
+    sim = res.table.column("score").to_numpy()
+    span = f", score {sim.min():.4f}..{sim.max():.4f}" if len(sim) else ""
+    click.echo(f"selected {len(res):,} of {res.pool_docs:,} documents, {format_count(res.tokens)} of "
                f"{format_count(res.pool_tokens)} tokens{span}" + (f" -> {res.out}" if res.out else ""))
     click.echo(f"time: {res.timings}", err=True)
 

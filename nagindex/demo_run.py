@@ -68,13 +68,13 @@ def run_demo(out_dir: str | os.PathLike, *, n_docs: int = 2000, fraction: float 
         result = query([parse_target(n) for n in names], out / "idx", fraction=fraction, max_examples=max_examples,
                        out=sel_path)
         results.append(result)
-        echo(f"\n{step}/{STEPS} query {label}: {len(result.rows):,} docs, {result.tokens:,} tokens "
+        echo(f"\n{step}/{STEPS} query {label}: {len(result):,} docs, {result.tokens:,} tokens "
              f"({fraction:.0%} of the pool's; {max_examples} random examples per target) -> {sel_path} "
              f"({result.timings})")
         for note in result.notes:
             echo(f"  note: {note}")
-        _print_top(view, result, echo)
-        _print_mix(pool_mix, source_mix(view.docids.take(result.rows)), echo)
+        _print_top(result, echo)
+        _print_mix(pool_mix, source_mix(result.table.column("docid").to_pylist()), echo)
     _report(results[-1], out, echo)
     return results
 
@@ -91,22 +91,23 @@ def _report(result: QueryResult, out: Path, echo: Callable[[str], None]) -> None
     echo(f"\n{STEPS}/{STEPS} report: {html} (open it in a browser; made by: {cmd} -o {html})")
 
 
-def _print_top(view: Any, result: QueryResult, echo: Callable[[str], None], n: int = 5) -> None:
+def _print_top(result: QueryResult, echo: Callable[[str], None], n: int = 5) -> None:
     """The first ``n`` selected docs with their rank in the selection; for a mixture the first of each
     target's share, labelled."""
     from nagindex.query.write import fetch_texts
 
-    chosen = result.chosen_by if result.chosen_by is not None else np.zeros(len(result.rows), dtype=np.int64)
+    table = result.table
     n_targets = len(result.targets)
+    chosen = np.zeros(len(result), dtype=np.int64) if n_targets == 1 else \
+        np.array([result.targets.index(t) for t in table.column("target").to_pylist()], dtype=np.int64)
     per = max(1, -(-n // n_targets))
     picks = np.concatenate([np.flatnonzero(chosen == t)[:per] for t in range(n_targets)])
-    rows, chosen = result.rows[picks], chosen[picks]
-    texts = fetch_texts([view.sources[i] for i in np.asarray(view.source_ids)[rows]],
-                        np.asarray(view.positions)[rows], text_field="text", id_field="docid")
-    for rank, row, t, text in zip(picks + 1, rows, chosen, texts):
+    rows = table.take(picks).to_pydict()
+    texts = fetch_texts(rows["source"], np.asarray(rows["position"]), text_field="text", id_field="docid")
+    for rank, docid, score, t, text in zip(picks + 1, rows["docid"], rows["score"], chosen[picks], texts):
         snippet = " ".join((text or "").split())[:100]
         who = f" [{result.targets[t]}]" if n_targets > 1 else ""
-        echo(f"  {rank:>3}. {view.docids.take([row])[0]:<16} score {result.similarity[t, row]:.4f}{who}  {snippet}")
+        echo(f"  {rank:>3}. {docid:<16} score {score:.4f}{who}  {snippet}")
 
 
 def _print_mix(pool: dict[str, float], selected: dict[str, float], echo: Callable[[str], None]) -> None:

@@ -104,10 +104,14 @@ def test_run_demo_end_to_end_with_the_real_model(tmp_path: Path, monkeypatch: py
         assert 0 < result.tokens <= 0.2 * result.pool_tokens and result.pool_docs == 30
     # one target: the selection is the ranked prefix (ties by docid) of its scores
     docids = pq.read_table(tmp_path / "arc_challenge.parquet").column("docid").to_pylist()
-    sim = single.similarity[0]
-    ids = [str(d) for d in open_index(tmp_path / "idx").docids.take(np.arange(30))]
+    from nagindex.query.score import score_codes
+
+    view = open_index(tmp_path / "idx")
+    sim = score_codes(view.codes, single.profiles, single.layers).similarity[0]
+    ids = [str(d) for d in view.docids.take(np.arange(30))]
     ranked = sorted(range(30), key=lambda r: (-sim[r], ids[r]))
-    assert single.rows.tolist() == ranked[:len(docids)]
+    assert docids == [ids[r] for r in ranked[:len(docids)]]
+    assert single.table.column("score").to_pylist() == [sim[r] for r in ranked[:len(docids)]]
     assert set(pq.read_table(tmp_path / "arc_challenge+triviaqa.parquet").column("target").to_pylist()) == \
         {"arc_challenge", "triviaqa"}
     page = (tmp_path / "report.html").read_text("utf-8")
@@ -122,6 +126,5 @@ def test_run_demo_end_to_end_with_the_real_model(tmp_path: Path, monkeypatch: py
     lines.clear()
     again = run_demo(tmp_path, n_docs=30, max_examples=4, echo=lines.append)
     assert "2/5 ingest: 0 new documents" in "\n".join(lines)
-    assert [r.rows.tolist() for r in again] == [single.rows.tolist(), mixture.rows.tolist()]
-    assert np.array_equal(again[1].similarity, mixture.similarity)
+    assert again[0].table.equals(single.table) and again[1].table.equals(mixture.table)
 

@@ -270,24 +270,6 @@ class DocidColumn:
         """Object array of str (materialises every docid; for sorting prefer ``sort_indices``)."""
         return self.arrow().to_numpy(zero_copy_only=False)
 
-    def sort_keys(self, rows: Sequence[int] | np.ndarray) -> list[np.ndarray]:
-        """``np.lexsort`` keys (least significant first) that order ``rows`` by docid as Python ``str`` does.
-
-        Read from the UTF-8 bytes, no Python strings: byte order of UTF-8 is code
-        point order, so big-endian uint64 words of 8 zero-padded bytes, then the
-        byte length (a shorter id before its extensions, NUL-padded or not).
-        """
-        rows = np.asarray(rows, dtype=np.int64)
-        start = self._offsets[rows].astype(np.int64)
-        length = self._offsets[rows + 1].astype(np.int64) - start
-        width = int(length.max(initial=0))
-        padded = np.zeros((len(rows), max(-(-width // 8), 1) * 8), dtype=np.uint8)
-        cols = np.arange(width)
-        inside = cols[None, :] < length[:, None]
-        padded[:, :width][inside] = self._blob[(start[:, None] + cols[None, :])[inside]]
-        words = padded.view(">u8")
-        return [length] + [words[:, j] for j in range(words.shape[1] - 1, -1, -1)]
-
     def take(self, rows: Sequence[int] | np.ndarray) -> list[str]:
         from nagindex.arrays import numeric_array
 

@@ -6,11 +6,14 @@ query sees exactly the documents of a one-shard ingest of the same inputs; ties
 are broken by docid, so the row order does not change any selection.
 
 This view gathers the shards' arrays into memory (about L x K x 2 bytes per
-document, plus docids); exact selection over shards at bounded memory is the
-query side's job.
+document, plus docids): it serves inspection and ``nagindex report`` on indexes
+that fit in memory. Queries never build it: they scan each shard where it lies
+(``shard_specs`` here says which rows of which shard take part; ``query/scan.py``,
+``query/rank.py``).
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -79,3 +82,28 @@ class ShardedView:
         from nagindex.index.derived import FingerprintIndex
 
         return FingerprintIndex(self._fingerprints)
+
+
+def shard_specs(index_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """One spec per shard that holds documents: ``{"part", "name", "path", "hidden", "node_ip"}``
+    (``name`` None for a one-folder index)."""
+    from nagindex.index.catalog import load_catalog
+    from nagindex.index.dedup import hidden_rows
+    from nagindex.index.derived import open_shard
+    from nagindex.index.store import STORE_DIR
+
+    catalog = load_catalog(index_dir)
+    if catalog is None:
+        return [{"part": 0, "name": None, "path": str(index_dir), "hidden": np.zeros(0, np.int64),
+                 "node_ip": None}]
+    present = [(s, path) for s, path in enumerate(catalog.shard_paths()) if (path / STORE_DIR).exists()]
+    if not present:
+        raise NagIndexError(f"index {catalog.root}: no shard holds a store yet (nothing ingested)")
+    sizes = [0] * len(catalog.shards)
+    for s, path in present:
+        sizes[s] = len(open_shard(path))
+    if catalog.dedup.get("rows") != sizes:
+        raise NagIndexError(f"index {catalog.root}: its shards changed since their ids were reconciled "
+                            "(an ingest is running or was interrupted): run the same ingest again")
+    return [{"part": s, "name": catalog.shards[s]["name"], "path": str(path), "hidden": hidden_rows(catalog, s),
+             "node_ip": catalog.shards[s].get("node_ip")} for s, path in present if sizes[s]]

@@ -90,7 +90,18 @@ def _ingest_shard(files: list[dict[str, Any]], shard_dir: str, options: dict[str
     from nagindex.ingest.run import ingest
 
     res = ingest([InputFile.from_json(f) for f in files], shard_dir, **options)
-    return {**asdict(res), "index_dir": str(res.index_dir)}
+    return {**asdict(res), "index_dir": str(res.index_dir), "node_ip": _node_ip()}
+
+
+def _node_ip() -> str | None:
+    """The Ray node this worker runs on (recorded in the catalog: a query scores the shard there), else None."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -141,9 +152,10 @@ def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.Path
         total.warnings += res["warnings"]
     total.skipped_inputs += sum(1 for files in plan.values() for _ in files) - sum(len(f) for _, f in jobs)
     total.hidden = hidden  # later copies of ids held by an earlier input of another shard
-    from nagindex.index.derived import open_index
+    from nagindex.index.derived import open_shard
+    from nagindex.index.sharded import shard_specs
 
-    total.rows = len(open_index(index_dir))
+    total.rows = sum(len(open_shard(s["path"])) - len(s["hidden"]) for s in shard_specs(index_dir))
     total.timings = f"{len(jobs)} shard worker(s)"
     return total
 
@@ -210,6 +222,7 @@ def _run_ray(catalog: Any, jobs: list[tuple[int, list[Any]]], address: str, gpus
     for i, ref in refs.items():
         try:
             results.append(ray.get(ref))
+            catalog.shards[i]["node_ip"] = results[-1]["node_ip"]
         except ray.exceptions.RayError as exc:
             if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, NagIndexError):
                 raise exc.cause from None

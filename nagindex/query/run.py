@@ -28,13 +28,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class QueryResult:
-    """What a query selected, with everything needed to write or report it."""
+    """What a query selected: ``table`` holds the selection file's columns (rank, docid, score, ...),
+    one row per selected document in selection order, whether or not a file was written."""
 
     out: Path | None
     targets: list[str]
-    rows: np.ndarray
-    chosen_by: np.ndarray | None
-    similarity: np.ndarray  # (P, N) float64
+    table: Any  # pyarrow.Table
     exhausted: bool
     tokens: int
     pool_docs: int
@@ -44,6 +43,9 @@ class QueryResult:
     layers: np.ndarray | None = None
     profiles: np.ndarray | None = None
     examples: list[dict[str, Any]] = field(default_factory=list)  # per target: examples used / available
+
+    def __len__(self) -> int:
+        return self.table.num_rows
 
 
 def query(
@@ -67,6 +69,7 @@ def query(
     max_examples: int | None = None,
     example_seed: int = 0,
     device: str = "auto",
+    ray_address: str | None = None,
 ) -> QueryResult:
     """Select documents of the index for one target or a mixture of targets.
 
@@ -82,10 +85,17 @@ def query(
     the distance (spec sec. 4); ``approx`` scores only FAISS binary candidates.
     ``max_examples`` profiles a random sample of each target's examples drawn
     with ``example_seed`` (``target.sample_examples``); the manifest records both.
+
+    The selection is exact at any number of shards (``query/rank.py``): the same
+    rows, in the same order, as a one-shard index of the same documents. ``device``
+    ``cuda``/``cuda:N`` also scores on that GPU (torch); ``ray_address`` scores each
+    shard in its own Ray actor (``"local"``, ``"auto"`` or ``ray://host:port``).
     """
-    from nagindex.index.derived import open_index
+    from nagindex.query import rank
     from nagindex.query import select as sel
+    from nagindex.query.fleet import open_fleet
     from nagindex.query.profile import count_profile, resolve_layers
+    from nagindex.query.scan import QualitySpec, ScorePlan
 
     targets = as_targets(targets)
     if mode not in MODES:
@@ -93,56 +103,55 @@ def query(
     if not targets:
         raise NagIndexError("no target: give --target NAME, --target-file PATH or --target-features PATH")
     quota = sel.Quota(k=k, tokens=tokens, fraction=fraction)
+    if quality_file is not None and not quality_col:
+        raise NagIndexError("--quality-file needs --quality-col")
     if out is not None:
         from nagindex.query.write import check_output
 
         check_output(out, _input_paths(targets, quality_file))
     timer = StageTimer()
-    view = open_index(index_dir)
-    if len(view) == 0:
-        raise NagIndexError(f"index {index_dir} holds no documents")
-    manifest = view.manifest
-    notes: list[str] = []
-    with timer("target"):
-        encoded = [_target_codes(t, view, max_examples, example_seed, device, notes) for t in targets]
-        target_sets = [codes for codes, _ in encoded]
-    kept = resolve_layers(layers, manifest["num_layers"])
-    with timer("profile"):
-        profiles = np.stack([count_profile(c, manifest["width"], kept) for c in target_sets])
-    with timer("score"):
-        candidates = _approx_candidates(view, profiles, kept, quota, len(targets)) if approx else None
-        codes = view.codes if candidates is None else view.codes[candidates]
-        scores = _score(codes, profiles, kept, power)
-    with timer("select"):
-        # the lazy column: select reads the docids of tied rows only, from their bytes
-        docids = view.docids if candidates is None else np.asarray(view.docids.take(candidates), dtype=object)
-        token_counts = np.asarray(view.token_counts if candidates is None else view.token_counts[candidates])
-        keys = scores.nag_distance
-        quality = None
-        if quality_file is not None:
-            quality = _quality(quality_file, quality_col, quality_id_field,
-                               view.docids.arrow() if candidates is None else docids)
-        selection, combined = _select(keys, quality, docids, token_counts, quota, targets, mode, dedup,
-                                      invert_quality)
-    rows = selection.rows if candidates is None else candidates[selection.rows]
-    if selection.exhausted:
-        notes.append(f"the quota asks for more than the index holds ({len(view):,} documents, "
-                     f"{view.total_tokens:,} tokens): all of it is selected")
-    similarity = scores.similarity
-    if candidates is not None:
-        full = np.full((len(targets), len(view)), np.nan)
-        full[:, candidates] = similarity
-        similarity = full
-    result = QueryResult(out=None, targets=[t.display for t in targets], rows=rows, chosen_by=selection.target,
-                         similarity=similarity, exhausted=selection.exhausted,
-                         tokens=int(np.asarray(view.token_counts)[rows].sum()), pool_docs=len(view),
-                         pool_tokens=view.total_tokens, notes=notes, layers=kept, profiles=profiles,
-                         examples=[n for _, n in encoded])
-    if out is not None:
-        with timer("write"):
-            sampling = {"max_examples": max_examples, "example_seed": example_seed}
-            result.out = _write(result, view, combined, candidates, out, with_text, quota, mode, dedup, power,
-                                approx, targets, sampling)
+    fleet = open_fleet(index_dir, ray_address)
+    try:
+        described = fleet.map("describe")
+        manifest = described[0]["manifest"]
+        visible = sum(d["visible_rows"] for d in described)
+        if visible == 0:
+            raise NagIndexError(f"index {index_dir} holds no documents")
+        notes: list[str] = []
+        with timer("target"):
+            encoded = [_target_codes(t, Path(index_dir), manifest, max_examples, example_seed, device, notes)
+                       for t in targets]
+        kept = resolve_layers(layers, manifest["num_layers"])
+        with timer("profile"):
+            profiles = np.stack([count_profile(c, manifest["width"], kept) for c, _ in encoded])
+        with timer("score"):
+            candidates = None
+            if approx:
+                from nagindex.query.approx import approx_radii
+
+                candidates = approx_radii(fleet, profiles, kept, quota, manifest, visible)
+            quality = None if quality_file is None else QualitySpec(str(quality_file), quality_col, quality_id_field,
+                                                                    invert_quality)
+            plan = ScorePlan(profiles, tuple(int(x) for x in kept), power,
+                             device if str(device).startswith("cuda") else "cpu", candidates, quality)
+            picked, pool = rank.select(fleet, plan, quota, [t.weight for t in targets], mode, dedup)
+        if picked.exhausted:
+            notes.append(f"the quota asks for more than the index holds ({pool.rows:,} documents, "
+                         f"{pool.tokens:,} tokens): all of it is selected")
+        with timer("select"):
+            names = [t.display for t in targets]
+            columns = _columns(fleet, picked, names, with_text, quality is not None)
+        table = _table(columns)
+        result = QueryResult(out=None, targets=names, table=table, exhausted=picked.exhausted,
+                             tokens=int(np.asarray(columns["token_count"]).sum()), pool_docs=pool.visible_rows,
+                             pool_tokens=pool.visible_tokens, notes=notes, layers=kept, profiles=profiles,
+                             examples=[n for _, n in encoded])
+        if out is not None:
+            with timer("write"):
+                sampling = {"max_examples": max_examples, "example_seed": example_seed}
+                result.out = _write(result, out, quota, mode, dedup, power, approx, targets, sampling, index_dir)
+    finally:
+        fleet.close()
     result.timings = timer.summary()
     return result
 
@@ -180,12 +189,11 @@ def default_output(targets: Sequence[TargetRequest], stem: str | None = None) ->
     return f"{stem}.parquet" if Path(f"{stem}.parquet").resolve() not in inputs else f"{stem}.selection.parquet"
 
 
-def _target_codes(t: TargetRequest, view: Any, max_examples: int | None, seed: int, device: str,
-                  notes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
+def _target_codes(t: TargetRequest, index_dir: Path, manifest: dict[str, Any], max_examples: int | None, seed: int,
+                  device: str, notes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """The target's example NAGs and how many examples they are (of how many available)."""
     from nagindex.query.target_nags import target_codes
 
-    manifest = view.manifest
     if t.kind == "features":
         codes = feature_codes(t, manifest)
         return codes, {"used": len(codes), "available": len(codes)}
@@ -193,7 +201,7 @@ def _target_codes(t: TargetRequest, view: Any, max_examples: int | None, seed: i
     if ts.note:
         notes.append(f"{t.display}: {ts.note}")
     log.info("target %s: %d examples from %s", t.display, len(ts.texts), ts.source)
-    codes = target_codes(view.directory, manifest, ts.texts, name=t.display, device=device)
+    codes = target_codes(index_dir, manifest, ts.texts, name=t.display, device=device)
     return codes, {"used": len(ts), "available": ts.n_available or len(ts), "source": ts.source}
 
 
@@ -227,107 +235,76 @@ def feature_codes(t: TargetRequest, manifest: dict[str, Any]) -> np.ndarray:
     return np.stack(codes)
 
 
-def _score(codes: np.ndarray, profiles: np.ndarray, kept: np.ndarray, power: float) -> Any:
-    from nagindex.query.score import score_codes
-
-    return score_codes(codes, profiles, kept, power=power)
-
-
-def _approx_candidates(view: Any, profiles: np.ndarray, kept: np.ndarray, quota: Any, n_targets: int) -> np.ndarray | None:
-    from nagindex.query.approx import faiss_candidates
-
-    return faiss_candidates(view, profiles, kept, quota, n_targets)
-
-
-def _quality(path: str | os.PathLike, column: str | None, id_field: str, docids: Any) -> np.ndarray:
-    """Quality per index doc (NaN where the quality file has none), joined on docid."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from nagindex.query.sources import read_records
-
-    if not column:
-        raise NagIndexError("--quality-file needs --quality-col")
-    rows = read_records(Path(path))
-    if rows and (id_field not in rows[0] or column not in rows[0]):
-        raise InputError(f"{path}: needs columns {id_field!r} and {column!r} (has {', '.join(rows[0])})")
-    ids = pa.array([str(r[id_field]) for r in rows], pa.string())
-    values = np.array([np.nan if r[column] is None else float(r[column]) for r in rows], dtype=np.float64)
-    docids = pc.cast(docids, pa.string()) if isinstance(docids, pa.Array) else pa.array(docids, pa.string())
-    where = pc.index_in(docids, value_set=ids).to_numpy(zero_copy_only=False)
-    quality = np.full(len(docids), np.nan)
-    hit = ~np.isnan(where.astype(np.float64))
-    quality[hit] = values[where[hit].astype(np.int64)]
-    return quality
-
-
-def _select(keys: np.ndarray, quality: np.ndarray | None, docids: Any, token_counts: np.ndarray,
-            quota: Any, targets: Sequence[TargetRequest], mode: str, dedup: bool,
-            invert_quality: bool) -> tuple[Any, np.ndarray | None]:
-    from nagindex.query import select as sel
-
-    combined = None
-    if quality is not None:
-        combined = np.stack([sel.combine_quality(k, quality, higher_is_better=invert_quality) for k in keys])
-        keep = np.flatnonzero(~np.isnan(quality))
-        if len(keep) == 0:
-            raise NagIndexError("no index document has a quality value (check --quality-file ids)")
-        sub = _select(combined[:, keep], None, sel.take_ids(docids, keep), token_counts[keep], quota, targets, mode,
-                      dedup, invert_quality)[0]
-        return sel.Selection(rows=keep[sub.rows], target=sub.target, exhausted=sub.exhausted), combined
-    if len(targets) == 1:
-        return sel.select(keys[0], docids, quota, token_counts), None
-    weights = [t.weight for t in targets]
-    if mode == "paper":
-        return sel.paper_mixture(keys, docids, quota, weights, token_counts, dedup=dedup), None
-    return sel.union_mixture(keys, docids, quota, weights, token_counts), None
-
-
-def _write(result: QueryResult, view: Any, combined: np.ndarray | None, candidates: np.ndarray | None,
-           out: str | os.PathLike, with_text: bool, quota: Any, mode: str, dedup: bool, power: float,
-           approx: bool, targets: Sequence[TargetRequest], sampling: dict[str, Any]) -> Path:
-    from nagindex import __version__
-    from nagindex.query.write import fetch_texts, write_selection
-
-    rows = result.rows
-    target_idx = result.chosen_by if result.chosen_by is not None else np.zeros(len(rows), dtype=np.int64)
-    sim = result.similarity[target_idx, rows]
-    sources = [view.sources[i] for i in np.asarray(view.source_ids)[rows]]
-    columns: dict[str, Any] = {
-        "rank": np.arange(1, len(rows) + 1, dtype=np.int64),
-        "docid": view.docids.take(rows),
-        "score": sim,
-        "nag_distance": 1.0 - sim,
-        "token_count": np.asarray(view.token_counts)[rows],
-        "source": sources,
-        "position": np.asarray(view.positions)[rows],
-    }
+def _columns(fleet: Any, picked: Any, names: list[str], with_text: bool, quality: bool) -> dict[str, Any]:
+    """The selection file's columns, in selection order: each shard fetches its selected rows."""
+    n, p = len(picked), len(names)
+    target = picked.target
+    docids: list[Any] = [None] * n
+    sims = np.full((p, n), np.nan)
+    combined = np.full((p, n), np.nan) if quality else None
+    token_count = np.zeros(n, np.int64)
+    position = np.zeros(n, np.int64)
+    sources: list[Any] = [None] * n
+    texts: list[Any] = [None] * n
+    parts = np.unique(picked.part)
+    where = [np.flatnonzero(picked.part == part) for part in parts]
+    specs = {spec["part"]: i for i, spec in enumerate(fleet.specs)}
+    args: list[tuple[Any, ...]] = [(np.zeros(0, np.int64), False)] * len(fleet.specs)
+    for part, idx in zip(parts, where):
+        args[specs[int(part)]] = (picked.row[idx], with_text)
+    answers = fleet.each("fetch", args)
+    for part, idx in zip(parts, where):
+        got = answers[specs[int(part)]]
+        sims[:, idx] = got["similarity"]
+        if combined is not None:
+            combined[:, idx] = got["combined"]
+        token_count[idx] = got["token_count"]
+        position[idx] = got["position"]
+        for j, i in enumerate(idx.tolist()):
+            docids[i], sources[i] = got["docid"][j], got["source"][j]
+            if with_text:
+                texts[i] = got["text"][j]
+    score = sims[target, np.arange(n)]
+    columns: dict[str, Any] = {"rank": np.arange(1, n + 1, dtype=np.int64), "docid": docids, "score": score,
+                               "nag_distance": 1.0 - score, "token_count": token_count, "source": sources,
+                               "position": position}
     if combined is not None:
-        full = combined if candidates is None else _scatter(combined, candidates, len(view))
-        columns["combined_score"] = full[target_idx, rows]
-    if len(targets) > 1:
-        columns["target"] = [result.targets[i] for i in target_idx]
-        for i, name in enumerate(result.targets):
-            columns[f"score_{name}"] = result.similarity[i, rows]
+        columns["combined_score"] = combined[target, np.arange(n)]
+    if p > 1:
+        columns["target"] = [names[i] for i in target]
+        for i, name in enumerate(names):
+            columns[f"score_{name}"] = sims[i]
     if with_text:
-        manifest = view.manifest
-        columns["text"] = fetch_texts(sources, np.asarray(view.positions)[rows],
-                                      text_field=manifest.get("text_field", "doc"),
-                                      id_field=manifest.get("id_field", "docid"))
+        columns["text"] = texts
+    return columns
+
+
+def _table(columns: dict[str, Any]) -> Any:
+    import pyarrow as pa
+
+    from nagindex.arrays import arrow_column
+
+    if not len(columns["docid"]):
+        kinds = {"docid": pa.string(), "source": pa.string(), "target": pa.string(), "text": pa.string()}
+        return pa.table({name: pa.array([], kinds.get(name, pa.float64() if name.startswith("score") or name in (
+            "nag_distance", "combined_score") else pa.int64())) for name in columns})
+    return pa.table({name: arrow_column(v) for name, v in columns.items()})
+
+
+def _write(result: QueryResult, out: str | os.PathLike, quota: Any, mode: str, dedup: bool, power: float,
+           approx: bool, targets: Sequence[TargetRequest], sampling: dict[str, Any],
+           index_dir: str | os.PathLike) -> Path:
+    from nagindex import __version__
+    from nagindex.query.write import write_selection
+
     manifest = {
         "nagindex_version": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "index": str(Path(view.directory).resolve()), "index_rows": len(view),
+        "index": str(Path(index_dir).resolve()), "index_rows": result.pool_docs,
         "targets": [{"kind": t.kind, "value": t.value, "weight": t.weight, "filters": dict(t.filters),
                      "label": t.display, "examples": n} for t, n in zip(targets, result.examples)],
         **sampling,
         "quota": {k: v for k, v in vars(quota).items() if v is not None}, "mode": mode, "dedup": dedup,
         "power": power, "layers": [int(x) for x in result.layers], "approx": approx,
-        "rows": len(rows), "tokens": result.tokens, "notes": result.notes,
+        "rows": len(result), "tokens": result.tokens, "notes": result.notes,
     }
-    return write_selection(out, columns, manifest)
-
-
-def _scatter(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    full = np.full((values.shape[0], n), np.nan)
-    full[:, rows] = values
-    return full
+    return write_selection(out, result.table, manifest)

@@ -214,3 +214,73 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     raise InputError(f"{path}: unsupported file type (use .parquet, .jsonl, .jsonl.gz, .json or .txt)")
 
 
+
+
+def read_keyed_values(path: Path, id_field: str, column: str) -> tuple[Any, Any]:
+    """``(ids, values)`` of a parquet/JSONL file as Arrow arrays (large_string, float64; null -> NaN).
+
+    For per-document files as large as the pool (``--quality-file``): parquet reads just the
+    two columns, JSONL is parsed line by line into Arrow chunks, never a list of dicts.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from nagindex.arrays import string_array
+
+    if path.name.lower().endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.read_schema(path).names
+            if id_field not in names or column not in names:
+                raise InputError(f"{path}: needs columns {id_field!r} and {column!r} (has {', '.join(names)})")
+            table = pq.read_table(path, columns=[id_field, column])
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
+            raise InputError(f"{path}: cannot read parquet: {exc}") from exc
+        ids = pc.cast(table.column(id_field), pa.large_string())
+        values = pc.fill_null(pc.cast(table.column(column), pa.float64()), float("nan"))
+        return ids.combine_chunks(), values.combine_chunks()
+    if not path.name.lower().endswith((".jsonl", ".jsonl.gz")):
+        return _keyed_from_records(read_records(path), path, id_field, column)
+    chunks_ids, chunks_values, ids, values = [], [], [], []
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
+            if not isinstance(row, dict) or id_field not in row or column not in row:
+                raise InputError(f"{path}:{lineno}: needs fields {id_field!r} and {column!r}")
+            ids.append(str(row[id_field]))
+            values.append(_float(row[column], path, lineno, column))
+            if len(ids) == 65536:
+                chunks_ids.append(string_array(ids))
+                chunks_values.append(pa.array(values, pa.float64()))
+                ids, values = [], []
+    chunks_ids.append(string_array(ids))
+    chunks_values.append(pa.array(values, pa.float64()))
+    return (pa.concat_arrays([pc.cast(c, pa.large_string()) for c in chunks_ids]),
+            pa.concat_arrays(chunks_values))
+
+
+def _keyed_from_records(rows: list[dict[str, Any]], path: Path, id_field: str, column: str) -> tuple[Any, Any]:
+    import pyarrow as pa
+
+    if rows and (id_field not in rows[0] or column not in rows[0]):
+        raise InputError(f"{path}: needs columns {id_field!r} and {column!r} (has {', '.join(rows[0])})")
+    return (pa.array([str(r[id_field]) for r in rows], pa.large_string()),
+            pa.array([_float(r.get(column), path, i + 1, column) for i, r in enumerate(rows)], pa.float64()))
+
+
+def _float(value: Any, path: Path, lineno: int, column: str) -> float:
+    if value is None:
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}:{lineno}: field {column!r} is {value!r}, not a number") from None

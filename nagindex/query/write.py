@@ -35,14 +35,16 @@ def check_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) ->
     return path
 
 
-def write_selection(out: str | os.PathLike, columns: dict[str, Any], manifest: dict[str, Any]) -> Path:
-    """Write ``columns`` (equal-length arrays/lists) as ``.parquet`` or ``.jsonl``, plus the manifest."""
+def write_selection(out: str | os.PathLike, columns: Any, manifest: dict[str, Any]) -> Path:
+    """Write ``columns`` (an Arrow table, or a dict of equal-length arrays/lists) as ``.parquet`` or
+    ``.jsonl``, plus the manifest."""
     import pyarrow as pa
 
     from nagindex.arrays import arrow_column
 
     out = Path(out)
-    table = pa.Table.from_arrays([arrow_column(v) for v in columns.values()], names=list(columns))
+    table = columns if isinstance(columns, pa.Table) else \
+        pa.Table.from_arrays([arrow_column(v) for v in columns.values()], names=list(columns))
     if out.suffix not in OUTPUT_SUFFIXES:
         raise NagIndexError(f"-o {out}: use a .parquet or .jsonl file name")  # check_output says so earlier
     out.parent.mkdir(parents=True, exist_ok=True)

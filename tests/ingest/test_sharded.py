@@ -63,7 +63,7 @@ def test_sharded_ingest_equals_one_shard(golden_dir, corpus, tmp_path, shards):
                fraction=0.4, out=tmp_path / "one.parquet")
     qb = query({"features": str(golden_dir / "features_fwd_up_only/target/target.jsonl")}, tmp_path / "many",
                fraction=0.4, out=tmp_path / "many.parquet")
-    assert len(qa.rows) == len(qb.rows) > 0
+    assert len(qa) == len(qb) > 0
     ta, tb = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "many.parquet")
     assert ta.equals(tb)
 

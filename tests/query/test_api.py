@@ -21,7 +21,7 @@ def test_query_with_a_mapping_equals_the_cli_request(golden_index, target_featur
                             out=tmp_path / "a.parquet")
     by_req = nagindex.query([TargetRequest("features", str(target_features["sci_target"]))], golden_index,
                             fraction=0.3, out=tmp_path / "b.parquet")
-    assert by_map.rows.tolist() == by_req.rows.tolist()
+    assert by_map.table.equals(by_req.table)
     assert _docids(tmp_path / "a.parquet") == _docids(golden_dir / "ranking/selected_sci.parquet")
 
 
@@ -34,7 +34,7 @@ def test_mix_mapping_equals_the_yaml_file(golden_index, target_features, tmp_pat
     a = nagindex.mix(spec, golden_index, out=tmp_path / "a.parquet")
     b = nagindex.mix(cfg, golden_index, out=tmp_path / "b.parquet")
     assert a.targets == b.targets == ["sci_target", "story_target"]
-    assert a.rows.tolist() == b.rows.tolist() and len(a.rows) > 0
+    assert a.table.equals(b.table) and len(a) > 0
     assert pq.read_table(tmp_path / "a.parquet").equals(pq.read_table(tmp_path / "b.parquet"))
     with pytest.raises(NagIndexError, match="fraction: set by the mixture"):
         nagindex.mix(spec, golden_index, fraction=0.1)

@@ -7,11 +7,21 @@ import pyarrow.parquet as pq
 import pytest
 
 from nagindex.errors import NagIndexError
-from nagindex.ingest.interop import import_features, write_features
 from nagindex.index.derived import open_index
+from nagindex.ingest.interop import import_features, write_features
 from nagindex.query import approx
 from nagindex.query.request import TargetRequest
 from nagindex.query.run import query
+from nagindex.query.select import Quota
+
+
+def fast_profiles(pool):
+    from nagindex.ingest.features import read_features
+    from nagindex.query.profile import count_profile
+
+    codes = np.stack([rec[1] for rec in read_features([pool / "target.jsonl"], "fwd_up", num_layers=4, top_k=8,
+                                                      width=64)])
+    return count_profile(codes, 64)[None]
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +44,28 @@ def test_candidates_cover_the_pool_when_it_is_small(pool, tmp_path):
     t = [TargetRequest("features", str(pool / "target.jsonl"))]
     exact = query(t, pool / "idx", k=40)
     fast = query(t, pool / "idx", k=40, approx=True, out=tmp_path / "a.parquet")
-    assert np.array_equal(exact.rows, fast.rows)  # 3,000 docs < MIN_CANDIDATES: the exact scan
-    assert not np.isnan(fast.similarity).any()
+    assert exact.table.equals(fast.table)  # 3,000 docs < MIN_CANDIDATES: the exact scan
+    assert not np.isnan(fast.table.column("score").to_numpy()).any()
 
 
 def test_fewer_candidates_are_rescored_exactly(pool, monkeypatch):
     monkeypatch.setattr(approx, "MIN_CANDIDATES", 300)
     t = [TargetRequest("features", str(pool / "target.jsonl"))]
-    exact = query(t, pool / "idx", k=20)
-    fast = query(t, pool / "idx", k=20, approx=True)
-    picked = fast.rows
-    assert len(picked) == 20 and len(np.intersect1d(picked, exact.rows)) >= 15
+    everything = query(t, pool / "idx", k=3000).table.to_pydict()
+    score = dict(zip(everything["docid"], everything["score"]))
+    fast = query(t, pool / "idx", k=20, approx=True).table.to_pydict()
+    assert len(fast["docid"]) == 20 and len(set(fast["docid"]) & set(everything["docid"][:20])) >= 15
+    assert fast["score"] == [score[d] for d in fast["docid"]]  # candidates are scored exactly
+    # the candidates: every document within each query's radius, ties at the radius included
+    from nagindex.index.derived import fingerprints
+    from nagindex.query.fleet import open_fleet
+
     view = open_index(pool / "idx")
-    assert np.isnan(fast.similarity[0]).sum() == len(view) - 300  # only candidates were scored
-    assert np.array_equal(fast.similarity[0, picked], exact.similarity[0, picked])
+    fleet = open_fleet(pool / "idx")
+    queries, radii = approx.approx_radii(fleet, fast_profiles(pool), np.arange(4), Quota(k=20), view.manifest,
+                                         len(view))
+    dist = np.bitwise_count(fingerprints(view.codes, 64)[:, None, :] ^ queries[None]).sum(axis=2)[:, 0]
+    assert (dist <= radii[0]).sum() >= 300 > (dist < radii[0]).sum()
 
 
 def test_memory_mapped_fingerprints_search_like_a_loaded_faiss_index(pool):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +79,9 @@ def test_last_layer_selection_matches_reference(golden_index, target_features, g
 def test_union_mixture_has_no_duplicates_and_meets_k(golden_index, target_features, tmp_path):
     targets = [TargetRequest("features", str(target_features[t])) for t in ("sci_target", "story_target")]
     res = query(targets, golden_index, k=9, mode="union")
-    assert len(res.rows) == 9 and len(set(res.rows.tolist())) == 9
-    assert sorted(np.bincount(res.chosen_by).tolist()) == [4, 5]
+    docids = res.table.column("docid").to_pylist()
+    assert len(res) == 9 and len(set(docids)) == 9
+    assert sorted(Counter(res.table.column("target").to_pylist()).values()) == [4, 5]
 
 
 def test_k_larger_than_index_selects_all_with_a_note(golden_index, target_features, tmp_path, monkeypatch):
@@ -119,7 +121,7 @@ def test_target_from_file_is_encoded_once_then_cached(model_index, golden_dir, t
     first = query([target], idx, fraction=0.3, out=tmp_path / "a.parquet")
     monkeypatch.setattr(encoder, "build_extractor", _no_model)
     second = query([target], idx, fraction=0.3, out=tmp_path / "b.parquet", with_text=True)
-    assert np.array_equal(first.rows, second.rows)
+    assert first.table.column("docid").equals(second.table.column("docid"))
     docids, distance, _ = _expect(golden_dir, "selected_sci")
     got = _read(tmp_path / "b.parquet")
     assert got["docid"] == docids
@@ -151,8 +153,7 @@ def test_max_examples_sample_is_recorded_and_reported(model_index, golden_dir, g
     codes = golden_ranking["target_codes"][[ids.index(i) for i in sample.ids]]
     write_features(tmp_path / "sample.jsonl", sample.ids, codes)
     ref = query([TargetRequest("features", str(tmp_path / "sample.jsonl"))], idx, k=5)
-    assert np.array_equal(res.rows, ref.rows)
-    np.testing.assert_allclose(res.similarity, ref.similarity, rtol=0, atol=1e-12)
+    assert res.table.select(["docid", "score"]).equals(ref.table.select(["docid", "score"]))
     manifest = json.loads((tmp_path / "s.parquet.manifest.json").read_text())
     assert (manifest["max_examples"], manifest["example_seed"]) == (3, 7)
     assert manifest["targets"][0]["examples"] == {"used": 3, "available": 6, "source": f"file:{path}"}

@@ -18,12 +18,6 @@ IDS = ["b", "a", "ab", "a\x00", "10", "9", "é", "e\u0301", "z" * 19, "日本", 
        "€", "ÿ"]
 
 
-def test_sort_keys_order_like_python_str():
-    col = column(IDS)
-    order = np.lexsort(col.sort_keys(np.arange(len(IDS))))
-    assert [IDS[i] for i in order] == sorted(IDS)
-
-
 def test_rank_order_and_top_rows_with_the_lazy_column():
     rng = np.random.default_rng(3)
     ids = [f"{rng.integers(0, 10**6)}-{i}" for i in range(3000)] + IDS

@@ -1,0 +1,246 @@
+"""Exact selection over any number of shards, in rounds, at bounded memory (spec sec. 4 rules).
+
+Scores are integer sums (power 1), so the selection threshold is exact: every shard
+(``scan.ShardScan``, in-process or a Ray actor) returns, per target, a histogram of
+document count and token sum per key bin; the coordinator finds the bin where the
+quota (``k`` documents or a token budget) is reached; every shard returns the rows of
+earlier bins and, of the threshold bin, only the rows that can still be selected, in
+``(key, docid)`` order; the coordinator orders them by ``(key, docid)`` and cuts. The
+rows kept are exactly a one-shard full sort's prefix, whatever the number of shards or
+how documents are spread over them. Float keys (``--power`` other than 1, a quality
+file) use the same rounds with bins over the global key range: equal keys share a bin
+and the threshold bin is ordered by the exact key, so those are exact too.
+
+Memory: the coordinator holds the histograms (``scan.MAX_BINS`` bins, 16 bytes each,
+per target) and the candidate rows, which are the selected rows plus at most one
+threshold bin's worth per shard, cut to what could still be selected; a shard holds one
+block and what it returns. Neither grows with the index or its longest docid.
+
+The rules (``Quota`` and its shares, the prefix rule for a token budget, the paper and
+union mixtures) are the ones ``select.py`` documents; they run here on ranked
+candidates rather than on the whole pool.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nagindex.errors import NagIndexError
+from nagindex.query.scan import Binning, Need, ScorePlan, rank_table
+from nagindex.query.select import Quota, fraction_budget_of
+
+logger = logging.getLogger(__name__)
+
+ROW_BITS = 40  # a selected row's id: part << ROW_BITS | row
+
+
+@dataclass
+class Pool:
+    """What round 1 found over all shards: visible and eligible documents, key ranges per target."""
+
+    visible_rows: int
+    visible_tokens: int
+    rows: int
+    tokens: int
+    exact: bool
+    key_lo: np.ndarray
+    key_hi: np.ndarray
+
+
+@dataclass
+class Picked:
+    """Selected rows in selection order: ``part``, ``row`` (within the part), the choosing ``target``."""
+
+    part: np.ndarray
+    row: np.ndarray
+    target: np.ndarray
+    exhausted: bool
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+def _merge(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"visible_rows": sum(s["visible_rows"] for s in stats), "visible_tokens": sum(s["visible_tokens"] for s in stats),
+            "rows": sum(s["rows"] for s in stats), "tokens": sum(s["tokens"] for s in stats),
+            "exact": all(s["exact"] for s in stats),
+            "key_lo": np.min([s["key_lo"] for s in stats], axis=0), "key_hi": np.max([s["key_hi"] for s in stats], axis=0),
+            "dist_lo": np.min([s["dist_lo"] for s in stats], axis=0),
+            "dist_hi": np.max([s["dist_hi"] for s in stats], axis=0),
+            "q_lo": min(s["q_lo"] for s in stats), "q_hi": max(s["q_hi"] for s in stats)}
+
+
+def score_pool(fleet: Any, plan: ScorePlan | None) -> Pool:
+    """Rounds 1 and 2: every shard scans its codes; with a quality file, keys are then combined
+    with the global distance and quality ranges (spec sec. 4's min-max over the pool)."""
+    merged = _merge(fleet.map("score", plan))
+    if plan is not None and plan.quality is not None:
+        if merged["rows"] == 0:
+            raise NagIndexError("no index document has a quality value (check --quality-file ids)")
+        ranges = np.stack([merged["dist_lo"], merged["dist_hi"]], axis=1)
+        merged = _merge(fleet.map("combine", ranges, (merged["q_lo"], merged["q_hi"])))
+    return Pool(merged["visible_rows"], merged["visible_tokens"], merged["rows"], merged["tokens"], merged["exact"],
+                merged["key_lo"], merged["key_hi"])
+
+
+class Ranking:
+    """Targets' rankings over a scored fleet: ``top(t, rows=...)`` / ``top(t, tokens=...)`` return the
+    ranked prefix that a quota of that size can reach, as an Arrow table (part, row, key, tokens, docid)."""
+
+    def __init__(self, fleet: Any, pool: Pool) -> None:
+        self.fleet, self.pool = fleet, pool
+        p = len(pool.key_lo)
+        self.binnings = [Binning.over(pool.key_lo[t], pool.key_hi[t], pool.exact) if pool.rows else None
+                         for t in range(p)]
+        self._hist: list[tuple[np.ndarray, np.ndarray] | None] = [None] * p
+
+    def histograms(self, targets: Sequence[int]) -> None:
+        """Round 3 for ``targets`` (all in one pass over each shard's scratch), summed over shards."""
+        want = [b if t in targets and self._hist[t] is None else None for t, b in enumerate(self.binnings)]
+        if not any(b is not None for b in want):
+            return
+        for answer in self.fleet.map("histogram", want):
+            for t, h in enumerate(answer):
+                if h is None:
+                    continue
+                if self._hist[t] is None:
+                    self._hist[t] = (h[0].copy(), h[1].copy())
+                else:
+                    self._hist[t][0][:] += h[0]
+                    self._hist[t][1][:] += h[1]
+
+    def top(self, t: int, rows: int | None = None, tokens: int | None = None) -> Any:
+        """Target ``t``'s best rows in ranking order: the first ``rows``, or the budget prefix's
+        candidates for ``tokens`` (every row the prefix rule can take, and the one that overflows)."""
+        import pyarrow as pa
+
+        if self.pool.rows == 0:
+            return _empty()
+        self.histograms([t])
+        counts, token_sums = self._hist[t]
+        spent = np.cumsum(counts if rows is not None else token_sums)
+        limit = rows if rows is not None else tokens
+        cut = int(np.searchsorted(spent, limit, side="left" if rows is not None else "right"))
+        if cut >= len(spent):  # the quota reaches past every eligible row
+            need = None
+        else:
+            before = int(spent[cut - 1]) if cut else 0
+            need = Need(rows=limit - before) if rows is not None else Need(tokens=limit - before)
+        binning = self.binnings[t]
+        parts = self.fleet.map("candidates", t, binning, min(cut, binning.bins), need)
+        return rank_table(pa.concat_tables(parts))
+
+
+def _empty() -> Any:
+    import pyarrow as pa
+
+    return pa.table({"part": pa.array([], pa.int32()), "row": pa.array([], pa.int64()), "key": pa.array([], pa.int64()),
+                     "tokens": pa.array([], pa.int64()), "docid": pa.array([], pa.large_string())})
+
+
+def _ids(table: Any) -> np.ndarray:
+    return (table.column("part").to_numpy().astype(np.int64) << ROW_BITS) | table.column("row").to_numpy()
+
+
+def _budget(quota: Quota, pool: Pool) -> int | None:
+    if quota.k is not None:
+        return None
+    return quota.tokens if quota.tokens is not None else fraction_budget_of(pool.tokens, quota.fraction)
+
+
+def select_one(ranking: Ranking, t: int, quota: Quota) -> tuple[np.ndarray, bool]:
+    """One target's selection (ids in order) and whether the quota asked for more than the pool holds."""
+    pool = ranking.pool
+    budget = _budget(quota, pool)
+    if budget is None:
+        ranked = ranking.top(t, rows=quota.k)
+        return _ids(ranked)[:quota.k], quota.k > pool.rows
+    if pool.tokens <= 0:
+        return np.zeros(0, np.int64), budget > pool.tokens
+    ranked = ranking.top(t, tokens=budget)
+    spent = np.cumsum(ranked.column("tokens").to_numpy())
+    stop = int(np.searchsorted(spent, budget, side="right"))
+    return _ids(ranked)[:max(stop, 1)], budget > pool.tokens
+
+
+def paper(ranking: Ranking, quota: Quota, weights: Sequence[float], dedup: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The paper's mixture (``select.paper_mixture``): each target its share, concatenated in target order."""
+    ranking.histograms(range(len(weights)))
+    picks = [select_one(ranking, t, share) for t, share in enumerate(quota.shares(weights))]
+    ids = np.concatenate([p for p, _ in picks])
+    target = np.concatenate([np.full(len(p), t, dtype=np.int64) for t, (p, _) in enumerate(picks)])
+    if dedup:
+        _, first = np.unique(ids, return_index=True)
+        first.sort()
+        ids, target = ids[first], target[first]
+    return ids, target, any(e for _, e in picks)
+
+
+def union(ranking: Ranking, quota: Quota, weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The duplicate-free mixture (``select.union_mixture``): targets take turns, each taking its best
+    document no target has taken yet, until its share is full. Each target ranks only as deep as its
+    turns reach; a target that runs out of ranked rows before the pool does is ranked deeper (doubling)."""
+    pool = ranking.pool
+    shares = quota.shares(weights)
+    ranking.histograms(range(len(weights)))
+    if quota.k is not None:
+        limits = [s.k for s in shares]
+        asked, have, by_tokens = quota.k, pool.rows, False
+    else:
+        limits = [s.tokens if s.tokens is not None else fraction_budget_of(pool.tokens, s.fraction) for s in shares]
+        asked, have, by_tokens = sum(limits), pool.tokens, True
+        if have <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), asked > have
+    per_row = max(pool.tokens / max(pool.rows, 1), 1.0) if by_tokens else 1.0
+    depth = [min(pool.rows, int(limit / per_row * 1.25) + 64) for limit in limits]
+    lists: list[Any] = [None] * len(limits)
+    while True:
+        for t in range(len(limits)):
+            if lists[t] is None:
+                lists[t] = ranking.top(t, rows=depth[t])
+        ids = [_ids(r) for r in lists]
+        costs = [r.column("tokens").to_numpy() if by_tokens else np.ones(r.num_rows, np.int64) for r in lists]
+        complete = [len(i) >= pool.rows for i in ids]
+        chosen, target, short = _round_robin(ids, costs, limits, complete)
+        if short < 0:
+            return chosen, target, asked > have
+        depth[short] = min(pool.rows, 2 * depth[short])
+        lists[short] = None
+
+
+def _round_robin(ids: list[np.ndarray], costs: list[np.ndarray], limits: Sequence[int],
+                 complete: list[bool]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The union's turns over each target's ranked ``ids`` (best first) with per-row ``costs``.
+
+    Returns ``(ids taken, target of each, -1)``, or ``(.., .., t)`` when target ``t`` reached the
+    end of a list that is not ``complete`` (the caller ranks it deeper and runs again).
+    """
+    flat = np.concatenate(ids)
+    uniq, compact = np.unique(flat, return_inverse=True)
+    starts = np.zeros(len(ids) + 1, np.int64)
+    np.cumsum([len(i) for i in ids], out=starts[1:])
+    from nagindex.query.turns import turns
+
+    pos, who, short = turns(compact.astype(np.int64), np.concatenate(costs).astype(np.int64), starts,
+                            np.asarray(limits, np.int64), np.asarray(complete, np.bool_), len(uniq))
+    return uniq[compact[pos]], who, short
+
+
+def select(fleet: Any, plan: ScorePlan, quota: Quota, weights: Sequence[float], mode: str, dedup: bool
+           ) -> tuple[Picked, Pool]:
+    """Score the fleet and select: one target, or a ``paper``/``union`` mixture of several."""
+    pool = score_pool(fleet, plan)
+    ranking = Ranking(fleet, pool)
+    if len(weights) == 1:
+        ids, exhausted = select_one(ranking, 0, quota)
+        target = np.zeros(len(ids), np.int64)
+    elif mode == "paper":
+        ids, target, exhausted = paper(ranking, quota, weights, dedup)
+    else:
+        ids, target, exhausted = union(ranking, quota, weights)
+    ids = np.asarray(ids, np.int64)
+    return Picked(part=ids >> ROW_BITS, row=ids & ((1 << ROW_BITS) - 1), target=target, exhausted=exhausted), pool

@@ -1,0 +1,466 @@
+"""One shard's side of an exact query: score its codes once, then answer the coordinator's rounds.
+
+A ``ShardScan`` streams its shard's memory-mapped codes block by block through a
+scorer (``score.BlockScorer`` on CPU, ``score_torch.TorchScorer`` on a GPU) and
+writes each document's sums to a scratch file (``(P, n)``: 4 bytes per document and
+target for exact integer sums, 8 for float ones), so the rounds after the scan read
+4-8 bytes per document instead of the L x K x 2 bytes of its codes. The scratch is a
+file-backed memory map in a temporary folder: page cache, not anonymous memory.
+
+The coordinator (``query/rank.py``) then asks, per target:
+
+1. ``score``: eligible documents, their tokens and the range of their ranking keys;
+2. ``combine`` (quality only): the combined keys, once the global min/max are known;
+3. ``histogram``: document count and token sum per key bin (``Binning``);
+4. ``candidates``: every row in a bin below the threshold bin, plus the threshold
+   bin's rows in ranking order, cut as soon as they can no longer be selected
+   (``Need``);
+5. ``fetch``: the output columns of the selected rows.
+
+Every answer is computed block by block: a shard holds one block, its scratch map and
+the rows it returns, whatever its size and however long its docids. Ranking keys
+ascend (lower is better): ``-raw`` for exact sums, the NAG distance ``1 - similarity``
+for float sums, the quality-combined score with a quality file. A document that takes
+no part (hidden as a later copy of an id, no quality value, not an ``--approx``
+candidate) is marked in the scratch (-1 / NaN) and never counted.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: rows of codes per scorer call: 64K x 28 x 20 uint16 is 72 MB, streamed from the page cache
+CODE_BLOCK = 65536
+#: rows per pass over the scratch sums (4-8 bytes a row and target)
+SCRATCH_BLOCK = 1 << 20
+#: bins of a key histogram; the threshold bin's rows are ordered exactly, so this only sets their number
+MAX_BINS = 1 << 18
+#: Hamming distances of 4096-bit fingerprints: 0..4096
+HAMMING_BINS = 4097
+
+
+@dataclass(frozen=True)
+class QualitySpec:
+    """``--quality-file``: a quality value per docid, combined with the NAG distance (spec sec. 4)."""
+
+    path: str
+    column: str
+    id_field: str = "docid"
+    higher_is_better: bool = False
+
+
+@dataclass(frozen=True)
+class ScorePlan:
+    """What every shard scores: P count profiles over the kept layers, and who takes part.
+
+    ``approx``: query fingerprints ``(P, 512)`` and a Hamming radius each: only the
+    documents within the radius of any of them are scored (``--approx``).
+    """
+
+    profiles: np.ndarray  # (P, L', width) integer counts
+    layers: tuple[int, ...]
+    power: float = 1.0
+    device: str = "cpu"
+    approx: tuple[np.ndarray, np.ndarray] | None = None
+    quality: QualitySpec | None = None
+
+
+@dataclass(frozen=True)
+class Binning:
+    """A monotone map of ranking keys to ``bins`` histogram bins, the same on every shard.
+
+    Exact (integer) keys: ``(key - lo) >> shift``; float keys: ``floor((key - lo) * scale)``,
+    capped at the last bin. Equal keys share a bin and a lower key never gets a later bin,
+    so "every row in an earlier bin ranks before every row of this one" holds exactly.
+    """
+
+    lo: float
+    bins: int
+    exact: bool
+    shift: int = 0
+    scale: float = 0.0
+
+    @classmethod
+    def over(cls, lo: float, hi: float, exact: bool) -> Binning:
+        if exact:
+            span = int(hi) - int(lo)
+            shift = max(0, span.bit_length() - (MAX_BINS.bit_length() - 1))
+            return cls(lo=int(lo), bins=(span >> shift) + 1, exact=True, shift=shift)
+        if not hi > lo:
+            return cls(lo=float(lo), bins=1, exact=False)
+        return cls(lo=float(lo), bins=MAX_BINS, exact=False, scale=MAX_BINS / (float(hi) - float(lo)))
+
+    def of(self, keys: np.ndarray) -> np.ndarray:
+        if self.exact:
+            return (keys - np.int64(self.lo)) >> np.int64(self.shift)
+        if self.bins == 1:
+            return np.zeros(len(keys), dtype=np.int64)
+        return np.minimum(((keys - self.lo) * self.scale).astype(np.int64), self.bins - 1)
+
+
+@dataclass(frozen=True)
+class Need:
+    """How much of the threshold bin a shard must return: its first ``rows`` rows in ranking order,
+    or its rows until their tokens pass ``tokens`` (the row that passes it included)."""
+
+    rows: int | None = None
+    tokens: int | None = None
+
+    def cut(self, table: Any) -> Any:
+        """The rows of ``table`` (already in ranking order) that can still be selected."""
+        if self.rows is not None:
+            return table.slice(0, self.rows)
+        spent = np.cumsum(table.column("tokens").to_numpy())
+        return table.slice(0, int(np.searchsorted(spent, self.tokens, side="right")) + 1)
+
+
+def rank_table(table: Any) -> Any:
+    """``table`` (columns key, docid, ...) sorted by ``(key, docid)``; docids compare as UTF-8 bytes,
+    which is Python's ``str`` order."""
+    import pyarrow.compute as pc
+
+    if table.num_rows < 2:
+        return table
+    return table.take(pc.sort_indices(table, sort_keys=[("key", "ascending"), ("docid", "ascending")]))
+
+
+class ShardScan:
+    """The query side of one store folder: its derived snapshot minus the rows ``hidden`` elsewhere."""
+
+    def __init__(self, path: str | os.PathLike, hidden: np.ndarray | None = None, part: int = 0,
+                 scratch_root: str | None = None) -> None:
+        from nagindex.index.derived import open_shard
+
+        self.path, self.part = Path(path), part
+        self.view = open_shard(path)
+        self.hidden = np.zeros(0, np.int64) if hidden is None else np.asarray(hidden, np.int64)
+        self._scratch_root = scratch_root or os.environ.get("NAGINDEX_SCRATCH") or None
+        self._dir: Path | None = None
+        self._sums: np.ndarray | None = None  # (P, n) int32 raw sums, or float64 similarities
+        self._combined: np.ndarray | None = None  # (P, n) float64 quality-combined keys
+        self._quality: np.ndarray | None = None  # (n,) float64
+        self.plan: ScorePlan | None = None
+        self._norm = np.zeros(0)
+        self._exact = True
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def describe(self) -> dict[str, Any]:
+        """The shard's manifest and its visible rows (hidden ones left out), before any scoring."""
+        return {"manifest": self.view.manifest, "visible_rows": len(self.view) - len(self.hidden)}
+
+    # ------------------------------------------------------------ round 0 (--approx)
+    def hamming_histogram(self, queries: np.ndarray) -> np.ndarray:
+        """``(Q, 4097)`` counts of visible documents per Hamming distance to each query fingerprint."""
+        hist = np.zeros((len(queries), HAMMING_BINS), dtype=np.int64)
+        for lo, hi, visible in self._blocks(CODE_BLOCK):
+            dist = self._hamming(lo, hi, queries)
+            for q in range(len(queries)):
+                hist[q] += np.bincount(dist[q][visible], minlength=HAMMING_BINS)
+        return hist
+
+    def _hamming(self, lo: int, hi: int, queries: np.ndarray) -> np.ndarray:
+        fp = np.ascontiguousarray(self.view.faiss_index().codes[lo:hi]).view("<u8")
+        q = np.ascontiguousarray(queries, dtype=np.uint8).view("<u8")
+        return np.stack([np.bitwise_count(fp ^ q[i]).sum(axis=1, dtype=np.int64) for i in range(len(q))])
+
+    # ------------------------------------------------------------ round 1
+    def score(self, plan: ScorePlan) -> dict[str, Any]:
+        """Scan the codes once into the scratch sums; return ``stats()``."""
+        from nagindex.query.score_torch import make_scorer
+
+        self.close()
+        self.plan = plan
+        manifest = self.view.manifest
+        shape = (len(self.view), manifest["num_layers"], manifest["top_k"])
+        scorer = make_scorer(shape, plan.profiles, np.asarray(plan.layers), plan.power, plan.device)
+        self._norm, self._exact = scorer.norm, scorer.exact
+        n, p = len(self.view), scorer.num_profiles
+        self._sums = self._scratch("sums", (p, n), np.int32 if self._exact else np.float64)
+        if plan.quality is not None:
+            self._quality = self._scratch("quality", (n,), np.float64)
+            self._join_quality(plan.quality)
+        codes = self.view.codes
+        for lo, hi, take in self._blocks(CODE_BLOCK):
+            if plan.approx is not None:
+                queries, radius = plan.approx
+                take &= (self._hamming(lo, hi, queries) <= np.asarray(radius)[:, None]).any(axis=0)
+            if self._quality is not None:
+                take &= ~np.isnan(self._quality[lo:hi])
+            out = self._sums[:, lo:hi]
+            out[:] = -1 if self._exact else np.nan
+            if take.all():
+                sums = scorer.sums(codes[lo:hi], lo)
+            else:
+                where = np.flatnonzero(take)
+                sums = scorer.sums(np.asarray(codes[lo + where]), lo) if len(where) else None
+            if sums is None:
+                continue
+            values = sums.T if self._exact else sums.T / self._norm[:, None]
+            if take.all():
+                out[:] = values
+            else:
+                out[:, where] = values
+        return self.stats()
+
+    def _join_quality(self, spec: QualitySpec) -> None:
+        """Each row's quality value (NaN where the file has none), joined on docid; the first of repeated ids wins."""
+        import pyarrow as pa
+
+        from nagindex.query.sources import read_keyed_values
+
+        ids, values = read_keyed_values(Path(spec.path), spec.id_field, spec.column)
+        self._quality[:] = np.nan
+        if len(ids) == 0:
+            return
+        first = pa.table({"docid": ids, "q": values, "i": pa.array(np.arange(len(ids)))})
+        first = first.group_by("docid").aggregate([("i", "min")])
+        keep = first.column("i_min").to_numpy()
+        lookup = pa.table({"docid": ids.take(keep), "q": values.take(keep)})
+        for lo in range(0, len(self.view), SCRATCH_BLOCK):
+            hi = min(len(self.view), lo + SCRATCH_BLOCK)
+            block = pa.table({"docid": self.view.docids.arrow().slice(lo, hi - lo),
+                              "row": pa.array(np.arange(lo, hi, dtype=np.int64))})
+            joined = block.join(lookup, "docid", join_type="inner")
+            rows = joined.column("row").to_numpy()
+            self._quality[rows] = joined.column("q").to_numpy(zero_copy_only=False)
+
+    def stats(self) -> dict[str, Any]:
+        """Visible rows and tokens; per target, eligible rows and tokens and the key range
+        (and, before ``combine``, the distance and quality ranges a quality file needs)."""
+        visible_rows, visible_tokens = 0, 0
+        p = len(self._sums)
+        rows, tokens = 0, 0
+        key_lo, key_hi = np.full(p, np.inf), np.full(p, -np.inf)
+        dist_lo, dist_hi = np.full(p, np.inf), np.full(p, -np.inf)
+        q_lo, q_hi = np.inf, -np.inf
+        tok = self.view.token_counts
+        for lo, hi, visible in self._blocks(SCRATCH_BLOCK):
+            visible_rows += int(visible.sum())
+            visible_tokens += int(np.asarray(tok[lo:hi])[visible].sum())
+            ok = self._eligible(lo, hi)
+            if not ok.any():
+                continue
+            rows += int(ok.sum())
+            tokens += int(np.asarray(tok[lo:hi])[ok].sum())
+            for t in range(p):
+                key = self.keys(t, lo, hi)[ok]
+                key_lo[t], key_hi[t] = min(key_lo[t], key.min()), max(key_hi[t], key.max())
+                if self._quality is not None and self._combined is None:
+                    dist = self.distance(t, lo, hi)[ok]
+                    dist_lo[t], dist_hi[t] = min(dist_lo[t], dist.min()), max(dist_hi[t], dist.max())
+            if self._quality is not None:
+                q = self._quality[lo:hi][ok]
+                q_lo, q_hi = min(q_lo, float(q.min())), max(q_hi, float(q.max()))
+        return {"visible_rows": visible_rows, "visible_tokens": visible_tokens, "rows": rows, "tokens": tokens,
+                "exact": self._exact and self._combined is None, "key_lo": key_lo, "key_hi": key_hi,
+                "dist_lo": dist_lo, "dist_hi": dist_hi, "q_lo": q_lo, "q_hi": q_hi}
+
+    # ------------------------------------------------------------ round 2 (quality)
+    def combine(self, dist_range: np.ndarray, q_range: tuple[float, float]) -> dict[str, Any]:
+        """Quality-combined keys from the global ranges (spec sec. 4): min-max distance + min-max quality,
+        inverted when higher quality is better. ``dist_range`` is ``(P, 2)``."""
+        spec = self.plan.quality
+        p, n = self._sums.shape
+        self._combined = self._scratch("combined", (p, n), np.float64)
+        for lo, hi, _ in self._blocks(SCRATCH_BLOCK):
+            q = _minmax(self._quality[lo:hi], *q_range)
+            q = 1.0 - q if spec.higher_is_better else q
+            for t in range(p):
+                self._combined[t, lo:hi] = _minmax(self.distance(t, lo, hi), *dist_range[t]) + q
+        return self.stats()
+
+    # ------------------------------------------------------------ round 3
+    def histogram(self, binnings: list[Binning | None]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per target with a binning: eligible rows and their tokens per bin (int64 each)."""
+        out = [None if b is None else (np.zeros(b.bins, np.int64), np.zeros(b.bins, np.int64)) for b in binnings]
+        tok = self.view.token_counts
+        for lo, hi, _ in self._blocks(SCRATCH_BLOCK):
+            ok = self._eligible(lo, hi)
+            tokens = np.asarray(tok[lo:hi])[ok].astype(np.float64)
+            for t, b in enumerate(binnings):
+                if b is None:
+                    continue
+                bins = b.of(self.keys(t, lo, hi)[ok])
+                out[t][0][:] += np.bincount(bins, minlength=b.bins)
+                out[t][1][:] += np.bincount(bins, weights=tokens, minlength=b.bins).astype(np.int64)
+        return out
+
+    # ------------------------------------------------------------ round 4
+    def candidates(self, target: int, binning: Binning, cut: int, need: Need | None) -> Any:
+        """Arrow table (part, row, key, tokens, docid): every eligible row in a bin before ``cut``, and the
+        rows of bin ``cut`` in ranking order, as far as ``need`` reaches (all of them without ``need``)."""
+        import pyarrow as pa
+
+        before, edge = [], []
+        kept = 0
+        tok = self.view.token_counts
+        for lo, hi, _ in self._blocks(SCRATCH_BLOCK):
+            ok = np.flatnonzero(self._eligible(lo, hi))
+            key = self.keys(t=target, lo=lo, hi=hi)[ok]
+            bins = binning.of(key)
+            for chosen, into in ((bins < cut, before), (bins == cut, edge)):
+                rows = ok[chosen]
+                if len(rows):
+                    into.append(self._table(rows + lo, key[chosen], np.asarray(tok[lo:hi])[rows]))
+            if need is not None and edge and sum(t.num_rows for t in edge) > 2 * max(kept, 1 << 16):
+                edge = [need.cut(rank_table(pa.concat_tables(edge)))]  # keep the threshold bin's rows bounded
+                kept = edge[0].num_rows
+        tables = before
+        if edge:
+            ranked = rank_table(pa.concat_tables(edge))
+            tables = [*before, ranked if need is None else need.cut(ranked)]
+        return pa.concat_tables(tables) if tables else self._table(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+
+    def _table(self, rows: np.ndarray, key: np.ndarray, tokens: np.ndarray) -> Any:
+        import pyarrow as pa
+
+        from nagindex.arrays import numeric_array
+
+        docids = self.view.docids.arrow().take(numeric_array(rows.astype(np.int64))) if len(rows) else \
+            pa.array([], pa.large_string())
+        return pa.table({"part": pa.array(np.full(len(rows), self.part, np.int32)),
+                         "row": numeric_array(rows.astype(np.int64)),
+                         "key": numeric_array(key.astype(np.int64 if self._keys_exact else np.float64)),
+                         "tokens": numeric_array(np.asarray(tokens, dtype=np.int64)), "docid": docids})
+
+    # ------------------------------------------------------------ round 5
+    def fetch(self, rows: np.ndarray, with_text: bool = False) -> dict[str, Any]:
+        """The output columns of ``rows`` (in the given order): docid, similarity and combined key per
+        target ``(P, m)``, tokens, source, position and, ``with_text``, the text read back from its source."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")  # read the maps in row order, answer in the given order
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        ordered = rows[order]
+        sims = self.similarity(ordered)[:, back]
+        view = self.view
+        sources = [view.sources[i] for i in np.asarray(view.source_ids[ordered])[back]]
+        positions = np.asarray(view.positions[ordered])[back]
+        out = {"docid": view.docids.take(rows), "similarity": sims,
+               "combined": None if self._combined is None else np.asarray(self._combined[:, ordered])[:, back],
+               "token_count": np.asarray(view.token_counts[ordered])[back], "source": sources,
+               "position": positions}
+        if with_text:
+            from nagindex.query.write import fetch_texts
+
+            manifest = view.manifest
+            out["text"] = fetch_texts(sources, positions, text_field=manifest.get("text_field", "doc"),
+                                      id_field=manifest.get("id_field", "docid"))
+        return out
+
+    def similarity(self, rows: np.ndarray) -> np.ndarray:
+        """``(P, len(rows))`` similarity of sorted ``rows`` to each target (NaN where not scored)."""
+        sums = np.asarray(self._sums[:, rows])
+        if not self._exact:
+            return sums
+        sim = sums / self._norm[:, None]
+        sim[sums < 0] = np.nan
+        return sim
+
+    # ------------------------------------------------------------ keys
+    @property
+    def _keys_exact(self) -> bool:
+        return self._exact and self._combined is None
+
+    def keys(self, t: int, lo: int, hi: int) -> np.ndarray:
+        """Target ``t``'s ranking keys of rows ``lo:hi`` (meaningful where ``_eligible``)."""
+        if self._combined is not None:
+            return np.asarray(self._combined[t, lo:hi])
+        if self._exact:
+            return -np.asarray(self._sums[t, lo:hi], dtype=np.int64)
+        return 1.0 - np.asarray(self._sums[t, lo:hi])
+
+    def distance(self, t: int, lo: int, hi: int) -> np.ndarray:
+        """NAG distance ``1 - similarity`` of rows ``lo:hi`` (the reference's key, as float64)."""
+        sums = np.asarray(self._sums[t, lo:hi])
+        return 1.0 - (sums / self._norm[t] if self._exact else sums)
+
+    def _eligible(self, lo: int, hi: int) -> np.ndarray:
+        first = self._sums[0, lo:hi]
+        return np.asarray(first >= 0) if self._exact else ~np.isnan(first)
+
+    def _blocks(self, size: int):
+        """``(lo, hi, visible)`` over the shard in blocks; ``visible`` is False for hidden rows."""
+        for lo in range(0, len(self.view), size):
+            hi = min(len(self.view), lo + size)
+            visible = np.ones(hi - lo, dtype=bool)
+            a, b = np.searchsorted(self.hidden, [lo, hi])
+            visible[self.hidden[a:b] - lo] = False
+            yield lo, hi, visible
+
+    # ------------------------------------------------------------ scratch
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix=f"nagindex-scan-{self.part}-", dir=self._scratch_root))
+        if int(np.prod(shape)) == 0:
+            return np.zeros(shape, dtype=dtype)
+        return np.lib.format.open_memmap(self._dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+
+    def close(self) -> None:
+        """Drop the scratch of the last query (its files go at once; the shard's maps stay open)."""
+        self._sums = self._combined = self._quality = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def _minmax(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Spec sec. 4 min-max normalisation with global ``lo``/``hi`` (a constant column gives 0)."""
+    return np.zeros_like(x) if hi == lo else (x - lo) / (hi - lo)
+
+
+
+class _Ids:
+    """Docids held in memory, with the ``arrow()`` a ``ShardScan`` reads them through."""
+
+    def __init__(self, docids: Any) -> None:
+        import pyarrow as pa
+
+        if hasattr(docids, "arrow"):
+            self._arrow = pa.array(docids.arrow(), pa.large_string())
+        else:
+            self._arrow = pa.array([str(d) for d in docids], pa.large_string())
+
+    def arrow(self) -> Any:
+        return self._arrow
+
+
+class _Arrays:
+    def __init__(self, docids: Any, token_counts: np.ndarray) -> None:
+        self.docids, self.token_counts = _Ids(docids), token_counts
+
+    def __len__(self) -> int:
+        return len(self.token_counts)
+
+
+class ArrayPart(ShardScan):
+    """A pool already scored and held in memory: ranking keys ``(P, n)`` (NaN: takes no part), docids
+    and token counts. The array functions of ``select.py`` rank through it with the same rounds as an index."""
+
+    def __init__(self, keys: np.ndarray, docids: Any, token_counts: np.ndarray, part: int = 0) -> None:
+        self.part, self.hidden = part, np.zeros(0, np.int64)
+        self.view = _Arrays(docids, token_counts)
+        self._keys = keys
+        self._exact = keys.dtype.kind in "iu"
+        self._sums, self._combined, self._quality, self._dir = keys, None, None, None
+
+    def keys(self, t: int, lo: int, hi: int) -> np.ndarray:
+        return self._keys[t, lo:hi]
+
+    def _eligible(self, lo: int, hi: int) -> np.ndarray:
+        block = self._keys[0, lo:hi]
+        return np.ones(len(block), bool) if self._exact else ~np.isnan(block)
+
+    def score(self, plan: ScorePlan | None = None) -> dict[str, Any]:
+        return self.stats()

@@ -114,14 +114,24 @@ def test_ray_sharded_ingest_equals_one_shard(golden_dir, corpus, tmp_path):
     """One Ray task per shard, each reading its own inputs: the same index as one local writer."""
     ray = pytest.importorskip("ray")
     model = str(golden_dir / "model")
+    from nagindex.query.run import query
+
+    ingest([corpus], tmp_path / "one", backbone=model, **SETTINGS)
+    target = {"features": str(golden_dir / "features_fwd_up_only/target/target.jsonl")}
+    expected = query(target, tmp_path / "one", fraction=0.4, with_text=True).table
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         res = ingest([corpus], tmp_path / "ray", backbone=model, shards=3, ray_address="local", **SETTINGS)
+        # each shard scored by its own actor, on the node the catalog records; texts read there
+        got = query(target, tmp_path / "ray", fraction=0.4, with_text=True, ray_address="local").table
     finally:
         ray.shutdown()
-    ingest([corpus], tmp_path / "one", backbone=model, **SETTINGS)
     assert _rows(tmp_path / "ray") == _rows(tmp_path / "one")
     assert res.hidden + res.reject_reasons.get("duplicate id", 0) == 2
+    assert got.equals(expected)
+    assert all(t for t in got.column("text").to_pylist()) and len(got) > 0
+    ips = [s.get("node_ip") for s in load_catalog(tmp_path / "ray").shards]
+    assert any(ips) and len(set(filter(None, ips))) == 1  # one node here
 
 
 def test_info_lists_the_shards(golden_dir, corpus, tmp_path):

@@ -1,0 +1,203 @@
+"""Query at scale: every query form gives the same selection file on 1, 2 and 7 shards (two of them
+empty), through Ray actors too, with the threshold bin cut to what can still be selected."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nagindex.errors import NagIndexError
+from nagindex.index.derived import open_index
+from nagindex.query import approx
+from nagindex.query.request import TargetRequest
+from nagindex.query.run import query
+from tests.query import pools
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("scale")
+    files = pools.write_pool(root / "data")
+    out = {name: path for name, path in pools.write_targets(root / "data").items()}
+    out["quality"] = pools.write_quality(root / "data", files)
+    for shards in (1, 2, 7):
+        out[f"idx{shards}"] = pools.build_index(files, root / f"idx{shards}", shards)
+    return out
+
+
+def _forms(d: dict[str, Path]) -> dict[str, tuple[list[TargetRequest], dict]]:
+    def t(name: str, weight: float = 1.0) -> TargetRequest:
+        return TargetRequest("features", str(d[name]), weight=weight)
+
+    quality = {"quality_file": str(d["quality"]), "quality_col": "q"}
+    return {
+        "k37": ([t("alpha")], {"k": 37}), "k1": ([t("alpha")], {"k": 1}), "k_all": ([t("beta")], {"k": 5000}),
+        "fraction": ([t("alpha")], {"fraction": 0.2}), "fraction_1": ([t("gamma")], {"fraction": 1.0}),
+        "tokens": ([t("beta")], {"tokens": 5000}), "tokens_0": ([t("beta")], {"tokens": 0}),
+        "paper": ([t("alpha", 2), t("beta"), t("gamma")], {"fraction": 0.3}),
+        "paper_dedup": ([t("alpha", 2), t("alpha"), t("gamma")], {"fraction": 0.3, "dedup": True}),
+        "paper_k": ([t("alpha"), t("beta", 3)], {"k": 50}),
+        "union_k": ([t("alpha"), t("beta"), t("gamma")], {"k": 40, "mode": "union"}),
+        "union_same": ([t("alpha"), t("alpha")], {"k": 300, "mode": "union"}),  # maximal overlap: ranks deeper
+        "union_tokens": ([t("alpha", 2), t("beta")], {"tokens": 30000, "mode": "union"}),
+        "union_all": ([t("alpha"), t("beta")], {"fraction": 1.0, "mode": "union"}),
+        "layers": ([t("alpha")], {"fraction": 0.2, "layers": "0,-1"}),
+        "power": ([t("alpha")], {"fraction": 0.2, "power": 2.0}),
+        "power_mix": ([t("alpha"), t("gamma")], {"k": 60, "power": 0.5}),
+        "quality": ([t("alpha")], {"fraction": 0.3, **quality}),
+        "quality_mix": ([t("alpha"), t("beta")], {"k": 44, "invert_quality": True, **quality}),
+        "approx": ([t("alpha"), t("beta")], {"k": 10, "approx": True}),
+    }
+
+
+FORMS = list(_forms({n: Path(n) for n in ("alpha", "beta", "gamma", "quality")}))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_query_form_is_the_same_on_any_number_of_shards(data, form, tmp_path, monkeypatch):
+    monkeypatch.setattr(approx, "MIN_CANDIDATES", 200)  # --approx really cuts (2,502 docs)
+    targets, options = _forms(data)[form]
+    tables = []
+    for shards in (1, 2, 7):
+        out = tmp_path / f"{shards}.parquet"
+        query(targets, data[f"idx{shards}"], out=out, **options)
+        tables.append(pq.read_table(out))
+    assert tables[0].num_rows > 0
+    assert tables[1].equals(tables[0]) and tables[2].equals(tables[0])
+
+
+def _full_sort(index: Path, target: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Docids, similarity and tokens of the whole pool in rank order: an independent full sort."""
+    from nagindex.ingest.features import read_features
+    from nagindex.query.profile import count_profile
+    from nagindex.query.score import score_codes
+
+    view = open_index(index)
+    codes = np.stack([r[1] for r in read_features([target], "fwd_up", **pools.SHAPE)])
+    sim = score_codes(view.codes, count_profile(codes, pools.SHAPE["width"])).similarity[0]
+    ids = view.docids.take(np.arange(len(view)))
+    order = sorted(range(len(ids)), key=lambda r: (-sim[r], ids[r]))
+    return [ids[r] for r in order], sim[order], np.asarray(view.token_counts)[order]
+
+
+@pytest.mark.parametrize("shards", [1, 7])
+def test_selection_is_the_full_sort_prefix(data, shards):
+    ids, sim, tokens = _full_sort(data["idx1"], data["alpha"])
+    t = [TargetRequest("features", str(data["alpha"]))]
+    for k in (1, 37, 800):
+        got = query(t, data[f"idx{shards}"], k=k).table
+        assert got.column("docid").to_pylist() == ids[:k]
+        assert got.column("score").to_pylist() == sim[:k].tolist()
+    budget = int(tokens.sum() * 0.2)
+    stop = int(np.searchsorted(np.cumsum(tokens), budget, side="right"))
+    assert query(t, data[f"idx{shards}"], fraction=0.2).table.column("docid").to_pylist() == ids[:stop]
+
+
+def test_ties_straddle_the_threshold(data):
+    """Widths of 48 make many equal scores: the cut falls inside a run of ties, ordered by docid."""
+    _, sim, _ = _full_sort(data["idx1"], data["alpha"])
+    k = next(k for k in range(30, 300) if sim[k - 1] == sim[k])
+    assert len(query([TargetRequest("features", str(data["alpha"]))], data["idx7"], k=k)) == k
+
+
+def test_the_threshold_bin_is_cut_to_what_can_still_be_selected():
+    """200,000 tied documents: a shard returns the 5 (by docid) a k=5 query can take, or the rows a token
+    budget can reach, not the whole bin."""
+    from nagindex.query.scan import ArrayPart, Binning, Need
+
+    n = 200_000
+    rng = np.random.default_rng(0)
+    ids = [f"d{i:07d}" for i in rng.permutation(n)]
+    part = ArrayPart(np.zeros((1, n)), ids, np.full(n, 10))
+    got = part.candidates(0, Binning.over(0.0, 0.0, False), 0, Need(rows=5))
+    assert got.column("docid").to_pylist() == [f"d{i:07d}" for i in range(5)]
+    got = part.candidates(0, Binning.over(0.0, 0.0, False), 0, Need(tokens=25))
+    assert got.column("docid").to_pylist() == [f"d{i:07d}" for i in range(3)]  # 10, 20, then the one passing 25
+
+
+def test_quality_from_parquet_and_bad_values(data, tmp_path):
+    recs = [json.loads(line) for line in data["quality"].read_text().splitlines()]
+    pq.write_table(pa.table({"docid": [r["docid"] for r in recs], "q": [r["q"] for r in recs]}), tmp_path / "q.parquet")
+    t = [TargetRequest("features", str(data["alpha"]))]
+    a = query(t, data["idx7"], k=30, quality_file=data["quality"], quality_col="q").table
+    b = query(t, data["idx1"], k=30, quality_file=tmp_path / "q.parquet", quality_col="q").table
+    assert a.equals(b)
+    (tmp_path / "bad.jsonl").write_text('{"docid": "0", "q": 0.5}\n{"docid": "1", "q": "high"}\n')
+    with pytest.raises(NagIndexError, match=r"bad.jsonl:2: field 'q' is 'high'"):
+        query(t, data["idx7"], k=3, quality_file=tmp_path / "bad.jsonl", quality_col="q")
+
+
+def test_torch_scorer_selects_like_numba(data, monkeypatch):
+    """The GPU path (torch), run on CPU torch: the same selection files, bit for bit."""
+    pytest.importorskip("torch")
+    from nagindex.query import score_torch
+
+    forms = _forms(data)
+    before = {f: query(*forms[f][:1], data["idx2"], **forms[f][1]).table for f in ("paper", "union_k", "power")}
+    monkeypatch.setattr(score_torch, "make_scorer",
+                        lambda shape, profiles, layers, power, device="cpu":
+                        score_torch.TorchScorer(shape, profiles, layers, power, "cpu"))
+    for f, table in before.items():
+        got = query(*forms[f][:1], data["idx2"], **forms[f][1]).table
+        if f == "power":  # float weights summed in another order: equal to rounding
+            assert got.column("docid").equals(table.column("docid"))
+            np.testing.assert_allclose(got.column("score").to_numpy(), table.column("score").to_numpy(), rtol=1e-12)
+        else:
+            assert got.equals(table)
+
+
+def test_cuda_without_a_gpu_says_so(data):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    with pytest.raises(NagIndexError, match="no CUDA device"):
+        query([TargetRequest("features", str(data["alpha"]))], data["idx1"], k=3, device="cuda")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_actors_give_the_same_selection_and_survive_a_lost_actor(data, ray_cluster, monkeypatch):
+    from nagindex.query import fleet
+
+    forms = _forms(data)
+    for form in ("paper", "quality_mix", "union_k"):
+        local = query(*forms[form][:1], data["idx7"], **forms[form][1]).table
+        assert query(*forms[form][:1], data["idx7"], ray_address="local", **forms[form][1]).table.equals(local)
+    # an actor killed between rounds is started again, the rounds it held are replayed
+    real_each, killed = fleet.RayFleet.each, []
+
+    def each(self, name, args):
+        if name == "histogram" and not killed:
+            ray_cluster.kill(self.actors[1], no_restart=True)
+            killed.append(1)
+        return real_each(self, name, args)
+
+    monkeypatch.setattr(fleet.RayFleet, "each", each)
+    again = query(*forms["paper"][:1], data["idx7"], ray_address="local", **forms["paper"][1]).table
+    assert killed and again.equals(query(*forms["paper"][:1], data["idx7"], **forms["paper"][1]).table)
+
+
+def test_ray_shard_that_cannot_be_reached_fails_the_query(data, ray_cluster, monkeypatch):
+    from nagindex.query import fleet
+
+    real_submit = fleet.RayFleet._submit
+
+    def submit(self, i, name, args):
+        if name == "histogram" and i == 1:
+            ray_cluster.kill(self.actors[i], no_restart=True)  # dies on every attempt
+        return real_submit(self, i, name, args)
+
+    monkeypatch.setattr(fleet.RayFleet, "_submit", submit)
+    with pytest.raises(NagIndexError, match="shard shard-0000.* could not be reached on Ray after 4 attempts"):
+        query([TargetRequest("features", str(data["alpha"]))], data["idx7"], k=5, ray_address="local")

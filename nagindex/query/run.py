@@ -236,47 +236,53 @@ def feature_codes(t: TargetRequest, manifest: dict[str, Any]) -> np.ndarray:
 
 
 def _columns(fleet: Any, picked: Any, names: list[str], with_text: bool, quality: bool) -> dict[str, Any]:
-    """The selection file's columns, in selection order: each shard fetches its selected rows."""
+    """The selection file's columns, in selection order: each shard fetches its selected rows, which are
+    then put in order with one Arrow ``take`` (no Python object per row but the texts)."""
+    import pyarrow as pa
+
+    from nagindex.arrays import numeric_array
+
     n, p = len(picked), len(names)
-    target = picked.target
-    docids: list[Any] = [None] * n
-    sims = np.full((p, n), np.nan)
-    combined = np.full((p, n), np.nan) if quality else None
-    token_count = np.zeros(n, np.int64)
-    position = np.zeros(n, np.int64)
-    sources: list[Any] = [None] * n
-    texts: list[Any] = [None] * n
-    parts = np.unique(picked.part)
-    where = [np.flatnonzero(picked.part == part) for part in parts]
-    specs = {spec["part"]: i for i, spec in enumerate(fleet.specs)}
-    args: list[tuple[Any, ...]] = [(np.zeros(0, np.int64), False)] * len(fleet.specs)
-    for part, idx in zip(parts, where):
-        args[specs[int(part)]] = (picked.row[idx], with_text)
+    by_part = np.argsort(picked.part, kind="stable")  # selection positions grouped by part, in part order
+    bounds = np.searchsorted(picked.part[by_part], [spec["part"] for spec in fleet.specs] + [np.iinfo(np.int64).max])
+    args = [(picked.row[by_part[bounds[i]:bounds[i + 1]]], with_text) for i in range(len(fleet.specs))]
     answers = fleet.each("fetch", args)
-    for part, idx in zip(parts, where):
-        got = answers[specs[int(part)]]
-        sims[:, idx] = got["similarity"]
-        if combined is not None:
-            combined[:, idx] = got["combined"]
-        token_count[idx] = got["token_count"]
-        position[idx] = got["position"]
-        for j, i in enumerate(idx.tolist()):
-            docids[i], sources[i] = got["docid"][j], got["source"][j]
-            if with_text:
-                texts[i] = got["text"][j]
-    score = sims[target, np.arange(n)]
-    columns: dict[str, Any] = {"rank": np.arange(1, n + 1, dtype=np.int64), "docid": docids, "score": score,
-                               "nag_distance": 1.0 - score, "token_count": token_count, "source": sources,
-                               "position": position}
-    if combined is not None:
-        columns["combined_score"] = combined[target, np.arange(n)]
+    to_order = np.empty(n, np.int64)
+    to_order[by_part] = np.arange(n)  # selection position -> position in the parts' concatenation
+    take = numeric_array(to_order)
+
+    def gather(key: str) -> Any:
+        return pa.concat_arrays([a[key] for a in answers]).take(take)
+
+    def stack(key: str) -> np.ndarray:
+        return np.concatenate([a[key] for a in answers], axis=-1)[..., to_order]
+
+    sims = stack("similarity").reshape(p, n)
+    target, at = picked.target, np.arange(n)
+    score = sims[target, at]
+    columns: dict[str, Any] = {"rank": np.arange(1, n + 1, dtype=np.int64), "docid": _narrow(gather("docid")),
+                               "score": score, "nag_distance": 1.0 - score, "token_count": stack("token_count"),
+                               "source": gather("source"), "position": stack("position")}
+    if quality:
+        columns["combined_score"] = stack("combined").reshape(p, n)[target, at]
     if p > 1:
-        columns["target"] = [names[i] for i in target]
+        columns["target"] = pa.array(names, pa.string()).take(numeric_array(target.astype(np.int64)))
         for i, name in enumerate(names):
             columns[f"score_{name}"] = sims[i]
     if with_text:
-        columns["text"] = texts
+        texts = [t for a in answers for t in a["text"]]
+        columns["text"] = [texts[i] for i in to_order.tolist()]
     return columns
+
+
+def _narrow(strings: Any) -> Any:
+    """A large_string column as ``string`` where its bytes allow (the type every selection file had)."""
+    import pyarrow as pa
+
+    try:
+        return strings.cast(pa.string())
+    except pa.ArrowInvalid:  # 2 GB of docids or more
+        return strings
 
 
 def _table(columns: dict[str, Any]) -> Any:
@@ -284,10 +290,6 @@ def _table(columns: dict[str, Any]) -> Any:
 
     from nagindex.arrays import arrow_column
 
-    if not len(columns["docid"]):
-        kinds = {"docid": pa.string(), "source": pa.string(), "target": pa.string(), "text": pa.string()}
-        return pa.table({name: pa.array([], kinds.get(name, pa.float64() if name.startswith("score") or name in (
-            "nag_distance", "combined_score") else pa.int64())) for name in columns})
     return pa.table({name: arrow_column(v) for name, v in columns.items()})
 
 

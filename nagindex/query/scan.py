@@ -186,7 +186,8 @@ class ShardScan:
         scorer = make_scorer(shape, plan.profiles, np.asarray(plan.layers), plan.power, plan.device)
         self._norm, self._exact = scorer.norm, scorer.exact
         n, p = len(self.view), scorer.num_profiles
-        self._sums = self._scratch("sums", (p, n), np.int32 if self._exact else np.float64)
+        wide = len(plan.layers) * shape[2] * int(np.max(plan.profiles, initial=0)) >= 2**31
+        self._sums = self._scratch("sums", (p, n), (np.int64 if wide else np.int32) if self._exact else np.float64)
         if plan.quality is not None:
             self._quality = self._scratch("quality", (n,), np.float64)
             self._join_quality(plan.quality)
@@ -336,26 +337,32 @@ class ShardScan:
 
     # ------------------------------------------------------------ round 5
     def fetch(self, rows: np.ndarray, with_text: bool = False) -> dict[str, Any]:
-        """The output columns of ``rows`` (in the given order): docid, similarity and combined key per
-        target ``(P, m)``, tokens, source, position and, ``with_text``, the text read back from its source."""
+        """The output columns of ``rows`` (in the given order): ``docid`` and ``source`` (Arrow strings),
+        ``similarity`` and ``combined`` per target ``(P, m)``, ``token_count``, ``position`` and, ``with_text``,
+        ``text`` read back from the sources. No Python object per row but the texts."""
+        import pyarrow as pa
+
+        from nagindex.arrays import numeric_array
+
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows, kind="stable")  # read the maps in row order, answer in the given order
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
         ordered = rows[order]
-        sims = self.similarity(ordered)[:, back]
         view = self.view
-        sources = [view.sources[i] for i in np.asarray(view.source_ids[ordered])[back]]
+        source_ids = np.asarray(view.source_ids[ordered])[back].astype(np.int64)
         positions = np.asarray(view.positions[ordered])[back]
-        out = {"docid": view.docids.take(rows), "similarity": sims,
+        out = {"docid": view.docids.arrow().take(numeric_array(rows)),
+               "source": pa.array(view.sources, pa.string()).take(numeric_array(source_ids)),
+               "similarity": self.similarity(ordered)[:, back],
                "combined": None if self._combined is None else np.asarray(self._combined[:, ordered])[:, back],
-               "token_count": np.asarray(view.token_counts[ordered])[back], "source": sources,
-               "position": positions}
+               "token_count": np.asarray(view.token_counts[ordered])[back], "position": positions}
         if with_text:
             from nagindex.query.write import fetch_texts
 
             manifest = view.manifest
-            out["text"] = fetch_texts(sources, positions, text_field=manifest.get("text_field", "doc"),
+            out["text"] = fetch_texts([view.sources[i] for i in source_ids], positions,
+                                      text_field=manifest.get("text_field", "doc"),
                                       id_field=manifest.get("id_field", "docid"))
         return out
 

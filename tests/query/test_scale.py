@@ -167,6 +167,17 @@ def ray_cluster():
     ray.shutdown()
 
 
+def _kill(ray, actor) -> None:
+    """Kill a shard actor and wait until it is dead (``ray.kill`` returns before it is)."""
+    ray.kill(actor, no_restart=True)
+    for _ in range(100):
+        try:
+            ray.get(actor.call.remote("describe"), timeout=10)
+        except ray.exceptions.RayActorError:
+            return
+    raise AssertionError("the actor did not die")
+
+
 def test_ray_actors_give_the_same_selection_and_survive_a_lost_actor(data, ray_cluster, monkeypatch):
     from nagindex.query import fleet
 
@@ -179,7 +190,7 @@ def test_ray_actors_give_the_same_selection_and_survive_a_lost_actor(data, ray_c
 
     def each(self, name, args):
         if name == "histogram" and not killed:
-            ray_cluster.kill(self.actors[1], no_restart=True)
+            _kill(ray_cluster, self.actors[1])
             killed.append(1)
         return real_each(self, name, args)
 
@@ -195,7 +206,7 @@ def test_ray_shard_that_cannot_be_reached_fails_the_query(data, ray_cluster, mon
 
     def submit(self, i, name, args):
         if name == "histogram" and i == 1:
-            ray_cluster.kill(self.actors[i], no_restart=True)  # dies on every attempt
+            _kill(ray_cluster, self.actors[i])  # dies on every attempt
         return real_submit(self, i, name, args)
 
     monkeypatch.setattr(fleet.RayFleet, "_submit", submit)

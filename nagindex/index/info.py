@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def _size(path: Path) -> int:
     if path.is_file():
@@ -60,17 +62,22 @@ def shard_table(catalog: Any) -> list[dict[str, Any]]:
 
 
 def _describe_sharded(catalog: Any) -> str:
-    from nagindex.index.derived import open_index
+    from nagindex.index.derived import open_shard
+    from nagindex.index.sharded import shard_specs
 
     shards = shard_table(catalog)
     lines = [f"index            {catalog.root.resolve()} ({len(shards)} shards, catalog.json)"]
     for key, value in catalog.identity.items():
         lines.append(f"{key:<16} {value}")
     try:
-        view = open_index(catalog.root)
-        lines.append(f"documents        {len(view):,} queryable ({catalog.dedup.get('hidden', 0):,} repeated ids "
+        docs = tokens = 0
+        for spec in shard_specs(catalog.root):  # counted shard by shard: nothing gathered in memory
+            view, hidden = open_shard(spec["path"]), spec["hidden"]
+            docs += len(view) - len(hidden)
+            tokens += view.total_tokens - int(np.asarray(view.token_counts)[hidden].sum())
+        lines.append(f"documents        {docs:,} queryable ({catalog.dedup.get('hidden', 0):,} repeated ids "
                      "across shards left out)")
-        lines.append(f"tokens           {view.total_tokens:,}")
+        lines.append(f"tokens           {tokens:,}")
     except Exception as exc:  # noqa: BLE001 - the shard lines below still say what is there
         lines.append(f"documents        not queryable now: {exc}")
     lines.append(f"{'shard':<12} {'documents':>12} {'tokens':>14} {'MiB':>10} {'inputs':>7}  state  path")

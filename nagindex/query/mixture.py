@@ -71,4 +71,7 @@ def mixture_from_mapping(raw: Any, where: str = "mixture", resolve_path: Any = N
         fraction = float(raw["fraction"]) if "fraction" in raw else None
     except (TypeError, ValueError) as exc:
         raise InputError(f"{where}: field '{quotas[0]}': {exc}") from None
-    return Mixture(targets, mode, bool(raw.get("dedup", False)), k, tokens, fraction)
+    dedup = raw.get("dedup", False)
+    if not isinstance(dedup, bool):  # bool("false") is True: a quoted "false" must not turn dedup on
+        raise InputError(f"{where}: field 'dedup': expected true or false, got {dedup!r}")
+    return Mixture(targets, mode, dedup, k, tokens, fraction)

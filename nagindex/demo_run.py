@@ -103,7 +103,8 @@ def _print_top(result: QueryResult, echo: Callable[[str], None], n: int = 5) -> 
     per = max(1, -(-n // n_targets))
     picks = np.concatenate([np.flatnonzero(chosen == t)[:per] for t in range(n_targets)])
     rows = table.take(picks).to_pydict()
-    texts = fetch_texts(rows["source"], np.asarray(rows["position"]), text_field="text", id_field="docid")
+    texts = fetch_texts(rows["source"], np.asarray(rows["position"]), rows["docid"], text_field="text",
+                        id_field="docid")
     for rank, docid, score, t, text in zip(picks + 1, rows["docid"], rows["score"], chosen[picks], texts):
         snippet = " ".join((text or "").split())[:100]
         who = f" [{result.targets[t]}]" if n_targets > 1 else ""

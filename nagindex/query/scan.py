@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from nagindex.errors import NagIndexError
+
 logger = logging.getLogger(__name__)
 
 #: rows of codes per scorer call: 64K x 28 x 20 uint16 is 72 MB, streamed from the page cache
@@ -361,10 +363,21 @@ class ShardScan:
             from nagindex.query.write import fetch_texts
 
             manifest = view.manifest
-            out["text"] = fetch_texts([view.sources[i] for i in source_ids], positions,
+            out["text"] = fetch_texts([view.sources[i] for i in source_ids], positions, out["docid"].to_pylist(),
                                       text_field=manifest.get("text_field", "doc"),
-                                      id_field=manifest.get("id_field", "docid"))
+                                      id_field=manifest.get("id_field", "docid"), states=self._source_states())
         return out
+
+    def _source_states(self) -> dict[str, dict[str, Any]]:
+        """Size and change stamp of each source when it was ingested (the store's progress records);
+        empty when the shard's store is not here (derived files only)."""
+        from nagindex.index.store import IndexStore
+
+        try:
+            with IndexStore.open(self.path) as store:
+                return store.all_progress()
+        except NagIndexError:
+            return {}
 
     def similarity(self, rows: np.ndarray) -> np.ndarray:
         """``(P, len(rows))`` similarity of sorted ``rows`` to each target (NaN where not scored)."""

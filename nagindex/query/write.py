@@ -63,32 +63,52 @@ def write_selection(out: str | os.PathLike, columns: Any, manifest: dict[str, An
     return out
 
 
-def fetch_texts(sources: Sequence[str], positions: np.ndarray, *, text_field: str, id_field: str) -> list[str | None]:
+def fetch_texts(sources: Sequence[str], positions: np.ndarray, docids: Sequence[str], *, text_field: str,
+                id_field: str, states: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """Document texts read back from their sources (for ``--with-text``), in the given row order.
 
-    Each source is streamed once from its smallest wanted position; a source
-    that changed or vanished gives ``None`` for its rows rather than wrong text.
+    Each source is streamed once from its smallest wanted position. A text is attached only when it
+    is provably the document's: the source's size and change stamp equal those recorded at ingest
+    (``states``: the store's progress records, keyed by source) and the record at that position
+    carries that docid. Otherwise an ``InputError`` names the source: never another document's text.
     """
     from nagindex.data import Document
+    from nagindex.errors import InputError
     from nagindex.ingest.inputs import input_files
     from nagindex.ingest.read import Fields, read_input
 
     wanted: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, (src, pos) in enumerate(zip(sources, positions.tolist())):
         wanted[src][pos].append(i)
-    out: list[str | None] = [None] * len(sources)
+    out: list[str] = [""] * len(sources)
     fields = Fields(text_field, id_field, None)
     for src, rows in wanted.items():
         try:
             (item,) = input_files([src])
-        except (NagIndexError, ValueError):
-            continue
-        remaining = len(rows)
+        except (NagIndexError, ValueError, OSError) as exc:
+            raise InputError(f"{src}: cannot read the source of {sum(map(len, rows.values()))} selected "
+                             f"document(s) back ({exc}); drop --with-text or restore it") from None
+        recorded = (states or {}).get(src)
+        if recorded is not None:
+            now = item.state()
+            if (recorded.get("size"), recorded.get("mtime")) != (now["size"], now["mtime"]):
+                raise InputError(f"{src} changed since it was ingested (size {recorded.get('size')} -> {now['size']}, "
+                                 "or its modification time): its records may no longer be the indexed documents; "
+                                 "texts are not attached (ingest it again, or drop --with-text)")
+        found: set[int] = set()
         for rec in read_input(item, fields=fields, start=min(rows)):
             if isinstance(rec, Document) and rec.position in rows:
                 for i in rows[rec.position]:
+                    if rec.docid != docids[i]:
+                        raise InputError(f"{src}: the record at position {rec.position} is {rec.docid!r}, not the "
+                                         f"indexed {docids[i]!r}: the source changed since it was ingested; texts "
+                                         "are not attached")
                     out[i] = rec.text
-                remaining -= 1
-                if not remaining:
+                found.add(rec.position)
+                if len(found) == len(rows):
                     break
+        if len(found) < len(rows):
+            missing = sorted(set(rows) - found)
+            raise InputError(f"{src}: {len(missing)} indexed record(s) are no longer there (positions {missing[:3]}): "
+                             "the source changed since it was ingested; texts are not attached")
     return out

@@ -91,7 +91,8 @@ def test_hub_dataset_by_name_equals_local_files(hub, extractor, tmp_path):
     # texts read back from the Hub, e.g. for --with-text
     rows = np.array([0, 14])
     texts = fetch_texts([view.sources[i] for i in np.asarray(view.source_ids)[rows]],
-                        np.asarray(view.positions)[rows], text_field="content", id_field="url")
+                        np.asarray(view.positions)[rows], view.docids.take(rows), text_field="content",
+                        id_field="url")
     table = pq.read_table(hub / "train-00001-of-00002.parquet")
     assert texts[1] == table.column("content")[-1].as_py() and texts[0].strip()
     # the same URL again: the inputs are done, nothing is read or encoded

@@ -85,7 +85,7 @@ def test_sources_are_absolute_so_texts_read_back_from_anywhere(extractor, corpus
     assert view.sources == [str(corpus / "a.jsonl"), str(corpus / "b.jsonl")]
     rows = np.array([0, 14])
     texts = fetch_texts([view.sources[i] for i in np.asarray(view.source_ids)[rows]], np.asarray(view.positions)[rows],
-                        text_field="doc", id_field="docid")
+                        view.docids.take(rows), text_field="doc", id_field="docid")
     by_id: dict = {}
     for f in ("a", "b"):
         for line in (corpus / f"{f}.jsonl").read_text().splitlines():

@@ -6,6 +6,7 @@ The Python API (README, "Python API")::
     nagindex.ingest(["corpus/"], "idx")                          # one LLM pass, resumable
     res = nagindex.query("arc_challenge", "idx", fraction=0.2, out="arc.parquet")
     res = nagindex.mix("configs/mixtures/offline4.yaml", "idx", out="mix.parquet")
+    nagindex.score(["arc_challenge", "mmlu"], "idx", out="scores.parquet")  # every document's score
     view = nagindex.open_index("idx")
     nagindex.extract(["pool.parquet"], "pool_features.jsonl")   # reference-format features
 
@@ -26,6 +27,7 @@ _LAZY = {
     "open_index": "nagindex.index.derived:open_index",
     "query": "nagindex.query.run:query",
     "mix": "nagindex.query.run:mix",
+    "score": "nagindex.query.export:score_all",
 }
 
 __all__ = ["__version__", *_LAZY]

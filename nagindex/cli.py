@@ -348,13 +348,33 @@ def _echo_result(res: Any) -> None:
     click.echo(f"time: {res.timings}", err=True)
 
 
+def _target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--target", "names", multiple=True, help="Registered target NAME[:weight] (repeatable)."),
+        click.option("--target-file", "files", multiple=True, type=click.Path(exists=True),
+                     help="Target examples: jsonl/parquet (a doc or text field) or txt, [:weight] allowed "
+                          "(repeatable)."),
+        click.option("--target-filter", "filters", multiple=True, help="COL=VALUE row filter for --target-file."),
+        click.option("--target-features", "features", multiple=True, type=click.Path(exists=True),
+                     help="Reference-format features of target docs (no backbone needed)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _targets(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ...],
+             features: tuple[str, ...]) -> list[Any]:
+    from nagindex.query.request import parse_target
+
+    if filters and not files:
+        raise click.UsageError("--target-filter applies to --target-file")
+    return ([parse_target(n) for n in names] + [parse_target(f, "file", filters) for f in files]
+            + [parse_target(f, "features") for f in features])
+
+
 @main.command()
-@click.option("--target", "names", multiple=True, help="Registered target NAME[:weight] (repeatable).")
-@click.option("--target-file", "files", multiple=True, type=click.Path(exists=True),
-              help="Target examples: jsonl/parquet (a doc or text field) or txt, [:weight] allowed (repeatable).")
-@click.option("--target-filter", "filters", multiple=True, help="COL=VALUE row filter for --target-file.")
-@click.option("--target-features", "features", multiple=True, type=click.Path(exists=True),
-              help="Reference-format features of target docs (no backbone needed).")
+@_target_options
 @click.option("--k", "k", default=None, help="Select the top N documents (1000, 50K, 1M).")
 @click.option("--fraction", type=float, default=None, help="Token budget: this fraction of the index's tokens.")
 @click.option("--tokens", default=None, help="Token budget (500M, 30B).")
@@ -376,14 +396,10 @@ def query(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ..
       nagindex query --index idx/ --target arc_challenge:2 --target mmlu --fraction 0.2 -o mix.parquet
       nagindex query --target-file mine.parquet --target-filter dataset=chem --tokens 30B
     """
-    from nagindex.query.request import parse_target
     from nagindex.query.run import default_output, query as run_query
     from nagindex.units import parse_count
 
-    targets = ([parse_target(n) for n in names] + [parse_target(f, "file", filters) for f in files]
-               + [parse_target(f, "features") for f in features])
-    if filters and not files:
-        raise click.UsageError("--target-filter applies to --target-file")
+    targets = _targets(names, files, filters, features)
     if out is None:
         out = default_output(targets)
     k_n = parse_count(k) if k is not None else None
@@ -414,6 +430,36 @@ def mix(mixture: str, out: str | None, **kw: Any) -> None:
         out = default_output(m.targets, Path(mixture).stem)
     res = run_mix(m, out=out, **kw)
     _echo_result(res)
+
+
+@main.command()
+@_target_options
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True))
+@click.option("-o", "--output", "out", required=True, type=click.Path(),
+              help="scores.parquet or scores.jsonl: docid, token_count, score_<target> per target.")
+@click.option("--layers", default=None, help="Layers to score: all (default), last, first, or a list like 0,5,-1.")
+@click.option("--power", default=1.0, show_default=True, help="Profile weights c^p / sum c^p.")
+@click.option("--max-examples", type=click.IntRange(min=1), default=None,
+              help="Profile a random sample of this many examples per target [default: all].")
+@click.option("--example-seed", type=int, default=0, show_default=True, help="Seed of the --max-examples sample.")
+@click.option("--device", default="auto", show_default=True,
+              help="For encoding new target examples; cuda or cuda:N also scores on that GPU.")
+@_user_errors
+def score(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ...], features: tuple[str, ...],
+          **kw: Any) -> None:
+    """Write the score of EVERY document of the index for one or more targets (no selection).
+
+    For sampling or mixing in your own tools: one row per document, shard by shard in
+    index order, streamed (memory stays one block).
+
+    \b
+      nagindex score --target arc_challenge --target mmlu -o scores.parquet
+    """
+    from nagindex.query.export import score_all
+
+    res = score_all(_targets(names, files, filters, features), **kw)
+    click.echo(f"scored {res.rows:,} documents against {', '.join(res.targets)} -> {res.out}")
+    click.echo(f"time: {res.timings}", err=True)
 
 
 # ---------------------------------------------------------------- demo

@@ -94,7 +94,6 @@ def query(
     from nagindex.query import rank
     from nagindex.query import select as sel
     from nagindex.query.fleet import open_fleet
-    from nagindex.query.profile import count_profile, resolve_layers
     from nagindex.query.scan import QualitySpec, ScorePlan
 
     targets = as_targets(targets)
@@ -110,20 +109,11 @@ def query(
 
         check_output(out, _input_paths(targets, quality_file))
     timer = StageTimer()
+    notes: list[str] = []
     fleet = open_fleet(index_dir, ray_address)
     try:
-        described = fleet.map("describe")
-        manifest = described[0]["manifest"]
-        visible = sum(d["visible_rows"] for d in described)
-        if visible == 0:
-            raise NagIndexError(f"index {index_dir} holds no documents")
-        notes: list[str] = []
-        with timer("target"):
-            encoded = [_target_codes(t, Path(index_dir), manifest, max_examples, example_seed, device, notes)
-                       for t in targets]
-        kept = resolve_layers(layers, manifest["num_layers"])
-        with timer("profile"):
-            profiles = np.stack([count_profile(c, manifest["width"], kept) for c, _ in encoded])
+        manifest, visible, kept, profiles, encoded = profile_targets(
+            fleet, targets, index_dir, layers, max_examples, example_seed, device, notes, timer)
         with timer("score"):
             candidates = None
             if approx:
@@ -154,6 +144,27 @@ def query(
         fleet.close()
     result.timings = timer.summary()
     return result
+
+
+def profile_targets(fleet: Any, targets: Sequence[TargetRequest], index_dir: str | os.PathLike, layers: Any,
+                    max_examples: int | None, example_seed: int, device: str, notes: list[str],
+                    timer: StageTimer) -> tuple[dict[str, Any], int, np.ndarray, np.ndarray, list[Any]]:
+    """The index's manifest and visible documents, the kept layers, the targets' count profiles
+    ``(P, L', width)`` and, per target, ``(codes, examples used)``: what every scoring needs."""
+    from nagindex.query.profile import count_profile, resolve_layers
+
+    described = fleet.map("describe")
+    manifest = described[0]["manifest"]
+    visible = sum(d["visible_rows"] for d in described)
+    if visible == 0:
+        raise NagIndexError(f"index {index_dir} holds no documents")
+    with timer("target"):
+        encoded = [_target_codes(t, Path(index_dir), manifest, max_examples, example_seed, device, notes)
+                   for t in targets]
+    kept = resolve_layers(layers, manifest["num_layers"])
+    with timer("profile"):
+        profiles = np.stack([count_profile(c, manifest["width"], kept) for c, _ in encoded])
+    return manifest, visible, kept, profiles, encoded
 
 
 def mix(mixture: str | os.PathLike | Mapping[str, Any] | Any, index_dir: str | os.PathLike = "idx",

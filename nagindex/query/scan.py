@@ -368,6 +368,23 @@ class ShardScan:
                                       id_field=manifest.get("id_field", "docid"), states=self._source_states())
         return out
 
+    def export(self, names: list[str]) -> Any:
+        """Every visible row's ``docid``, ``token_count`` and ``score_<name>`` per target (the similarity), as
+        Arrow record batches of ``SCRATCH_BLOCK`` rows, in row order (``nagindex score``)."""
+        import pyarrow as pa
+
+        from nagindex.arrays import numeric_array
+
+        for lo, hi, visible in self._blocks(SCRATCH_BLOCK):
+            rows = np.flatnonzero(visible) + lo
+            if not len(rows):
+                continue
+            sims = self.similarity(rows)
+            columns = {"docid": self.view.docids.arrow().take(numeric_array(rows)),
+                       "token_count": numeric_array(np.asarray(self.view.token_counts[rows], dtype=np.int64))}
+            columns.update({f"score_{name}": numeric_array(sims[t]) for t, name in enumerate(names)})
+            yield pa.RecordBatch.from_pydict(columns)
+
     def _source_states(self) -> dict[str, dict[str, Any]]:
         """Size and change stamp of each source when it was ingested (the store's progress records);
         empty when the shard's store is not here (derived files only)."""

@@ -326,6 +326,12 @@ def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", default="auto", show_default=True,
                      help="For encoding new target examples; cuda or cuda:N also scores the index on that GPU "
                           "(same selection as the CPU).  auto scores on the CPU."),
+        click.option("--sample", is_flag=True,
+                     help="Soft selection: draw documents without replacement with probability ~ exp(z / T), z the "
+                          "score standardised over the pool (Gumbel-top-k), instead of taking the top ranks."),
+        click.option("--temperature", type=float, default=1.0, show_default=True,
+                     help="--sample: T in pool standard deviations (0.1: close to the ranking; 10: close to uniform)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="--sample: the same seed, the same selection."),
         click.option("--ray-address", default=None,
                      help="Score each shard in its own Ray actor, on the node the catalog records for it: 'auto' "
                           "joins the running cluster, 'local' starts one here, or ray://host:port.  Actors stay "

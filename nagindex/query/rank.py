@@ -76,13 +76,29 @@ def _merge(stats: list[dict[str, Any]]) -> dict[str, Any]:
 
 def score_pool(fleet: Any, plan: ScorePlan | None) -> Pool:
     """Rounds 1 and 2: every shard scans its codes; with a quality file, keys are then combined
-    with the global distance and quality ranges (spec sec. 4's min-max over the pool)."""
+    with the global distance and quality ranges (spec sec. 4's min-max over the pool); with
+    ``plan.sample``, replaced by Gumbel-perturbed standardised keys (``sample.py``)."""
     merged = _merge(fleet.map("score", plan))
     if plan is not None and plan.quality is not None:
         if merged["rows"] == 0:
             raise NagIndexError("no index document has a quality value (check --quality-file ids)")
         ranges = np.stack([merged["dist_lo"], merged["dist_hi"]], axis=1)
         merged = _merge(fleet.map("combine", ranges, (merged["q_lo"], merged["q_hi"])))
+    pool = _pool(merged)
+    if plan is not None and plan.sample is not None:
+        from nagindex.query.sample import histogram_moments
+
+        ranking = Ranking(fleet, pool)
+        ranking.histograms(range(len(pool.key_lo)))
+        moments = [histogram_moments(h[0], b.lo, b.bins, b.width) if h is not None else (0.0, 0.0)
+                   for h, b in zip(ranking._hist, ranking.binnings)]
+        temperature, seed = plan.sample
+        pool = _pool(_merge(fleet.map("sample", np.array([m for m, _ in moments]), np.array([s for _, s in moments]),
+                                      temperature, seed)))
+    return pool
+
+
+def _pool(merged: dict[str, Any]) -> Pool:
     return Pool(merged["visible_rows"], merged["visible_tokens"], merged["rows"], merged["tokens"], merged["exact"],
                 merged["key_lo"], merged["key_hi"])
 

@@ -70,6 +70,9 @@ def query(
     example_seed: int = 0,
     device: str = "auto",
     ray_address: str | None = None,
+    sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
 ) -> QueryResult:
     """Select documents of the index for one target or a mixture of targets.
 
@@ -90,6 +93,9 @@ def query(
     rows, in the same order, as a one-shard index of the same documents. ``device``
     ``cuda``/``cuda:N`` also scores on that GPU (torch); ``ray_address`` scores each
     shard in its own Ray actor (``"local"``, ``"auto"`` or ``ray://host:port``).
+
+    ``sample``: soft selection, Gumbel-top-k with probability ``exp(z / temperature)``, ``z`` the
+    score standardised over the pool, noise a hash of (``seed``, target, docid): see ``sample.py``.
     """
     from nagindex.query import rank
     from nagindex.query import select as sel
@@ -102,6 +108,8 @@ def query(
     if not targets:
         raise NagIndexError("no target: give --target NAME, --target-file PATH or --target-features PATH")
     quota = sel.Quota(k=k, tokens=tokens, fraction=fraction)
+    if sample and not (np.isfinite(temperature) and temperature > 0):
+        raise NagIndexError(f"--temperature must be a positive number, got {temperature}")
     if quality_file is not None and not quality_col:
         raise NagIndexError("--quality-file needs --quality-col")
     if out is not None:
@@ -123,7 +131,8 @@ def query(
             quality = None if quality_file is None else QualitySpec(str(quality_file), quality_col, quality_id_field,
                                                                     invert_quality)
             plan = ScorePlan(profiles, tuple(int(x) for x in kept), power,
-                             device if str(device).startswith("cuda") else "cpu", candidates, quality)
+                             device if str(device).startswith("cuda") else "cpu", candidates, quality,
+                             (float(temperature), int(seed)) if sample else None)
             picked, pool = rank.select(fleet, plan, quota, [t.weight for t in targets], mode, dedup)
         if picked.exhausted:
             notes.append(f"the quota asks for more than the index holds ({pool.rows:,} documents, "
@@ -138,7 +147,8 @@ def query(
                              examples=[n for _, n in encoded])
         if out is not None:
             with timer("write"):
-                sampling = {"max_examples": max_examples, "example_seed": example_seed}
+                sampling = {"max_examples": max_examples, "example_seed": example_seed,
+                            "sample": {"temperature": temperature, "seed": seed} if sample else None}
                 result.out = _write(result, out, quota, mode, dedup, power, approx, targets, sampling, index_dir)
     finally:
         fleet.close()

@@ -74,6 +74,7 @@ class ScorePlan:
     device: str = "cpu"
     approx: tuple[np.ndarray, np.ndarray] | None = None
     quality: QualitySpec | None = None
+    sample: tuple[float, int] | None = None  # (temperature, seed): Gumbel-top-k (``sample.py``)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,13 @@ class Binning:
         if not hi > lo:
             return cls(lo=float(lo), bins=1, exact=False)
         return cls(lo=float(lo), bins=MAX_BINS, exact=False, scale=MAX_BINS / (float(hi) - float(lo)))
+
+    @property
+    def width(self) -> float:
+        """The key span of one bin."""
+        if self.exact:
+            return float(1 << self.shift)
+        return 1.0 / self.scale if self.scale else 0.0
 
     def of(self, keys: np.ndarray) -> np.ndarray:
         if self.exact:
@@ -149,6 +157,7 @@ class ShardScan:
         self._dir: Path | None = None
         self._sums: np.ndarray | None = None  # (P, n) int32 raw sums, or float64 similarities
         self._combined: np.ndarray | None = None  # (P, n) float64 quality-combined keys
+        self._sampled: np.ndarray | None = None  # (P, n) float64 Gumbel-perturbed keys (--sample)
         self._quality: np.ndarray | None = None  # (n,) float64
         self.plan: ScorePlan | None = None
         self._norm = np.zeros(0)
@@ -266,7 +275,7 @@ class ShardScan:
                 q = self._quality[lo:hi][ok]
                 q_lo, q_hi = min(q_lo, float(q.min())), max(q_hi, float(q.max()))
         return {"visible_rows": visible_rows, "visible_tokens": visible_tokens, "rows": rows, "tokens": tokens,
-                "exact": self._exact and self._combined is None, "key_lo": key_lo, "key_hi": key_hi,
+                "exact": self._keys_exact, "key_lo": key_lo, "key_hi": key_hi,
                 "dist_lo": dist_lo, "dist_hi": dist_hi, "q_lo": q_lo, "q_hi": q_hi}
 
     # ------------------------------------------------------------ round 2 (quality)
@@ -281,6 +290,21 @@ class ShardScan:
             q = 1.0 - q if spec.higher_is_better else q
             for t in range(p):
                 self._combined[t, lo:hi] = _minmax(self.distance(t, lo, hi), *dist_range[t]) + q
+        return self.stats()
+
+    def sample(self, means: np.ndarray, sds: np.ndarray, temperature: float, seed: int) -> dict[str, Any]:
+        """``--sample``: keys ``-(z / T + g)``, ``z`` the score standardised with the pool's ``means``/``sds``
+        (from the key histograms), ``g`` a Gumbel draw hashed from (seed, target, docid) (``sample.py``)."""
+        from nagindex.query.sample import gumbel_noise
+
+        p, n = self._sums.shape
+        sampled = self._scratch("sampled", (p, n), np.float64)
+        for lo, hi, _ in self._blocks(SCRATCH_BLOCK):
+            ids = self.view.docids.arrow().slice(lo, hi - lo)
+            for t in range(p):
+                z = (means[t] - self.keys(t, lo, hi)) / sds[t] if sds[t] > 0 else np.zeros(hi - lo)
+                sampled[t, lo:hi] = -(z / temperature + gumbel_noise(ids, seed, t))
+        self._sampled = sampled
         return self.stats()
 
     # ------------------------------------------------------------ round 3
@@ -408,10 +432,12 @@ class ShardScan:
     # ------------------------------------------------------------ keys
     @property
     def _keys_exact(self) -> bool:
-        return self._exact and self._combined is None
+        return self._exact and self._combined is None and self._sampled is None
 
     def keys(self, t: int, lo: int, hi: int) -> np.ndarray:
         """Target ``t``'s ranking keys of rows ``lo:hi`` (meaningful where ``_eligible``)."""
+        if self._sampled is not None:
+            return np.asarray(self._sampled[t, lo:hi])
         if self._combined is not None:
             return np.asarray(self._combined[t, lo:hi])
         if self._exact:
@@ -446,7 +472,7 @@ class ShardScan:
 
     def close(self) -> None:
         """Drop the scratch of the last query (its files go at once; the shard's maps stay open)."""
-        self._sums = self._combined = self._quality = None
+        self._sums = self._combined = self._quality = self._sampled = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -490,10 +516,10 @@ class ArrayPart(ShardScan):
         self.view = _Arrays(docids, token_counts)
         self._keys = keys
         self._exact = keys.dtype.kind in "iu"
-        self._sums, self._combined, self._quality, self._dir = keys, None, None, None
+        self._sums, self._combined, self._quality, self._sampled, self._dir = keys, None, None, None, None
 
     def keys(self, t: int, lo: int, hi: int) -> np.ndarray:
-        return self._keys[t, lo:hi]
+        return self._keys[t, lo:hi] if self._sampled is None else np.asarray(self._sampled[t, lo:hi])
 
     def _eligible(self, lo: int, hi: int) -> np.ndarray:
         block = self._keys[0, lo:hi]

@@ -212,3 +212,27 @@ def test_ray_shard_that_cannot_be_reached_fails_the_query(data, ray_cluster, mon
     monkeypatch.setattr(fleet.RayFleet, "_submit", submit)
     with pytest.raises(NagIndexError, match="shard shard-0000.* could not be reached on Ray after 4 attempts"):
         query([TargetRequest("features", str(data["alpha"]))], data["idx7"], k=5, ray_address="local")
+
+
+def test_sampling_is_seeded_shard_invariant_and_tends_to_the_ranking(data):
+    t = [TargetRequest("features", str(data["alpha"]))]
+    runs = {s: query(t, data[f"idx{s}"], fraction=0.2, sample=True, temperature=1.0, seed=3).table for s in (1, 7)}
+    assert runs[1].equals(runs[7])  # noise hashed from docids: the same draw on any number of shards
+    ranked = query(t, data["idx1"], fraction=0.2).table
+    other = query(t, data["idx1"], fraction=0.2, sample=True, temperature=1.0, seed=4).table
+    a, b, r = (set(x.column("docid").to_pylist()) for x in (runs[1], other, ranked))
+    assert a != b and len(a & r) < len(r)  # another seed draws otherwise; a draw is not the ranking
+    assert len(a & r) > 0.3 * len(r)  # but leans to it: half the pool's spread is 1 sd
+    # budget still met by the prefix rule; T -> 0: the ranking (ties aside: noise orders equal scores)
+    budget = int(sum(open_index(data["idx1"]).token_counts) * 0.2)
+    assert sum(runs[1].column("token_count").to_pylist()) <= budget
+    cold = query(t, data["idx7"], k=300, sample=True, temperature=1e-9, seed=3).table
+    assert cold.column("score").to_pylist() == query(t, data["idx1"], k=300).table.column("score").to_pylist()
+    hot = query(t, data["idx1"], k=400, sample=True, temperature=1e6, seed=5).table
+    assert abs(np.mean(hot.column("score").to_numpy()) - np.mean(_full_sort(data["idx1"], data["alpha"])[1])) < 0.01
+    mix = [TargetRequest("features", str(data[n])) for n in ("alpha", "beta")]
+    for mode in ("paper", "union"):
+        one = query(mix, data["idx1"], k=60, mode=mode, sample=True, seed=1).table
+        assert one.equals(query(mix, data["idx7"], k=60, mode=mode, sample=True, seed=1).table)
+    with pytest.raises(NagIndexError, match="temperature must be a positive"):
+        query(t, data["idx1"], k=5, sample=True, temperature=0)

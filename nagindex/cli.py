@@ -326,6 +326,14 @@ def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", default="auto", show_default=True,
                      help="For encoding new target examples; cuda or cuda:N also scores the index on that GPU "
                           "(same selection as the CPU).  auto scores on the CPU."),
+        click.option("--decontaminate/--no-decontaminate", default=None,
+                     help="Leave out every document sharing a --ngram word run with the target benchmark's "
+                          "evaluation data (every split readable here, offline test splits included) [default: on "
+                          "for registered targets].  Removed documents are listed in <out>.contamination.parquet."),
+        click.option("--decontaminate-against", default=None, metavar="NAME[,NAME...]",
+                     help="Also decontaminate against these registered benchmarks (for --target-file too)."),
+        click.option("--ngram", type=click.IntRange(min=1), default=13, show_default=True,
+                     help="Words in a shared run that make a document contaminated (lm-eval / GPT-3: 13)."),
         click.option("--sample", is_flag=True,
                      help="Soft selection: draw documents without replacement with probability ~ exp(z / T), z the "
                           "score standardised over the pool (Gumbel-top-k), instead of taking the top ranks."),

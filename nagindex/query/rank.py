@@ -107,8 +107,10 @@ class Ranking:
     """Targets' rankings over a scored fleet: ``top(t, rows=...)`` / ``top(t, tokens=...)`` return the
     ranked prefix that a quota of that size can reach, as an Arrow table (part, row, key, tokens, docid)."""
 
-    def __init__(self, fleet: Any, pool: Pool) -> None:
+    def __init__(self, fleet: Any, pool: Pool, budget_tokens: int | None = None) -> None:
         self.fleet, self.pool = fleet, pool
+        #: the pool tokens a ``fraction`` is of: the pool's, or the pool's before documents were excluded
+        self.budget_tokens = pool.tokens if budget_tokens is None else budget_tokens
         p = len(pool.key_lo)
         self.binnings = [Binning.over(pool.key_lo[t], pool.key_hi[t], pool.exact) if pool.rows else None
                          for t in range(p)]
@@ -162,16 +164,16 @@ def _ids(table: Any) -> np.ndarray:
     return (table.column("part").to_numpy().astype(np.int64) << ROW_BITS) | table.column("row").to_numpy()
 
 
-def _budget(quota: Quota, pool: Pool) -> int | None:
+def _budget(quota: Quota, ranking: Ranking) -> int | None:
     if quota.k is not None:
         return None
-    return quota.tokens if quota.tokens is not None else fraction_budget_of(pool.tokens, quota.fraction)
+    return quota.tokens if quota.tokens is not None else fraction_budget_of(ranking.budget_tokens, quota.fraction)
 
 
 def select_one(ranking: Ranking, t: int, quota: Quota) -> tuple[np.ndarray, bool]:
     """One target's selection (ids in order) and whether the quota asked for more than the pool holds."""
     pool = ranking.pool
-    budget = _budget(quota, pool)
+    budget = _budget(quota, ranking)
     if budget is None:
         ranked = ranking.top(t, rows=quota.k)
         return _ids(ranked)[:quota.k], quota.k > pool.rows
@@ -207,7 +209,7 @@ def union(ranking: Ranking, quota: Quota, weights: Sequence[float]) -> tuple[np.
         limits = [s.k for s in shares]
         asked, have, by_tokens = quota.k, pool.rows, False
     else:
-        limits = [s.tokens if s.tokens is not None else fraction_budget_of(pool.tokens, s.fraction) for s in shares]
+        limits = [_budget(s, ranking) for s in shares]
         asked, have, by_tokens = sum(limits), pool.tokens, True
         if have <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), asked > have
@@ -246,17 +248,35 @@ def _round_robin(ids: list[np.ndarray], costs: list[np.ndarray], limits: Sequenc
     return uniq[compact[pos]], who, short
 
 
-def select(fleet: Any, plan: ScorePlan, quota: Quota, weights: Sequence[float], mode: str, dedup: bool
-           ) -> tuple[Picked, Pool]:
-    """Score the fleet and select: one target, or a ``paper``/``union`` mixture of several."""
+def select(fleet: Any, plan: ScorePlan, quota: Quota, weights: Sequence[float], mode: str, dedup: bool,
+           check: Any = None) -> tuple[Picked, Pool]:
+    """Score the fleet and select: one target, or a ``paper``/``union`` mixture of several.
+
+    ``check(ids)`` (decontamination) returns the ids among a selection's that must go: they are
+    excluded on their shards and the selection is made again, with the budget of the pool as it was
+    (a removed document frees its place for the next one), until a selection passes; each document
+    is checked once.
+    """
     pool = score_pool(fleet, plan)
-    ranking = Ranking(fleet, pool)
-    if len(weights) == 1:
-        ids, exhausted = select_one(ranking, 0, quota)
-        target = np.zeros(len(ids), np.int64)
-    elif mode == "paper":
-        ids, target, exhausted = paper(ranking, quota, weights, dedup)
-    else:
-        ids, target, exhausted = union(ranking, quota, weights)
-    ids = np.asarray(ids, np.int64)
+    tokens, checked = pool.tokens, np.zeros(0, np.int64)
+    while True:
+        ranking = Ranking(fleet, pool, budget_tokens=tokens)
+        if len(weights) == 1:
+            ids, exhausted = select_one(ranking, 0, quota)
+            target = np.zeros(len(ids), np.int64)
+        elif mode == "paper":
+            ids, target, exhausted = paper(ranking, quota, weights, dedup)
+        else:
+            ids, target, exhausted = union(ranking, quota, weights)
+        ids = np.asarray(ids, np.int64)
+        if check is None:
+            break
+        new = np.setdiff1d(ids, checked)
+        checked = np.union1d(checked, new)
+        bad = np.asarray(check(new), np.int64)
+        if not len(bad):
+            break
+        parts = bad >> ROW_BITS
+        fleet.each("exclude", [(bad[parts == spec["part"]] & ((1 << ROW_BITS) - 1),) for spec in fleet.specs])
+        pool = _pool(_merge(fleet.map("stats")))
     return Picked(part=ids >> ROW_BITS, row=ids & ((1 << ROW_BITS) - 1), target=target, exhausted=exhausted), pool

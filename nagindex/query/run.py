@@ -43,6 +43,7 @@ class QueryResult:
     layers: np.ndarray | None = None
     profiles: np.ndarray | None = None
     examples: list[dict[str, Any]] = field(default_factory=list)  # per target: examples used / available
+    contamination: Any = None  # pyarrow.Table of the documents decontamination removed, or None
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -73,6 +74,9 @@ def query(
     sample: bool = False,
     temperature: float = 1.0,
     seed: int = 0,
+    decontaminate: bool | None = None,
+    decontaminate_against: str | Sequence[str] | None = None,
+    ngram: int = 13,
 ) -> QueryResult:
     """Select documents of the index for one target or a mixture of targets.
 
@@ -96,6 +100,12 @@ def query(
 
     ``sample``: soft selection, Gumbel-top-k with probability ``exp(z / temperature)``, ``z`` the
     score standardised over the pool, noise a hash of (``seed``, target, docid): see ``sample.py``.
+
+    Decontamination (``decontam.py``), on by default for registry targets (``decontaminate=False``
+    turns it off): no selected document shares an ``ngram``-word run with any evaluation example of the
+    target benchmarks, or of ``decontaminate_against`` (names, or one comma-separated string; these
+    also guard ``file``/``features`` targets). Removed documents free their budget for the next ones
+    and are listed in ``<out>.contamination.parquet`` and ``QueryResult.contamination``.
     """
     from nagindex.query import rank
     from nagindex.query import select as sel
@@ -118,10 +128,19 @@ def query(
         check_output(out, _input_paths(targets, quality_file))
     timer = StageTimer()
     notes: list[str] = []
+    guard = guarded_benchmarks(targets, decontaminate, decontaminate_against)
     fleet = open_fleet(index_dir, ray_address)
     try:
         manifest, visible, kept, profiles, encoded = profile_targets(
             fleet, targets, index_dir, layers, max_examples, example_seed, device, notes, timer)
+        check, removed, decontamination = None, [], None
+        if guard:
+            from nagindex.query.decontam import load_benchmarks
+
+            with timer("benchmarks"):
+                benchmarks, read = load_benchmarks(guard, ngram)
+            check = _checker(fleet, benchmarks, removed)
+            decontamination = {"benchmarks": guard, "read": read, "ngram": ngram}
         with timer("score"):
             candidates = None
             if approx:
@@ -133,7 +152,13 @@ def query(
             plan = ScorePlan(profiles, tuple(int(x) for x in kept), power,
                              device if str(device).startswith("cuda") else "cpu", candidates, quality,
                              (float(temperature), int(seed)) if sample else None)
-            picked, pool = rank.select(fleet, plan, quota, [t.weight for t in targets], mode, dedup)
+            picked, pool = rank.select(fleet, plan, quota, [t.weight for t in targets], mode, dedup, check)
+        contamination = None
+        if decontamination is not None:
+            contamination = _contamination_table(removed, benchmarks)
+            decontamination["removed"] = contamination.num_rows
+            notes.append(f"decontamination: {contamination.num_rows:,} document(s) shared a {ngram}-word run with "
+                         f"the evaluation data of {', '.join(guard)} ({', '.join(read)}) and were left out")
         if picked.exhausted:
             notes.append(f"the quota asks for more than the index holds ({pool.rows:,} documents, "
                          f"{pool.tokens:,} tokens): all of it is selected")
@@ -144,16 +169,66 @@ def query(
         result = QueryResult(out=None, targets=names, table=table, exhausted=picked.exhausted,
                              tokens=int(np.asarray(columns["token_count"]).sum()), pool_docs=pool.visible_rows,
                              pool_tokens=pool.visible_tokens, notes=notes, layers=kept, profiles=profiles,
-                             examples=[n for _, n in encoded])
+                             examples=[n for _, n in encoded], contamination=contamination)
         if out is not None:
             with timer("write"):
                 sampling = {"max_examples": max_examples, "example_seed": example_seed,
-                            "sample": {"temperature": temperature, "seed": seed} if sample else None}
+                            "sample": {"temperature": temperature, "seed": seed} if sample else None,
+                            "decontamination": decontamination}
+                if contamination is not None:
+                    from nagindex.query.decontam import contamination_path
+                    from nagindex.query.write import write_table
+
+                    write_table(contamination_path(out), contamination)
                 result.out = _write(result, out, quota, mode, dedup, power, approx, targets, sampling, index_dir)
     finally:
         fleet.close()
     result.timings = timer.summary()
     return result
+
+
+def guarded_benchmarks(targets: Sequence[TargetRequest], decontaminate: bool | None,
+                       against: str | Sequence[str] | None) -> list[str]:
+    """The registered benchmarks a selection is decontaminated against: each registry target's own
+    (unless ``decontaminate`` is False) and ``against`` (which ``decontaminate=False`` also turns off)."""
+    from nagindex.query.target import get_target
+
+    if decontaminate is False:
+        return []
+    extra = [a.strip() for a in (against.split(",") if isinstance(against, str) else against or []) if a.strip()]
+    names = [t.value for t in targets if t.kind == "name"] + extra
+    for name in extra:
+        get_target(name)  # an unknown name is an error now, naming the registry's targets
+    return list(dict.fromkeys(get_target(n).name for n in names))
+
+
+def _checker(fleet: Any, benchmarks: Any, removed: list[Any]) -> Any:
+    """``rank.select``'s ``check``: each shard reads the texts of its new selected rows and matches them;
+    what matches is appended to ``removed`` as ``(docid, example index, words)``."""
+    from nagindex.query.rank import ROW_BITS
+
+    def check(ids: np.ndarray) -> list[int]:
+        parts, rows = ids >> ROW_BITS, ids & ((1 << ROW_BITS) - 1)
+        answers = fleet.each("contamination", [(rows[parts == spec["part"]], benchmarks) for spec in fleet.specs])
+        bad = []
+        for spec, found in zip(fleet.specs, answers):
+            for row, docid, example, words in found:
+                bad.append((spec["part"] << ROW_BITS) | row)
+                removed.append((docid, example, words))
+        return bad
+
+    return check
+
+
+def _contamination_table(removed: list[Any], benchmarks: Any) -> Any:
+    import pyarrow as pa
+
+    examples = [benchmarks.examples[i] for _, i, _ in removed]
+    return pa.table({"docid": pa.array([d for d, _, _ in removed], pa.string()),
+                     "benchmark": pa.array([e.benchmark for e in examples], pa.string()),
+                     "split": pa.array([e.split for e in examples], pa.string()),
+                     "example_id": pa.array([e.example_id for e in examples], pa.string()),
+                     "ngram": pa.array([w for _, _, w in removed], pa.string())})
 
 
 def profile_targets(fleet: Any, targets: Sequence[TargetRequest], index_dir: str | os.PathLike, layers: Any,

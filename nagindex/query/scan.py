@@ -409,6 +409,23 @@ class ShardScan:
             columns.update({f"score_{name}": numeric_array(sims[t]) for t, name in enumerate(names)})
             yield pa.RecordBatch.from_pydict(columns)
 
+    def exclude(self, rows: np.ndarray) -> None:
+        """Take ``rows`` out of this query (decontamination): they count nowhere from now on."""
+        self._sums[:, np.sort(np.asarray(rows, np.int64))] = -1 if self._exact else np.nan
+
+    def contamination(self, rows: np.ndarray, benchmarks: Any) -> list[tuple[int, str, int, str]]:
+        """``(row, docid, example index, the shared words)`` for each of ``rows`` whose text shares a run of
+        words with a benchmark example (``decontam.Benchmarks``); texts read back as ``fetch`` reads them."""
+        if not len(rows):
+            return []
+        got = self.fetch(rows, with_text=True)
+        found = []
+        for row, docid, text in zip(np.asarray(rows).tolist(), got["docid"].to_pylist(), got["text"]):
+            hit = benchmarks.match(text)
+            if hit is not None:
+                found.append((row, docid, *hit))
+        return found
+
     def _source_states(self) -> dict[str, dict[str, Any]]:
         """Size and change stamp of each source when it was ingested (the store's progress records);
         empty when the shard's store is not here (derived files only)."""

@@ -63,6 +63,16 @@ def write_selection(out: str | os.PathLike, columns: Any, manifest: dict[str, An
     return out
 
 
+def write_table(out: str | os.PathLike, table: Any) -> Path:
+    """An Arrow table to ``out`` (parquet), atomically."""
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    return out
+
+
 def fetch_texts(sources: Sequence[str], positions: np.ndarray, docids: Sequence[str], *, text_field: str,
                 id_field: str, states: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """Document texts read back from their sources (for ``--with-text``), in the given row order.

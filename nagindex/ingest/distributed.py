@@ -47,16 +47,13 @@ class RayEncoder:
 
     def __init__(self, backbone: str, neuron_types: Sequence[str], *, address: str, workers: int,
                  gpus_per_worker: float | None, **model_kw: Any) -> None:
-        try:
-            import ray
-            from ray.util import ActorPool
-        except ImportError:
-            raise NagIndexError("--ray-address needs Ray: pip install 'nagindex[ray]'") from None
+        from nagindex.cluster import connect
+
         if workers < 1:
             raise NagIndexError(f"--ray-workers must be >= 1, got {workers}")
-        if not ray.is_initialized():
-            ray.init(address=None if address == "local" else address, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+        ray = connect(address)
+        from ray.util import ActorPool
+
         if gpus_per_worker is None:
             gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) >= workers else 0.0
         actor = ray.remote(num_gpus=gpus_per_worker)(_EncodeWorker)

@@ -204,15 +204,11 @@ def _run_ray(catalog: Any, jobs: list[tuple[int, list[Any]]], address: str, gpus
 
     A task whose worker dies is retried by Ray; the retry resumes the shard from its last commit.
     """
-    try:
-        import ray
-    except ImportError:
-        raise NagIndexError("--ray-address needs Ray: pip install 'nagindex[ray]'") from None
+    from nagindex.cluster import connect
+
     if not jobs:
         return []
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+    ray = connect(address)
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= len(jobs) else 0.0
     task = ray.remote(num_gpus=gpus, max_retries=3, retry_exceptions=False)(_ingest_shard)
@@ -234,7 +230,7 @@ def _run_ray(catalog: Any, jobs: list[tuple[int, list[Any]]], address: str, gpus
 def _check_identity(catalog: Any) -> None:
     """All shards share one identity (the first written shard's), recorded in the catalog."""
     from nagindex.index.catalog import IDENTITY
-    from nagindex.index.store import IndexStore, STORE_DIR
+    from nagindex.index.store import STORE_DIR, IndexStore
 
     for i, path in enumerate(catalog.shard_paths()):
         if not (path / STORE_DIR).exists():

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from nagindex.cluster import connect
 from nagindex.errors import NagIndexError
 
 logger = logging.getLogger(__name__)
@@ -110,17 +111,12 @@ class ShardActor:
 class RayFleet:
     """One named Ray actor per shard; rounds answered in parallel; lost actors restarted and replayed."""
 
-    def __init__(self, specs: Sequence[dict[str, Any]], address: str, idle_seconds: float | None = None) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise NagIndexError("--ray-address needs Ray: pip install 'nagindex[ray]'") from None
-        if not ray.is_initialized():
-            ray.init(address=None if address == "local" else address, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-        self.ray = ray
+    def __init__(self, specs: Sequence[dict[str, Any]], address: str, idle_seconds: float | None = None,
+                 gpus: float = 0.0) -> None:
+        self.ray = ray = connect(address)
         self.specs = list(specs)
         self.idle = float(idle_seconds if idle_seconds is not None else os.environ.get("NAGINDEX_ACTOR_IDLE", "900"))
+        self.gpus = gpus  # --device cuda: each actor holds this much of a GPU (Ray sets its CUDA_VISIBLE_DEVICES)
         self._remote = ray.remote(num_cpus=0)(ShardActor)
         self._log: list[list[tuple[str, tuple[Any, ...]]]] = [[] for _ in self.specs]
         self.actors = [self._actor(i) for i in range(len(self.specs))]
@@ -128,7 +124,9 @@ class RayFleet:
 
     def _actor(self, i: int) -> Any:
         spec = self.specs[i]
-        options: dict[str, Any] = {"name": f"nagindex-scan:{Path(spec['path']).resolve()}", "namespace": "nagindex",
+        kind = "gpu" if self.gpus else "cpu"
+        options: dict[str, Any] = {"name": f"nagindex-scan:{kind}:{Path(spec['path']).resolve()}",
+                                   "namespace": "nagindex", "num_gpus": self.gpus,
                                    "lifetime": "detached", "get_if_exists": True, "max_concurrency": 1}
         node = _node_id(self.ray, spec.get("node_ip"))
         if node is not None:
@@ -196,11 +194,20 @@ def _node_id(ray: Any, ip: str | None) -> str | None:
     return None
 
 
-def open_fleet(index_dir: str | os.PathLike, ray_address: str | None = None) -> Any:
-    """The fleet of the index's shards: ``RayFleet`` with ``ray_address``, else ``LocalFleet``."""
+def open_fleet(index_dir: str | os.PathLike, ray_address: str | None = None, device: str = "cpu") -> Any:
+    """The fleet of the index's shards: ``RayFleet`` with ``ray_address`` (actors on GPUs for a ``cuda``
+    device: a whole one each where the cluster has one per shard, else shares), else ``LocalFleet``."""
     from nagindex.index.sharded import shard_specs
 
     specs = shard_specs(index_dir)
     if not specs:
         raise NagIndexError(f"index {index_dir} holds no documents")
-    return RayFleet(specs, ray_address) if ray_address else LocalFleet.open(specs)
+    if not ray_address:
+        return LocalFleet.open(specs)
+    gpus = 0.0
+    if str(device).startswith("cuda"):
+        have = connect(ray_address).cluster_resources().get("GPU", 0)
+        if not have:
+            raise NagIndexError("--device cuda with --ray-address: the Ray cluster has no GPU")
+        gpus = min(1.0, have / len(specs))
+    return RayFleet(specs, ray_address, gpus=gpus)

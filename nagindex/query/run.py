@@ -129,7 +129,7 @@ def query(
     timer = StageTimer()
     notes: list[str] = []
     guard = guarded_benchmarks(targets, decontaminate, decontaminate_against)
-    fleet = open_fleet(index_dir, ray_address)
+    fleet = open_fleet(index_dir, ray_address, device)
     try:
         manifest, visible, kept, profiles, encoded = profile_targets(
             fleet, targets, index_dir, layers, max_examples, example_seed, device, notes, timer)

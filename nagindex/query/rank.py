@@ -23,8 +23,8 @@ candidates rather than on the whole pool.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,19 @@ class Pool:
     exact: bool
     key_lo: np.ndarray
     key_hi: np.ndarray
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Group caps: no group takes more than ``share`` of a target's quota (of its tokens for a token
+    budget, of its documents for ``k``); ``quotas`` give named groups their own share."""
+
+    share: float | None = None
+    quotas: Mapping[str, float] = field(default_factory=dict)
+
+    def limits(self, groups: Sequence[str], total: int) -> np.ndarray:
+        default = 1.0 if self.share is None else self.share
+        return np.array([int(self.quotas.get(g, default) * total) for g in groups], dtype=np.int64)
 
 
 @dataclass
@@ -107,8 +120,8 @@ class Ranking:
     """Targets' rankings over a scored fleet: ``top(t, rows=...)`` / ``top(t, tokens=...)`` return the
     ranked prefix that a quota of that size can reach, as an Arrow table (part, row, key, tokens, docid)."""
 
-    def __init__(self, fleet: Any, pool: Pool, budget_tokens: int | None = None) -> None:
-        self.fleet, self.pool = fleet, pool
+    def __init__(self, fleet: Any, pool: Pool, budget_tokens: int | None = None, caps: Caps | None = None) -> None:
+        self.fleet, self.pool, self.caps = fleet, pool, caps
         #: the pool tokens a ``fraction`` is of: the pool's, or the pool's before documents were excluded
         self.budget_tokens = pool.tokens if budget_tokens is None else budget_tokens
         p = len(pool.key_lo)
@@ -174,6 +187,8 @@ def select_one(ranking: Ranking, t: int, quota: Quota) -> tuple[np.ndarray, bool
     """One target's selection (ids in order) and whether the quota asked for more than the pool holds."""
     pool = ranking.pool
     budget = _budget(quota, ranking)
+    if ranking.caps is not None:
+        return _capped(ranking, t, quota.k if budget is None else budget, budget is not None)
     if budget is None:
         ranked = ranking.top(t, rows=quota.k)
         return _ids(ranked)[:quota.k], quota.k > pool.rows
@@ -183,6 +198,30 @@ def select_one(ranking: Ranking, t: int, quota: Quota) -> tuple[np.ndarray, bool
     spent = np.cumsum(ranked.column("tokens").to_numpy())
     stop = int(np.searchsorted(spent, budget, side="right"))
     return _ids(ranked)[:max(stop, 1)], budget > pool.tokens
+
+
+def _capped(ranking: Ranking, t: int, total: int, by_budget: bool) -> tuple[np.ndarray, bool]:
+    """``select_one`` under group caps (``turns.capped``): ranked as deep as the skipped groups make it
+    necessary (doubling); ``exhausted`` when the pool runs out before the quota is met."""
+    import pyarrow.compute as pc
+
+    from nagindex.query.turns import capped
+
+    pool = ranking.pool
+    if pool.rows == 0 or (by_budget and pool.tokens <= 0):
+        return np.zeros(0, np.int64), True
+    per_row = max(pool.tokens / pool.rows, 1.0) if by_budget else 1.0
+    depth = min(pool.rows, int(total / per_row * 1.25) + 64)
+    while True:
+        ranked = ranking.top(t, rows=depth)
+        groups = pc.dictionary_encode(ranked.column("group")).combine_chunks()
+        cost = ranked.column("tokens").to_numpy() if by_budget else np.ones(ranked.num_rows, np.int64)
+        limits = ranking.caps.limits(groups.dictionary.to_pylist(), total)
+        pos, done = capped(cost.astype(np.int64), groups.indices.to_numpy().astype(np.int64), limits, total,
+                           by_budget)
+        if done or depth >= pool.rows:
+            return _ids(ranked)[pos], not done
+        depth = min(pool.rows, 2 * depth)
 
 
 def paper(ranking: Ranking, quota: Quota, weights: Sequence[float], dedup: bool) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -249,9 +288,10 @@ def _round_robin(ids: list[np.ndarray], costs: list[np.ndarray], limits: Sequenc
 
 
 def select(fleet: Any, plan: ScorePlan, quota: Quota, weights: Sequence[float], mode: str, dedup: bool,
-           check: Any = None) -> tuple[Picked, Pool]:
+           check: Any = None, caps: Caps | None = None) -> tuple[Picked, Pool]:
     """Score the fleet and select: one target, or a ``paper``/``union`` mixture of several.
 
+    ``caps``: group caps on each target's selection (``Caps``; single targets and paper mixtures).
     ``check(ids)`` (decontamination) returns the ids among a selection's that must go: they are
     excluded on their shards and the selection is made again, with the budget of the pool as it was
     (a removed document frees its place for the next one), until a selection passes; each document
@@ -260,7 +300,7 @@ def select(fleet: Any, plan: ScorePlan, quota: Quota, weights: Sequence[float], 
     pool = score_pool(fleet, plan)
     tokens, checked = pool.tokens, np.zeros(0, np.int64)
     while True:
-        ranking = Ranking(fleet, pool, budget_tokens=tokens)
+        ranking = Ranking(fleet, pool, budget_tokens=tokens, caps=caps)
         if len(weights) == 1:
             ids, exhausted = select_one(ranking, 0, quota)
             target = np.zeros(len(ids), np.int64)

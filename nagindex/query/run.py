@@ -77,6 +77,10 @@ def query(
     decontaminate: bool | None = None,
     decontaminate_against: str | Sequence[str] | None = None,
     ngram: int = 13,
+    group_by: str | None = None,
+    group_file: str | os.PathLike | None = None,
+    max_group_share: float | None = None,
+    group_quota: str | os.PathLike | Mapping[str, float] | None = None,
 ) -> QueryResult:
     """Select documents of the index for one target or a mixture of targets.
 
@@ -106,6 +110,11 @@ def query(
     target benchmarks, or of ``decontaminate_against`` (names, or one comma-separated string; these
     also guard ``file``/``features`` targets). Removed documents free their budget for the next ones
     and are listed in ``<out>.contamination.parquet`` and ``QueryResult.contamination``.
+
+    Group caps: ``group_by`` (``"source"``, ``"docid-prefix"`` or a column of ``group_file``, default the
+    quality file, joined on ``quality_id_field``) with ``max_group_share`` (no group takes more than that
+    share of a target's tokens, or documents for ``k``) and/or ``group_quota`` (a mapping or YAML/JSON file
+    of group -> share); the budget is still met from the other groups.
     """
     from nagindex.query import rank
     from nagindex.query import select as sel
@@ -129,6 +138,8 @@ def query(
     timer = StageTimer()
     notes: list[str] = []
     guard = guarded_benchmarks(targets, decontaminate, decontaminate_against)
+    caps, groups = _caps(group_by, group_file or quality_file, quality_id_field, max_group_share, group_quota, mode,
+                         len(targets))
     fleet = open_fleet(index_dir, ray_address, device)
     try:
         manifest, visible, kept, profiles, encoded = profile_targets(
@@ -151,8 +162,10 @@ def query(
                                                                     invert_quality)
             plan = ScorePlan(profiles, tuple(int(x) for x in kept), power,
                              device if str(device).startswith("cuda") else "cpu", candidates, quality,
-                             (float(temperature), int(seed)) if sample else None)
-            picked, pool = rank.select(fleet, plan, quota, [t.weight for t in targets], mode, dedup, check)
+                             (float(temperature), int(seed)) if sample else None, groups)
+            picked, pool = rank.select(fleet, plan, quota, [t.weight for t in targets], mode, dedup, check, caps)
+        if caps is not None and picked.exhausted:
+            notes.append("the group caps leave the quota unmet: the groups allowed hold too little")
         contamination = None
         if decontamination is not None:
             contamination = _contamination_table(removed, benchmarks)
@@ -174,7 +187,9 @@ def query(
             with timer("write"):
                 sampling = {"max_examples": max_examples, "example_seed": example_seed,
                             "sample": {"temperature": temperature, "seed": seed} if sample else None,
-                            "decontamination": decontamination}
+                            "decontamination": decontamination,
+                            "group_caps": None if caps is None else {"group_by": group_by, "max_group_share":
+                                                                     max_group_share, "quotas": dict(caps.quotas)}}
                 if contamination is not None:
                     from nagindex.query.decontam import contamination_path
                     from nagindex.query.write import write_table
@@ -185,6 +200,45 @@ def query(
         fleet.close()
     result.timings = timer.summary()
     return result
+
+
+def _caps(group_by: str | None, group_file: Any, id_field: str, share: float | None, quota: Any, mode: str,
+          n_targets: int) -> tuple[Any, Any]:
+    """``(rank.Caps, scan.GroupSpec)`` of the group-cap options, or ``(None, None)`` without ``group_by``."""
+    from nagindex.query.rank import Caps
+    from nagindex.query.scan import GroupSpec
+
+    if group_by is None:
+        if share is not None or quota is not None:
+            raise NagIndexError("--max-group-share / --group-quota need --group-by source|docid-prefix|COLUMN")
+        return None, None
+    if share is None and quota is None:
+        raise NagIndexError("--group-by needs --max-group-share F or --group-quota FILE")
+    if mode == "union" and n_targets > 1:
+        raise NagIndexError("group caps apply to single targets and paper mixtures, not --mode union")
+    if share is not None and not 0 < share <= 1:
+        raise NagIndexError(f"--max-group-share must be in (0, 1], got {share}")
+    if group_by not in ("source", "docid-prefix") and group_file is None:
+        raise NagIndexError(f"--group-by {group_by}: a column needs --group-file (or --quality-file) holding it")
+    quotas = _group_quota(quota) if quota is not None else {}
+    spec = GroupSpec(group_by, None if group_file is None else str(group_file), id_field)
+    return Caps(share, quotas), spec
+
+
+def _group_quota(quota: Any) -> dict[str, float]:
+    from nagindex.config import load_yaml
+    from nagindex.errors import InputError
+
+    where = "group quota" if isinstance(quota, Mapping) else str(quota)
+    raw = quota if isinstance(quota, Mapping) else load_yaml(Path(quota))
+    if not isinstance(raw, Mapping) or not raw:
+        raise InputError(f"{where}: expected a mapping of group -> share (e.g. wiki: 0.3)")
+    out = {}
+    for group, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise InputError(f"{where}: field {group!r}: a share in [0, 1], got {value!r}")
+        out[str(group)] = float(value)
+    return out
 
 
 def guarded_benchmarks(targets: Sequence[TargetRequest], decontaminate: bool | None,

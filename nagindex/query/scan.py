@@ -75,6 +75,17 @@ class ScorePlan:
     approx: tuple[np.ndarray, np.ndarray] | None = None
     quality: QualitySpec | None = None
     sample: tuple[float, int] | None = None  # (temperature, seed): Gumbel-top-k (``sample.py``)
+    groups: GroupSpec | None = None  # candidates carry each row's group (group caps)
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """``--group-by``: ``source`` (the input file), ``docid-prefix`` (the docid before its last ``-``), or a
+    column of ``file`` joined on ``id_field`` (documents without a value form the group ``(none)``)."""
+
+    by: str
+    file: str | None = None
+    id_field: str = "docid"
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,7 @@ class ShardScan:
         self.plan: ScorePlan | None = None
         self._norm = np.zeros(0)
         self._exact = True
+        self._group_lookup: Any = None  # Arrow table docid -> group (--group-by COLUMN)
 
     def __len__(self) -> int:
         return len(self.view)
@@ -202,6 +214,8 @@ class ShardScan:
         if plan.quality is not None:
             self._quality = self._scratch("quality", (n,), np.float64)
             self._join_quality(plan.quality)
+        if plan.groups is not None and plan.groups.by not in ("source", "docid-prefix"):
+            self._group_lookup = _first_per_id(Path(plan.groups.file), plan.groups.id_field, plan.groups.by, False)
         codes = self.view.codes
         for lo, hi, take in self._blocks(CODE_BLOCK):
             if plan.approx is not None:
@@ -229,23 +243,17 @@ class ShardScan:
         """Each row's quality value (NaN where the file has none), joined on docid; the first of repeated ids wins."""
         import pyarrow as pa
 
-        from nagindex.query.sources import read_keyed_values
-
-        ids, values = read_keyed_values(Path(spec.path), spec.id_field, spec.column)
         self._quality[:] = np.nan
-        if len(ids) == 0:
+        lookup = _first_per_id(Path(spec.path), spec.id_field, spec.column, True)
+        if lookup.num_rows == 0:
             return
-        first = pa.table({"docid": ids, "q": values, "i": pa.array(np.arange(len(ids)))})
-        first = first.group_by("docid").aggregate([("i", "min")])
-        keep = first.column("i_min").to_numpy()
-        lookup = pa.table({"docid": ids.take(keep), "q": values.take(keep)})
         for lo in range(0, len(self.view), SCRATCH_BLOCK):
             hi = min(len(self.view), lo + SCRATCH_BLOCK)
             block = pa.table({"docid": self.view.docids.arrow().slice(lo, hi - lo),
                               "row": pa.array(np.arange(lo, hi, dtype=np.int64))})
             joined = block.join(lookup, "docid", join_type="inner")
             rows = joined.column("row").to_numpy()
-            self._quality[rows] = joined.column("q").to_numpy(zero_copy_only=False)
+            self._quality[rows] = joined.column("value").to_numpy(zero_copy_only=False)
 
     def stats(self) -> dict[str, Any]:
         """Visible rows and tokens; per target, eligible rows and tokens and the key range
@@ -356,10 +364,29 @@ class ShardScan:
 
         docids = self.view.docids.arrow().take(numeric_array(rows.astype(np.int64))) if len(rows) else \
             pa.array([], pa.large_string())
-        return pa.table({"part": pa.array(np.full(len(rows), self.part, np.int32)),
-                         "row": numeric_array(rows.astype(np.int64)),
-                         "key": numeric_array(key.astype(np.int64 if self._keys_exact else np.float64)),
-                         "tokens": numeric_array(np.asarray(tokens, dtype=np.int64)), "docid": docids})
+        table = pa.table({"part": pa.array(np.full(len(rows), self.part, np.int32)),
+                          "row": numeric_array(rows.astype(np.int64)),
+                          "key": numeric_array(key.astype(np.int64 if self._keys_exact else np.float64)),
+                          "tokens": numeric_array(np.asarray(tokens, dtype=np.int64)), "docid": docids})
+        plan = self.plan
+        return table if plan is None or plan.groups is None else table.append_column("group", self._groups(rows, docids))
+
+    def _groups(self, rows: np.ndarray, docids: Any) -> Any:
+        """The group of each of ``rows`` (``GroupSpec``), as Arrow strings."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from nagindex.arrays import numeric_array
+
+        by = self.plan.groups.by
+        if by == "source":
+            ids = np.asarray(self.view.source_ids[np.asarray(rows, np.int64)], dtype=np.int64)
+            return pa.array(self.view.sources, pa.string()).take(numeric_array(ids))
+        if by == "docid-prefix":
+            return pc.cast(pc.replace_substring_regex(docids, pattern="-[^-]*$", replacement=""), pa.string())
+        joined = pa.table({"docid": docids, "i": pa.array(np.arange(len(rows)))}).join(
+            self._group_lookup, "docid", join_type="left outer").sort_by("i")
+        return pc.fill_null(pc.cast(joined.column("value"), pa.string()), "(none)").combine_chunks()
 
     # ------------------------------------------------------------ round 5
     def fetch(self, rows: np.ndarray, with_text: bool = False) -> dict[str, Any]:
@@ -495,6 +522,20 @@ class ShardScan:
             self._dir = None
 
 
+def _first_per_id(path: Path, id_field: str, column: str, numeric: bool) -> Any:
+    """Arrow table ``docid, value`` of a per-document file, the first row of a repeated id winning."""
+    import pyarrow as pa
+
+    from nagindex.query.sources import read_keyed_values
+
+    ids, values = read_keyed_values(path, id_field, column, numeric)
+    if len(ids) == 0:
+        return pa.table({"docid": ids, "value": values})
+    first = pa.table({"docid": ids, "i": pa.array(np.arange(len(ids)))}).group_by("docid").aggregate([("i", "min")])
+    keep = first.column("i_min")
+    return pa.table({"docid": ids.take(keep), "value": values.take(keep)})
+
+
 def _minmax(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Spec sec. 4 min-max normalisation with global ``lo``/``hi`` (a constant column gives 0)."""
     return np.zeros_like(x) if hi == lo else (x - lo) / (hi - lo)
@@ -534,6 +575,7 @@ class ArrayPart(ShardScan):
         self._keys = keys
         self._exact = keys.dtype.kind in "iu"
         self._sums, self._combined, self._quality, self._sampled, self._dir = keys, None, None, None, None
+        self.plan = None
 
     def keys(self, t: int, lo: int, hi: int) -> np.ndarray:
         return self._keys[t, lo:hi] if self._sampled is None else np.asarray(self._sampled[t, lo:hi])

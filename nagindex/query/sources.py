@@ -216,8 +216,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 
-def read_keyed_values(path: Path, id_field: str, column: str) -> tuple[Any, Any]:
-    """``(ids, values)`` of a parquet/JSONL file as Arrow arrays (large_string, float64; null -> NaN).
+def read_keyed_values(path: Path, id_field: str, column: str, numeric: bool = True) -> tuple[Any, Any]:
+    """``(ids, values)`` of a parquet/JSONL file as Arrow arrays: large_string ids, and float64 values
+    (null -> NaN) or, not ``numeric``, string values (null stays null).
 
     For per-document files as large as the pool (``--quality-file``): parquet reads just the
     two columns, JSONL is parsed line by line into Arrow chunks, never a list of dicts.
@@ -240,10 +241,11 @@ def read_keyed_values(path: Path, id_field: str, column: str) -> tuple[Any, Any]
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
             raise InputError(f"{path}: cannot read parquet: {exc}") from exc
         ids = pc.cast(table.column(id_field), pa.large_string())
-        values = pc.fill_null(pc.cast(table.column(column), pa.float64()), float("nan"))
+        values = pc.fill_null(pc.cast(table.column(column), pa.float64()), float("nan")) if numeric else \
+            pc.cast(table.column(column), pa.string())
         return ids.combine_chunks(), values.combine_chunks()
     if not path.name.lower().endswith((".jsonl", ".jsonl.gz")):
-        return _keyed_from_records(read_records(path), path, id_field, column)
+        return _keyed_from_records(read_records(path), path, id_field, column, numeric)
     chunks_ids, chunks_values, ids, values = [], [], [], []
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
@@ -257,24 +259,31 @@ def read_keyed_values(path: Path, id_field: str, column: str) -> tuple[Any, Any]
             if not isinstance(row, dict) or id_field not in row or column not in row:
                 raise InputError(f"{path}:{lineno}: needs fields {id_field!r} and {column!r}")
             ids.append(str(row[id_field]))
-            values.append(_float(row[column], path, lineno, column))
+            values.append(_float(row[column], path, lineno, column) if numeric else _text(row[column]))
             if len(ids) == 65536:
                 chunks_ids.append(string_array(ids))
-                chunks_values.append(pa.array(values, pa.float64()))
+                chunks_values.append(pa.array(values, pa.float64() if numeric else pa.string()))
                 ids, values = [], []
     chunks_ids.append(string_array(ids))
-    chunks_values.append(pa.array(values, pa.float64()))
+    chunks_values.append(pa.array(values, pa.float64() if numeric else pa.string()))
     return (pa.concat_arrays([pc.cast(c, pa.large_string()) for c in chunks_ids]),
             pa.concat_arrays(chunks_values))
 
 
-def _keyed_from_records(rows: list[dict[str, Any]], path: Path, id_field: str, column: str) -> tuple[Any, Any]:
+def _keyed_from_records(rows: list[dict[str, Any]], path: Path, id_field: str, column: str,
+                        numeric: bool) -> tuple[Any, Any]:
     import pyarrow as pa
 
     if rows and (id_field not in rows[0] or column not in rows[0]):
         raise InputError(f"{path}: needs columns {id_field!r} and {column!r} (has {', '.join(rows[0])})")
+    values = [_float(r.get(column), path, i + 1, column) if numeric else _text(r.get(column))
+              for i, r in enumerate(rows)]
     return (pa.array([str(r[id_field]) for r in rows], pa.large_string()),
-            pa.array([_float(r.get(column), path, i + 1, column) for i, r in enumerate(rows)], pa.float64()))
+            pa.array(values, pa.float64() if numeric else pa.string()))
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _float(value: Any, path: Path, lineno: int, column: str) -> float:

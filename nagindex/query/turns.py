@@ -50,3 +50,35 @@ def turns(compact: np.ndarray, cost: np.ndarray, starts: np.ndarray, limits: np.
             used[i] += cost[p]
             count[i] += 1
     return pos[:n], who[:n], -1
+
+
+@njit(cache=True, nogil=True)
+def capped(cost: np.ndarray, group: np.ndarray, limit: np.ndarray, total: int,
+           by_budget: bool) -> tuple[np.ndarray, bool]:  # pragma: no cover - compiled
+    """Group caps over one ranked candidate list: the positions taken, and whether the quota stopped the walk.
+
+    A candidate whose group would pass its ``limit`` is skipped (the next ones get its place);
+    the others are taken in rank order until ``total`` is reached: a count (``by_budget`` False,
+    ``cost`` 1 each), or a token budget, stopping at the first taken candidate that would overflow
+    it (and taking it if it would be the first: the prefix rule). Returns False as the second value
+    when the list ran out first (the caller ranks deeper, unless the list is the whole pool).
+    """
+    used = np.zeros(len(limit), np.int64)
+    out = np.empty(len(cost), np.int64)
+    spent, n = 0, 0
+    for i in range(len(cost)):
+        if not by_budget and spent >= total:
+            return out[:n], True
+        g, c = group[i], cost[i]
+        if used[g] + c > limit[g]:
+            continue
+        if by_budget and spent + c > total:
+            if n == 0:
+                out[0] = i
+                n = 1
+            return out[:n], True
+        out[n] = i
+        n += 1
+        used[g] += c
+        spent += c
+    return out[:n], not by_budget and spent >= total

@@ -236,3 +236,37 @@ def test_sampling_is_seeded_shard_invariant_and_tends_to_the_ranking(data):
         assert one.equals(query(mix, data["idx7"], k=60, mode=mode, sample=True, seed=1).table)
     with pytest.raises(NagIndexError, match="temperature must be a positive"):
         query(t, data["idx1"], k=5, sample=True, temperature=0)
+
+
+def test_group_caps_hold_exactly_and_the_budget_is_still_filled(data, tmp_path):
+    t = [TargetRequest("features", str(data["alpha"]))]
+    plain = query(t, data["idx1"], fraction=0.2).table.to_pydict()
+    budget = int(sum(open_index(data["idx1"]).token_counts) * 0.2)
+
+    def shares(table):
+        tokens = {}
+        for src, n in zip(table["source"], table["token_count"]):
+            tokens[src] = tokens.get(src, 0) + n
+        return tokens
+
+    assert max(shares(plain).values()) > 0.4 * budget  # uncapped, one input file dominates
+    capped = {s: query(t, data[f"idx{s}"], fraction=0.2, group_by="source", max_group_share=0.4).table
+              for s in (1, 7)}
+    assert capped[1].equals(capped[7])
+    got = capped[1].to_pydict()
+    assert max(shares(got).values()) <= int(0.4 * budget)
+    assert budget - 400 < sum(got["token_count"]) <= budget  # filled from the other groups (docs < 400 tokens)
+    # the ranking is kept within what the caps allow: each chosen doc is the best its group could still take
+    scores = got["score"]
+    assert scores == sorted(scores, reverse=True)
+    # explicit quotas and a column of a file; k caps count documents
+    quota = tmp_path / "quota.yaml"
+    quota.write_text("'0': 0.1\n")
+    groups = tmp_path / "groups.jsonl"
+    ids = plain["docid"]
+    groups.write_text("".join(json.dumps({"docid": d, "lang": str(i % 2)}) + "\n" for i, d in enumerate(ids)))
+    by_col = query(t, data["idx7"], k=40, group_by="lang", group_file=groups, group_quota=quota).table.to_pydict()
+    lang = {d: str(i % 2) for i, d in enumerate(ids)}
+    assert len(by_col["docid"]) == 40 and sum(lang.get(d) == "0" for d in by_col["docid"]) == 4
+    with pytest.raises(NagIndexError, match="--group-by needs"):
+        query(t, data["idx1"], k=5, group_by="source")

@@ -12,24 +12,31 @@ whatever the summation order, so the docid tie-break in ``select.py`` decides,
 as the spec says. Other powers sum float64 weights.
 
 The kernels are numba. Power 1 with counts below 2^16 (any target of fewer
-than 65,536 examples) takes the *lane* kernels: documents in blocks of
-``LANE_BLOCK`` rows, one layer at a time over the block (so only one layer's slice
-of the table is hot: 12 KB for one profile, 98 KB for eight, where the whole
-table would be 344 KB / 2.75 MB), and the counts of up to 4 profiles packed as
-uint16 lanes of one uint64 word, 8 profiles in two words: a code costs one or
-two loads and adds whatever the number of profiles, and the 16-bit lanes are
-widened into 32-bit lanes every ``flush`` codes (a divisor of K chosen so that no
-lane can overflow). More than 8 profiles run in groups of 8 over the same block.
-Measured on 1M x 28 x 20 codes (``tools/bench_query.py``, BENCHMARKS.md, a shared
-2-core machine, so +-20%): one profile 0.43 s per core, about 10% faster than the
-previous per-document kernel; 4 profiles 1.2-1.5x one, 8 profiles 1.5-2.1x one,
-where that kernel (an ``(L'*width, P)`` int32 table, kept below for other powers and
-for counts past 2^16) took 3-3.2x and 4-5x. A torch ``embedding_bag`` formulation
-was slower still for up to 16 profiles, sums in float32 and costs a torch import.
+than 65,536 examples) takes the *lane* kernels (``_lane_kernels``): documents in
+blocks of ``LANE_BLOCK`` rows, each block checked for bad codes and then summed
+one layer at a time (so only one layer's slice of the table is hot: 6-12 KB for
+one profile, in L1), the next block prefetched meanwhile. Up to 8 profiles sit
+side by side in the table, so a code costs one (vector) load and add whatever the
+number of profiles; counts below 256 make a uint8 table (half the cache
+footprint); with K % 4 == 0 the codes are read four to a uint64 word. More than 8
+profiles run in groups of 8 over the same block. Measured on 2M x 28 x 20 skewed
+codes in RAM, 64K-row blocks, one thread, on a shared 2-core Zen 3 VM whose
+neighbours move every number by +-30% (so old and new ran interleaved in one
+process): one profile 3.7-3.9M documents/s (0.26 s per 1M), 2.2-3x the previous
+lane kernels (1.3-1.7M in the same runs); 4 profiles 1.15-1.3x one with a uint8
+table, 1.5-1.6x with uint16 (counts past 255); 8 profiles 1.55-1.65x and 1.9-2.2x
+(the previous kernels: 0.9-1.2x and 1.3-2.4x of their slower one). On codes already in
+cache one profile runs at about 4.6M documents/s, about a cycle per lookup: the
+lookups are bound by the core's loads, and streaming 1.1 KB of codes a document
+from memory costs the rest. An ``(L'*width, P)`` int32 table kernel, kept below for
+other powers and for counts past 2^16, took 3-3.2x and 4-5x of one profile for 4
+and 8. A torch ``embedding_bag`` formulation was slower still for up to 16
+profiles, sums in float32 and costs a torch import.
 """
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -45,11 +52,13 @@ logger = logging.getLogger(__name__)
 #: rows per kernel call: 64K x 28 x 20 uint16 is 72 MB of codes, so the page cache
 #: streams while the output stays small.
 BLOCK_ROWS = 65536
-#: rows per parallel task of the lane kernels: 1024 x 28 x 20 codes (1.1 MB) stay in L2
-#: while each layer of the table is used in turn.
-LANE_BLOCK = 1024
+#: rows per parallel task of the lane kernels: 256 x 28 x 20 codes (287 KB) stay in L2
+#: (512 KB a core on the Zen 3 measured) while each layer of the table is used in turn.
+#: 128 to 512 measured alike; 1024 and more slower (the codes spill to L3 between passes).
+LANE_BLOCK = 256
 _CODE_LIMIT = 2**16  # codes are uint16
 _LANE_MAX = 2**16 - 1  # a uint16 lane
+_BYTE_MAX = 2**8 - 1  # a uint8 table entry
 
 
 @dataclass(frozen=True)
@@ -75,11 +84,11 @@ class _Table:
 
     ``lanes`` 0: the generic kernels, ``values`` ``(L' * width,)`` for P == 1 else
     ``(L' * width, P)``, int32/int64 counts or float64 weights, plus guard rows.
-    ``lanes`` 1: ``(L' * width,)`` uint16 counts. ``lanes`` 4: ``(L' * width,)``
-    uint64 words of 4 uint16 counts (profile p in bits 16p..16p+15). ``lanes`` 8:
-    ``(G, L' * width * 2)`` uint64, G groups of 8 profiles, row r in words 2r and
-    2r + 1 (flat: 10% faster than a 2-D index). ``flush``: codes summed in
-    16-bit lanes before widening (lane kernels with lanes > 1).
+    ``lanes`` 1: ``(L', width)`` counts. ``lanes`` 4 or 8: ``(G, L', width * lanes)``,
+    G groups of ``lanes`` profiles (the last one zero-padded), the count of neuron c
+    for profile ``lanes * g + p`` at ``[g, l, lanes * c + p]``: one vector load per
+    code. Lane tables are uint8 when every count is below 256, else uint16.
+    ``flush``: codes summed in 16-bit lanes before widening (lanes > 1).
     """
 
     values: np.ndarray
@@ -115,17 +124,20 @@ def _flush_every(top_k: int, max_count: int) -> int:
 
 
 def _lane_table(counts: np.ndarray, lanes: int) -> np.ndarray:
-    """``(P, L', width)`` counts < 2^16 -> the lane kernels' table (see ``_Table``)."""
-    num_profiles = counts.shape[0]
-    flat = counts.reshape(num_profiles, -1)
+    """``(P, L', width)`` counts < 2^16 -> the lane kernels' table (see ``_Table``).
+
+    uint8 when every count is below 256 (any target of fewer than 256 documents, and
+    most larger ones): half the bytes, so twice the table fits each cache level.
+    """
+    num_profiles, num_layers, width = counts.shape
+    dtype = np.uint8 if counts.max() <= _BYTE_MAX else np.uint16
     if lanes == 1:
-        return np.ascontiguousarray(flat[0], dtype=np.uint16)
+        return np.ascontiguousarray(counts[0], dtype=dtype)
     groups = -(-num_profiles // lanes)
-    packed = np.zeros((groups * lanes, flat.shape[1]), dtype=np.uint16)
-    packed[:num_profiles] = flat
-    packed = np.ascontiguousarray(packed.reshape(groups, lanes, -1).transpose(0, 2, 1))  # (G, rows, lanes)
-    words = packed.view("<u8")  # little-endian: lane j of a word in bits 16j..16j+15
-    return words.reshape(-1) if lanes == 4 else words.reshape(groups, -1)  # (rows,) or (G, rows * 2)
+    packed = np.zeros((groups * lanes, num_layers, width), dtype=dtype)
+    packed[:num_profiles] = counts
+    packed = packed.reshape(groups, lanes, num_layers, width).transpose(0, 2, 3, 1)  # (G, L', width, lanes)
+    return np.ascontiguousarray(packed).reshape(groups, num_layers, width * lanes)
 
 
 def build_table(profiles: np.ndarray | Sequence[np.ndarray], power: float = 1.0, terms: int = 0,
@@ -228,115 +240,226 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
     return sum_single, sum_multi
 
 
-@lru_cache(maxsize=None)
-def _lane_kernels(top_k: int, flush: int) -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]]:
-    """The lane kernels for K = ``top_k`` and ``flush`` (compiled per pair, cached on disk).
+# The lane kernels' LLVM operations, numba intrinsics made by ``_lane_intrinsics``. Module
+# globals, not closure cells: a kernel reaches them as globals when it compiles, so they stay
+# out of numba's cache key (a captured intrinsic would enter it with a per-process id).
+_lanes_add: Any = None
+_lanes_widen: Any = None
+_prefetch: Any = None
 
-    K and ``flush`` are compile-time constants, so the loop over a layer's K codes
-    is fully unrolled. All three take ``codes`` ``(n, L' * K)`` C-contiguous,
-    ``num_layers`` (L'), ``width``, ``block`` (rows per parallel task), ``table``
-    (see ``_Table``) and ``out`` int64, zero-initialised: ``(n,)`` for one profile,
-    ``(n, 4)``, or ``(n, 8 * G)``. Each block is checked before any lookup: a
-    block holding a neuron >= width (corrupt index, or an index and a profile from
-    different models) gets scores -1 (real scores are >= 0) and the caller raises.
-    Lanes: ``x & MASK`` holds lanes 0 and 2 of a word in 32-bit halves,
-    ``(x >> 16) & MASK`` lanes 1 and 3; 32-bit lanes cannot overflow because a
-    document's sum is < 2^31 (checked by ``build_table``). The block check is
-    written out in each kernel: a jitted helper captured by this closure would
-    enter numba's cache key with a per-process id and defeat the disk cache.
+
+@lru_cache(maxsize=None)
+def _lane_intrinsics() -> None:
+    """Define ``_lanes_add``, ``_lanes_widen`` and ``_prefetch`` (numba is imported lazily, so at first use).
+
+    ``_lanes_add(acc, table, c)``: ``acc`` a tuple of V uint16 or uint32 lanes, plus
+    the V entries ``table[V * c:V * c + V]`` (uint8 or uint16, zero-extended to the
+    lane width), as one vector load and one wrapping vector add (``paddw``, or
+    ``pmovzx`` + ``paddd``); the V * c scaling folds into the load's address when an
+    entry is 4 or 8 bytes. ``_lanes_widen(acc32, row, acc)``: adds the lanes of
+    ``acc``, widened to 32 bits, into ``acc32[row, :V]`` (a C-contiguous uint32
+    array) as one vector load, add and store. Plain LLVM vector IR, so portable (SSE2
+    is enough on x86). Numba cannot express them itself: the SLP vectoriser leaves 8
+    scalar accumulators scalar, and the uint64 SWAR form they replace (two words per
+    code for 8 profiles) was 1.3-1.5x slower. ``_prefetch(arr, offset)``: a cache hint
+    (``llvm.prefetch``: read, L2) for the line holding ``arr.flat[offset]``.
+    """
+    global _lanes_add, _lanes_widen, _prefetch
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.core.extending import intrinsic
+
+    i32 = ir.IntType(32)
+
+    def as_vector(builder, tup, count, bits):
+        vec = ir.Constant(ir.VectorType(ir.IntType(bits), count), ir.Undefined)
+        for p in range(count):
+            vec = builder.insert_element(vec, builder.extract_value(tup, p), i32(p))
+        return vec  # instcombine folds these element moves away between consecutive calls
+
+    @intrinsic
+    def lanes_add(typingctx, acc, table, c):
+        if not (isinstance(acc, types.UniTuple) and acc.dtype in (types.uint16, types.uint32)
+                and isinstance(table, types.Array) and table.layout == "C"
+                and table.dtype in (types.uint8, types.uint16) and isinstance(c, types.Integer)):
+            return None
+        count, bits, acc_bits = acc.count, table.dtype.bitwidth, acc.dtype.bitwidth
+
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[1])(context, builder, args[1]).data
+            vec = ir.VectorType(ir.IntType(bits), count)
+            entry = builder.gep(builder.bitcast(data, vec.as_pointer()), [args[2]])  # scaled in the address
+            loaded = builder.load(entry, align=bits // 8)
+            if bits < acc_bits:
+                loaded = builder.zext(loaded, ir.VectorType(ir.IntType(acc_bits), count))
+            total = builder.add(as_vector(builder, args[0], count, acc_bits), loaded)
+            out = context.get_constant_undef(sig.return_type)
+            for p in range(count):
+                out = builder.insert_value(out, builder.extract_element(total, i32(p)), p)
+            return out
+
+        return acc(acc, table, c), codegen
+
+    @intrinsic
+    def lanes_widen(typingctx, acc32, row, acc):
+        if not (isinstance(acc32, types.Array) and acc32.dtype == types.uint32 and acc32.layout == "C"
+                and isinstance(row, types.Integer) and isinstance(acc, types.UniTuple)
+                and acc.dtype in (types.uint16, types.uint32)):
+            return None
+        count, acc_bits = acc.count, acc.dtype.bitwidth
+
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            index = builder.mul(context.cast(builder, args[1], sig.args[1], types.intp),
+                                ir.Constant(ir.IntType(64), count))
+            vec32 = ir.VectorType(i32, count)
+            ptr = builder.bitcast(builder.gep(data, [index]), vec32.as_pointer())
+            lanes = as_vector(builder, args[2], count, acc_bits)
+            total = builder.add(builder.load(ptr, align=4), lanes if acc_bits == 32 else builder.zext(lanes, vec32))
+            builder.store(total, ptr, align=4)
+            return context.get_dummy_value()
+
+        return types.void(acc32, row, acc), codegen
+
+    @intrinsic
+    def prefetch(typingctx, arr, offset):
+        if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(offset, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+            fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+            hint = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            builder.call(hint, [ptr, i32(0), i32(1), i32(1)])  # read, locality 1 (L2), data
+            return context.get_dummy_value()
+
+        return types.void(arr, offset), codegen
+
+    _lanes_add, _lanes_widen, _prefetch = lanes_add, lanes_widen, prefetch
+
+
+@lru_cache(maxsize=None)
+def _lane_kernels(top_k: int, flush: int, lanes: int) -> Callable[..., None]:
+    """The lane kernel for K = ``top_k``, ``flush`` and ``lanes`` (compiled per triple, cached on disk).
+
+    Arguments: ``codes`` ``(n, L' * K)`` uint16 C-contiguous; ``words``, the same
+    memory as ``(n, L' * K / 4)`` uint64 when K % 4 == 0 (else an unused ``(n, 0)``);
+    ``width``; ``block`` (rows per parallel task); ``table`` (see ``_Table``); ``out``
+    int64: ``(n,)`` for one profile, else ``(n, lanes * G)``.
+
+    A block goes one layer at a time, so only that layer's slice of the table is hot
+    (6-12 KB for one profile: L1). The lookups are bound by loads, so per code there
+    is one table load and one add, whatever the lanes: one profile sums its counts
+    into an int32; V = 4 or 8 profiles add their V counts with one vector load and
+    add (``_lanes_add``). 4 lanes add in 32 bits (a zero-extending load, so no flush;
+    10-25% faster than 16-bit lanes from a uint8 table); 8 lanes add in 16 bits (one
+    ``paddw`` with a memory operand) and are widened into 32-bit lanes every
+    ``flush`` codes (``_lanes_widen``; a divisor of K for which no 16-bit lane can
+    overflow). A document's sum is < 2^31 (checked by ``build_table``). With K % 4 ==
+    0 the codes come four to a uint64 word, split by shifts: 1.25 loads per lookup
+    instead of 2. Indexes are flat and unsigned (no wraparound selects: 7% faster).
+
+    Each block is checked before any of its lookups (a vectorised max over its codes,
+    which also brings them into cache); a block holding a neuron >= width (corrupt
+    index, or an index and a profile from different models) gets scores -1 (real
+    scores are >= 0) and the caller raises. While a block is summed, the next one is
+    prefetched, one cache line per (row, layer) step, so its check does not wait on
+    memory (5-15% faster for one profile; running the next block's check inside the
+    layer passes instead was 5-15% slower than check-then-sum). K, ``flush``, the
+    lanes and the shifts are compile-time constants (the loop over a layer's codes
+    unrolls); they are plain values in this closure because closure values are part
+    of numba's cache key.
     """
     from numba import njit, prange
 
-    k, f = top_k, flush  # plain values only in this closure: they are part of numba's cache key
-    mask, low = np.uint64(0x0000FFFF0000FFFF), np.uint64(0xFFFFFFFF)
-    s16, s32 = np.uint64(16), np.uint64(32)
+    _lane_intrinsics()
+    k, v = top_k, lanes  # plain values only in this closure: they are part of numba's cache key
+    wide = v == 4  # 4 lanes add in 32 bits (one zero-extending load, vpmovzxbd/wd): no flush
+    f = k if wide else flush
+    zero = (np.uint32(0) if wide else np.uint16(0),) * v
+    swar = k % 4 == 0
+    per_layer = k // 4 if swar else k  # a layer's codes, in words or codes
+    m16 = np.uint64(0xFFFF)
+    line = 32  # uint16 codes per 64-byte cache line
+
+    if v == 1:
+        @njit(parallel=True, cache=True, nogil=True)
+        def lanes1(codes, words, width, block, table, out):  # pragma: no cover - compiled
+            n, m = codes.shape
+            flat_codes, flat_words = codes.reshape(-1), words.reshape(-1)
+            stride = m // 4 if swar else m  # a row, in words or codes
+            for b in prange((n + block - 1) // block):
+                lo, hi = b * block, min(n, b * block + block)
+                top = np.uint16(0)
+                for i in range(lo, hi):  # the block's check (vpmaxuw), which also brings it into cache
+                    for q in range(m):
+                        top = max(top, codes[i, q])
+                if top >= width:
+                    out[lo:hi] = -1
+                    continue
+                acc = np.zeros(hi - lo, np.int32)
+                ahead, end = hi * m, min(n, hi + block) * m  # the next block, a line per step
+                for layer in range(table.shape[0]):
+                    row = table[layer]
+                    at = np.uint64(lo * stride + layer * per_layer)  # flat and unsigned: no wraparound select
+                    for r in range(hi - lo):
+                        if ahead < end:
+                            _prefetch(codes, ahead)
+                            ahead += line
+                        s = np.int32(0)
+                        for j in range(k):
+                            if swar:
+                                c = (flat_words[at + np.uint64(j // 4)] >> np.uint64(16 * (j % 4))) & m16
+                            else:
+                                c = np.uint64(flat_codes[at + np.uint64(j)])
+                            s += np.int32(row[c])
+                        acc[r] += s
+                        at += np.uint64(stride)
+                out[lo:hi] = acc
+
+        return lanes1
 
     @njit(parallel=True, cache=True, nogil=True)
-    def lanes1(codes, num_layers, width, block, table, out):  # pragma: no cover - compiled
-        n = codes.shape[0]
+    def lanes_v(codes, words, width, block, table, out):  # pragma: no cover - compiled
+        n, m = codes.shape
+        flat_codes, flat_words = codes.reshape(-1), words.reshape(-1)
+        stride = m // 4 if swar else m  # a row, in words or codes
         for b in prange((n + block - 1) // block):
             lo, hi = b * block, min(n, b * block + block)
-            top = 0
+            top = np.uint16(0)
             for i in range(lo, hi):
-                for q in range(codes.shape[1]):
+                for q in range(m):
                     top = max(top, codes[i, q])
             if top >= width:
                 out[lo:hi] = -1
                 continue
-            for i in range(lo, hi):
-                s = np.int32(0)
-                for layer in range(num_layers):
-                    base = np.int64(layer * width)
-                    for j in range(k):
-                        s += np.int32(table[base + np.int64(codes[i, layer * k + j])])
-                out[i] = s
-
-    @njit(parallel=True, cache=True, nogil=True)
-    def lanes4(codes, num_layers, width, block, table, out):  # pragma: no cover - compiled
-        n = codes.shape[0]
-        for b in prange((n + block - 1) // block):
-            lo, hi = b * block, min(n, b * block + block)
-            top = 0
-            for i in range(lo, hi):
-                for q in range(codes.shape[1]):
-                    top = max(top, codes[i, q])
-            if top >= width:
-                out[lo:hi] = -1
-                continue
-            acc = np.zeros((hi - lo, 2), np.uint64)
-            for layer in range(num_layers):  # one layer of the table at a time, over the whole block
-                base = np.int64(layer * width)
-                for i in range(lo, hi):
-                    a0, a1 = acc[i - lo, 0], acc[i - lo, 1]
-                    for j0 in range(0, k, f):
-                        x = np.uint64(0)
-                        for j in range(j0, j0 + f):
-                            x += table[base + np.int64(codes[i, layer * k + j])]
-                        a0 += x & mask
-                        a1 += (x >> s16) & mask
-                    acc[i - lo, 0], acc[i - lo, 1] = a0, a1
-            for i in range(lo, hi):
-                a0, a1 = acc[i - lo, 0], acc[i - lo, 1]
-                out[i, 0], out[i, 2] = np.int64(a0 & low), np.int64(a0 >> s32)
-                out[i, 1], out[i, 3] = np.int64(a1 & low), np.int64(a1 >> s32)
-
-    @njit(parallel=True, cache=True, nogil=True)
-    def lanes8(codes, num_layers, width, block, table, out):  # pragma: no cover - compiled
-        n = codes.shape[0]
-        for b in prange((n + block - 1) // block):
-            lo, hi = b * block, min(n, b * block + block)
-            top = 0
-            for i in range(lo, hi):
-                for q in range(codes.shape[1]):
-                    top = max(top, codes[i, q])
-            if top >= width:
-                out[lo:hi] = -1
-                continue
-            acc = np.zeros((hi - lo, 4), np.uint64)
+            acc = np.empty((hi - lo, v), np.uint32)
+            ahead, end = hi * m, min(n, hi + block) * m
             for g in range(table.shape[0]):  # groups of 8 profiles over the same block
-                words = table[g]
                 acc[:] = 0
-                for layer in range(num_layers):
-                    base = np.int64(layer * width)
-                    for i in range(lo, hi):
-                        a = acc[i - lo]
-                        for j0 in range(0, k, f):
-                            x, y = np.uint64(0), np.uint64(0)
-                            for j in range(j0, j0 + f):
-                                r = 2 * (base + np.int64(codes[i, layer * k + j]))
-                                x += words[r]
-                                y += words[r + 1]
-                            a[0] += x & mask
-                            a[1] += (x >> s16) & mask
-                            a[2] += y & mask
-                            a[3] += (y >> s16) & mask
-                for i in range(lo, hi):
-                    for w in range(2):
-                        c, e, o = acc[i - lo, 2 * w], acc[i - lo, 2 * w + 1], 8 * g + 4 * w
-                        out[i, o], out[i, o + 2] = np.int64(c & low), np.int64(c >> s32)
-                        out[i, o + 1], out[i, o + 3] = np.int64(e & low), np.int64(e >> s32)
+                for layer in range(table.shape[1]):
+                    row = table[g, layer]
+                    at = np.uint64(lo * stride + layer * per_layer)
+                    for r in range(hi - lo):
+                        if ahead < end:
+                            _prefetch(codes, ahead)
+                            ahead += line
+                        a = zero
+                        for j in range(k):
+                            if swar:
+                                c = (flat_words[at + np.uint64(j // 4)] >> np.uint64(16 * (j % 4))) & m16
+                            else:
+                                c = np.uint64(flat_codes[at + np.uint64(j)])
+                            a = _lanes_add(a, row, c)
+                            if (j + 1) % f == 0:
+                                _lanes_widen(acc, r, a)
+                                a = zero
+                        at += np.uint64(stride)
+                out[lo:hi, v * g:v * g + v] = acc
 
-    return lanes1, lanes4, lanes8
+    return lanes_v
 
 
 def _kept_block(block: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -350,6 +473,24 @@ def _kept_block(block: np.ndarray, kept: np.ndarray) -> np.ndarray:
     sub = sub.reshape(n, len(kept) * top_k)
     sub.flags.writeable = False  # one compiled signature for memmaps and arrays alike
     return sub
+
+
+def _code_words(sub: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, words)`` for a lane kernel: ``sub`` and, when K % 4 == 0, the same memory as uint64 words.
+
+    Four codes to a word, code j in bits 16j..16j+15 (little-endian; a layer's K codes
+    are whole words); an unaligned block (a memory map at an odd offset) is copied
+    first. Otherwise ``words`` is an empty ``(n, 0)`` placeholder and the kernel
+    reads the codes one by one.
+    """
+    if top_k % 4 == 0 and sub.size and sys.byteorder == "little":
+        if sub.ctypes.data % 8:
+            sub = sub.copy()
+            sub.flags.writeable = False
+        return sub, sub.view(np.uint64)
+    words = np.empty((len(sub), 0), dtype=np.uint64)
+    words.flags.writeable = False  # the same compiled signature as a read-only view
+    return sub, words
 
 
 def _prepare(shape: tuple[int, ...], profiles: np.ndarray | Sequence[np.ndarray], layers: LayerSpec,
@@ -388,8 +529,8 @@ class BlockScorer:
         self.num_profiles = self.table.num_profiles
         self.exact = self.table.exact
         if self.table.lanes:
-            self._kernel = dict(zip((1, 4, 8), _lane_kernels(self.top_k, self.table.flush)))[self.table.lanes]
-            self._columns = {1: 1, 4: 4, 8: 8 * len(self.table.values)}[self.table.lanes]
+            self._kernel = _lane_kernels(self.top_k, self.table.flush, self.table.lanes)
+            self._columns = 1 if self.table.lanes == 1 else self.table.lanes * len(self.table.values)
         else:
             sum_single, sum_multi = _kernels()
             self._kernel = sum_multi if self.table.values.ndim == 2 else sum_single
@@ -402,7 +543,7 @@ class BlockScorer:
         n, table = len(sub), self.table
         out = np.zeros(n if self._columns == 1 else (n, self._columns), dtype=np.int64 if self.exact else np.float64)
         if table.lanes:
-            self._kernel(sub, len(self.kept), table.width, LANE_BLOCK, table.values, out)
+            self._kernel(*_code_words(sub, self.top_k), table.width, LANE_BLOCK, table.values, out)
         else:
             self._kernel(sub, self._off, table.width, table.values, out)
         if out.min(initial=0) < 0:

@@ -1,4 +1,4 @@
-"""The lane kernels of ``score.py`` (packed uint16 counts, layer-blocked): exact against numpy."""
+"""The lane kernels of ``score.py`` (profiles side by side in uint8/uint16 tables, layer-blocked): exact against numpy."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from nagindex.errors import NagIndexError
 from nagindex.query.profile import count_profile, resolve_layers
-from nagindex.query.score import _flush_every, build_table, score_codes
+from nagindex.query.score import LANE_BLOCK, _flush_every, build_table, score_codes
 
 
 def numpy_raw(codes: np.ndarray, counts: np.ndarray, layers) -> np.ndarray:
@@ -36,15 +36,17 @@ def test_lane_kernels_equal_numpy(pool, make_codes, num_profiles, layers):
         assert np.array_equal(scores.similarity[p], scores.raw[p] / c.sum())
 
 
+@pytest.mark.parametrize("num_profiles", [1, 3])
 @pytest.mark.parametrize("top", [65535 // 6 + 1, 65535 // 2, 65535])
-def test_big_counts_flush_lanes_more_often(pool, top):
+def test_big_counts_flush_lanes_more_often(pool, num_profiles, top):
     """Counts near 2^16: the 16-bit lanes are widened every f codes (f a divisor of K), never overflow."""
     rng, codes = pool
-    counts = [rng.integers(0, top + 1, (5, 96)) for _ in range(3)]
+    counts = [rng.integers(0, top + 1, (5, 96)) for _ in range(num_profiles)]
     for c in counts:
         c[:, :4] = top
     table = build_table(counts, 1.0, terms=30, top_k=6)
-    assert table.lanes == 4 and table.flush == _flush_every(6, top) and table.flush * top <= 65535
+    assert table.lanes == (1 if num_profiles == 1 else 4) and table.values.dtype == np.uint16
+    assert table.flush == _flush_every(6, top) and table.flush * top <= 65535
     scores = score_codes(codes, counts)
     for p, c in enumerate(counts):
         assert (scores.raw[p] == numpy_raw(codes, c, None)).all()
@@ -67,3 +69,44 @@ def test_bad_code_is_an_error_naming_the_row(pool, make_codes, num_profiles):
     bad[1777, 4, 2] = 96  # one neuron outside the profiles' width
     with pytest.raises(NagIndexError, match="row 1777 "):
         score_codes(bad, counts)
+
+
+@pytest.fixture
+def pool8(make_codes):
+    """K = 8: the kernels read the codes four to a uint64 word. 2500 rows: not a multiple of LANE_BLOCK."""
+    rng = np.random.default_rng(11)
+    codes = make_codes(rng, 2500, 5, 8, 96)
+    assert len(codes) % LANE_BLOCK
+    return rng, codes
+
+
+@pytest.mark.parametrize("num_profiles", [1, 4, 8, 12])
+@pytest.mark.parametrize("top", [200, 20000])  # uint8 table, flush = K; uint16 table, flush = 2 < K
+def test_word_codes_equal_numpy(pool8, num_profiles, top):
+    rng, codes = pool8
+    counts = [rng.integers(0, top + 1, (5, 96)) for _ in range(num_profiles)]
+    counts[0][:, :3] = top
+    table = build_table(counts, 1.0, terms=40, top_k=8)
+    assert table.values.dtype == (np.uint8 if top < 256 else np.uint16)
+    assert table.flush == (8 if top < 256 else 2)
+    scores = score_codes(codes, counts, block_rows=1100)
+    for p, c in enumerate(counts):
+        assert (scores.raw[p] == numpy_raw(codes, c, None)).all()
+    bad = codes.copy()
+    bad[2400, 1, 5] = 96  # in the short last block of a kernel call
+    bad[1090, 3, 0] = 65535  # the first one is named
+    with pytest.raises(NagIndexError, match="row 1090 "):
+        score_codes(bad, counts, block_rows=1100)
+
+
+def test_unaligned_block_is_copied_for_word_reads(pool8, make_codes):
+    """A block at an odd 2-byte offset (a memory map, say) cannot be read as uint64 words: copied first."""
+    rng, codes = pool8
+    raw = np.zeros(codes.size + 1, dtype=np.uint16)
+    unaligned = raw[1:].reshape(codes.shape)
+    unaligned[:] = codes
+    assert unaligned.ctypes.data % 8
+    counts = [count_profile(make_codes(rng, 30, 5, 8, 96), 96) for _ in range(2)]
+    scores = score_codes(unaligned, counts)
+    for p, c in enumerate(counts):
+        assert (scores.raw[p] == numpy_raw(codes, c, None)).all()

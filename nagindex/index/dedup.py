@@ -26,10 +26,10 @@ def reconcile(catalog: Catalog) -> int:
     import pyarrow.compute as pc
 
     from nagindex.index.derived import open_shard
-    from nagindex.index.store import STORE_DIR
+    from nagindex.index.sharded import has_shard
 
     rank = {item["key"]: i for i, item in enumerate(catalog.inputs)}
-    views = [open_shard(path) if (path / STORE_DIR).exists() else None for path in catalog.shard_paths()]
+    views = [open_shard(path) if has_shard(path) else None for path in catalog.shard_paths()]
     tables = []
     for s, view in enumerate(views):
         if view is None:  # a shard that got no input yet

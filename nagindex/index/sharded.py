@@ -14,6 +14,7 @@ that fit in memory. Queries never build it: they scan each shard where it lies
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,11 +31,10 @@ class ShardedView:
 
         from nagindex.index.dedup import hidden_rows
         from nagindex.index.derived import DocidColumn, open_shard
-        from nagindex.index.store import STORE_DIR
 
         self.catalog = catalog
         self.directory = catalog.root
-        present = [(s, path) for s, path in enumerate(catalog.shard_paths()) if (path / STORE_DIR).exists()]
+        present = [(s, path) for s, path in enumerate(catalog.shard_paths()) if has_shard(path)]
         if not present:
             raise NagIndexError(f"index {catalog.root}: no shard holds a store yet (nothing ingested)")
         views = [open_shard(path) for _, path in present]
@@ -84,19 +84,27 @@ class ShardedView:
         return FingerprintIndex(self._fingerprints)
 
 
+def has_shard(path: Path) -> bool:
+    """Whether a shard folder holds documents to read: its store, or (the store moved away, as for an
+    index served read-only) its derived files, which are all a query reads."""
+    from nagindex.index.derived import INFO_FILE
+    from nagindex.index.store import STORE_DIR
+
+    return (path / STORE_DIR).exists() or (path / INFO_FILE).is_file()
+
+
 def shard_specs(index_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """One spec per shard that holds documents: ``{"part", "name", "path", "hidden", "node_ip"}``
     (``name`` None for a one-folder index)."""
     from nagindex.index.catalog import load_catalog
     from nagindex.index.dedup import hidden_rows
     from nagindex.index.derived import open_shard
-    from nagindex.index.store import STORE_DIR
 
     catalog = load_catalog(index_dir)
     if catalog is None:
         return [{"part": 0, "name": None, "path": str(index_dir), "hidden": np.zeros(0, np.int64),
                  "node_ip": None}]
-    present = [(s, path) for s, path in enumerate(catalog.shard_paths()) if (path / STORE_DIR).exists()]
+    present = [(s, path) for s, path in enumerate(catalog.shard_paths()) if has_shard(path)]
     if not present:
         raise NagIndexError(f"index {catalog.root}: no shard holds a store yet (nothing ingested)")
     sizes = [0] * len(catalog.shards)

@@ -407,12 +407,15 @@ def _columns(fleet: Any, picked: Any, names: list[str], with_text: bool, quality
     def stack(key: str) -> np.ndarray:
         return np.concatenate([a[key] for a in answers], axis=-1)[..., to_order]
 
+    offsets = np.cumsum([0] + [len(a["sources"]) for a in answers[:-1]])
+    source_ids = np.concatenate([a["source_id"] + off for a, off in zip(answers, offsets)])[to_order]
+    sources = pa.array([src for a in answers for src in a["sources"]], pa.string()).take(numeric_array(source_ids))
     sims = stack("similarity").reshape(p, n)
     target, at = picked.target, np.arange(n)
     score = sims[target, at]
     columns: dict[str, Any] = {"rank": np.arange(1, n + 1, dtype=np.int64), "docid": _narrow(gather("docid")),
                                "score": score, "nag_distance": 1.0 - score, "token_count": stack("token_count"),
-                               "source": gather("source"), "position": stack("position")}
+                               "source": sources, "position": stack("position")}
     if quality:
         columns["combined_score"] = stack("combined").reshape(p, n)[target, at]
     if p > 1:

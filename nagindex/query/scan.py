@@ -390,11 +390,9 @@ class ShardScan:
 
     # ------------------------------------------------------------ round 5
     def fetch(self, rows: np.ndarray, with_text: bool = False) -> dict[str, Any]:
-        """The output columns of ``rows`` (in the given order): ``docid`` and ``source`` (Arrow strings),
-        ``similarity`` and ``combined`` per target ``(P, m)``, ``token_count``, ``position`` and, ``with_text``,
-        ``text`` read back from the sources. No Python object per row but the texts."""
-        import pyarrow as pa
-
+        """The output columns of ``rows`` (in the given order): ``docid`` (Arrow strings), ``source_id`` into
+        ``sources``, ``similarity`` and ``combined`` per target ``(P, m)``, ``token_count``, ``position`` and,
+        ``with_text``, ``text`` read back from the sources. No Python object per row but the texts."""
         from nagindex.arrays import numeric_array
 
         rows = np.asarray(rows, dtype=np.int64)
@@ -405,8 +403,8 @@ class ShardScan:
         view = self.view
         source_ids = np.asarray(view.source_ids[ordered])[back].astype(np.int64)
         positions = np.asarray(view.positions[ordered])[back]
-        out = {"docid": view.docids.arrow().take(numeric_array(rows)),
-               "source": pa.array(view.sources, pa.string()).take(numeric_array(source_ids)),
+        out = {"docid": view.docids.arrow().take(numeric_array(rows)), "source_id": source_ids,
+               "sources": list(view.sources),
                "similarity": self.similarity(ordered)[:, back],
                "combined": None if self._combined is None else np.asarray(self._combined[:, ordered])[:, back],
                "token_count": np.asarray(view.token_counts[ordered])[back], "position": positions}

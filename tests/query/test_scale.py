@@ -270,3 +270,16 @@ def test_group_caps_hold_exactly_and_the_budget_is_still_filled(data, tmp_path):
     assert len(by_col["docid"]) == 40 and sum(lang.get(d) == "0" for d in by_col["docid"]) == 4
     with pytest.raises(NagIndexError, match="--group-by needs"):
         query(t, data["idx1"], k=5, group_by="source")
+
+
+def test_shards_served_from_their_derived_files_alone(data, tmp_path):
+    """A shard whose store was moved away (an index served read-only) still answers: queries read only
+    the derived files."""
+    import shutil
+
+    copy = tmp_path / "served"
+    shutil.copytree(data["idx7"], copy)
+    for store in copy.glob("shard-*/store.lmdb"):
+        shutil.rmtree(store)
+    t = [TargetRequest("features", str(data["alpha"]))]
+    assert query(t, copy, fraction=0.2).table.equals(query(t, data["idx7"], fraction=0.2).table)

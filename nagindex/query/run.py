@@ -172,7 +172,7 @@ def query(
             decontamination["removed"] = contamination.num_rows
             notes.append(f"decontamination: {contamination.num_rows:,} document(s) shared a {ngram}-word run with "
                          f"the evaluation data of {', '.join(guard)} ({', '.join(read)}) and were left out")
-        if picked.exhausted:
+        if picked.exhausted and caps is None:
             notes.append(f"the quota asks for more than the index holds ({pool.rows:,} documents, "
                          f"{pool.tokens:,} tokens): all of it is selected")
         with timer("select"):

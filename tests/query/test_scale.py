@@ -283,3 +283,10 @@ def test_shards_served_from_their_derived_files_alone(data, tmp_path):
         shutil.rmtree(store)
     t = [TargetRequest("features", str(data["alpha"]))]
     assert query(t, copy, fraction=0.2).table.equals(query(t, data["idx7"], fraction=0.2).table)
+
+
+def test_caps_that_cannot_be_met_say_so(data):
+    t = [TargetRequest("features", str(data["alpha"]))]
+    res = query(t, data["idx1"], fraction=0.5, group_by="source", max_group_share=0.1)  # 5 files x 0.1 < 0.5
+    assert res.exhausted and any("group caps leave the quota unmet" in n for n in res.notes)
+    assert not any("more than the index holds" in n for n in res.notes)

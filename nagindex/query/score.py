@@ -267,7 +267,6 @@ def _lane_intrinsics() -> None:
     global _lanes_add, _lanes_widen, _prefetch
     from llvmlite import ir
     from numba import types
-    from numba.core import cgutils
     from numba.core.extending import intrinsic
 
     i32 = ir.IntType(32)
@@ -331,7 +330,8 @@ def _lane_intrinsics() -> None:
             data = context.make_array(sig.args[0])(context, builder, args[0]).data
             ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
             fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-            hint = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            # mangled by llvmlite for its LLVM (typed "p0i8" names are auto-upgraded where pointers are opaque)
+            hint = builder.module.declare_intrinsic("llvm.prefetch", [ptr.type], fnty)
             builder.call(hint, [ptr, i32(0), i32(1), i32(1)])  # read, locality 1 (L2), data
             return context.get_dummy_value()
 

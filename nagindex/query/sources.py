@@ -188,21 +188,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             return pq.read_table(path).to_pylist()
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
             raise InputError(f"{path}: cannot read parquet: {exc}") from exc
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return [row for _, row in _jsonl_objects(path)]
     opener = gzip.open if name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
-        if name.endswith((".jsonl", ".jsonl.gz")):
-            rows = []
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
-                if not isinstance(row, dict):
-                    raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
-            return rows
         if name.endswith((".json", ".json.gz")):
             try:
                 rows = json.load(fh)
@@ -214,6 +203,21 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     raise InputError(f"{path}: unsupported file type (use .parquet, .jsonl, .jsonl.gz, .json or .txt)")
 
 
+def _jsonl_objects(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of each non-blank line of a ``.jsonl``/``.jsonl.gz`` file, streamed; a line
+    that is not a JSON object is an ``InputError`` naming the file and line."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
 
 
 def read_keyed_values(path: Path, id_field: str, column: str, numeric: bool = True) -> tuple[Any, Any]:
@@ -247,23 +251,15 @@ def read_keyed_values(path: Path, id_field: str, column: str, numeric: bool = Tr
     if not path.name.lower().endswith((".jsonl", ".jsonl.gz")):
         return _keyed_from_records(read_records(path), path, id_field, column, numeric)
     chunks_ids, chunks_values, ids, values = [], [], [], []
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
-            if not isinstance(row, dict) or id_field not in row or column not in row:
-                raise InputError(f"{path}:{lineno}: needs fields {id_field!r} and {column!r}")
-            ids.append(str(row[id_field]))
-            values.append(_float(row[column], path, lineno, column) if numeric else _text(row[column]))
-            if len(ids) == 65536:
-                chunks_ids.append(string_array(ids))
-                chunks_values.append(pa.array(values, pa.float64() if numeric else pa.string()))
-                ids, values = [], []
+    for lineno, row in _jsonl_objects(path):
+        if id_field not in row or column not in row:
+            raise InputError(f"{path}:{lineno}: needs fields {id_field!r} and {column!r}")
+        ids.append(str(row[id_field]))
+        values.append(_float(row[column], path, lineno, column) if numeric else _text(row[column]))
+        if len(ids) == 65536:
+            chunks_ids.append(string_array(ids))
+            chunks_values.append(pa.array(values, pa.float64() if numeric else pa.string()))
+            ids, values = [], []
     chunks_ids.append(string_array(ids))
     chunks_values.append(pa.array(values, pa.float64() if numeric else pa.string()))
     return (pa.concat_arrays([pc.cast(c, pa.large_string()) for c in chunks_ids]),

@@ -121,6 +121,11 @@ def extract(inputs: tuple[str, ...], out: str, neuron_types: str, **kw: Any) -> 
               help="Index directory (created if absent; new inputs are appended).")
 @_extraction_options(multi_type=False)
 @click.option("--token-field", default=None, help="Take each doc's token count from this field instead of counting.")
+@click.option("--text-template", default=None, metavar="TEMPLATE",
+              help="Make each record's text with this Jinja template, its fields as variables, instead of "
+                   "--text-field: '{{ instruction }} {{ output }}', or @FILE to read it from a file. Runs in the "
+                   "target registry's sandbox; a record it fails on is skipped. Part of the index identity: "
+                   "appends must give the same template.")
 @click.option("--limit", type=int, default=None, help="Stop after this many new documents.")
 @click.option("--commit-every", default=512, show_default=True, help="Documents per atomic commit.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
@@ -149,11 +154,19 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
       nagindex ingest corpus/
       nagindex ingest shard1.parquet shard2.jsonl.zst --index idx/ --text-field text
       nagindex ingest 'hf://datasets/tiiuae/falcon-refinedweb/data/*.parquet' --id-field url
+      nagindex ingest alpaca.jsonl --text-template @alpaca.j2          # records that are not one text field
       nagindex ingest corpus/ --index idx --shards 8                  # 8 worker processes, 8 shards
       nagindex ingest corpus/ --index idx --shards 64 --ray-address auto --device cuda
     """
+    from click.core import ParameterSource
+
+    from nagindex.ingest.render import load_text_template
     from nagindex.ingest.run import ingest as run_ingest
 
+    if kw["text_template"] is not None:
+        if click.get_current_context().get_parameter_source("text_field") == ParameterSource.COMMANDLINE:
+            raise click.UsageError("--text-field and --text-template exclude each other: the template makes the text")
+        kw["text_template"] = load_text_template(kw["text_template"])
     res = run_ingest(inputs, index_dir, **kw)
     click.echo(f"{index_dir}: +{res.added:,} documents (+{res.tokens:,} tokens), {res.rows:,} in total; "
                f"{res.rejects:,} skipped" + (" (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(
@@ -342,6 +355,9 @@ def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="No group takes more than this share of a target's tokens (documents with --k)."),
         click.option("--group-quota", type=click.Path(exists=True), default=None,
                      help="YAML/JSON mapping group -> its own maximum share."),
+        click.option("--one-per-cluster", is_flag=True,
+                     help="Keep only the best-ranked document of each near-duplicate cluster (run `nagindex "
+                          "cluster` once first); the budget is still met from the next documents."),
         click.option("--sample", is_flag=True,
                      help="Soft selection: draw documents without replacement with probability ~ exp(z / T), z the "
                           "score standardised over the pool (Gumbel-top-k), instead of taking the top ranks."),
@@ -432,6 +448,38 @@ def query(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ..
 
 
 @main.command()
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True))
+@click.option("--radius", type=click.IntRange(0, 4095), default=None,
+              help="Hamming radius in fingerprint bits (of 4096; a document sets about 560) [default: 160, or the "
+                   "radius of the stored clusters].")
+@click.option("--method", type=click.Choice(["multihash", "flat"]), default="multihash", show_default=True,
+              help="multihash: FAISS multi-hash range search, finds every pair within 63 bits and most beyond; "
+                   "flat: exhaustive FAISS range search, every pair at any radius, quadratic in documents.")
+@_user_errors
+def cluster(index_dir: str, radius: int | None, method: str) -> None:
+    """Group near-duplicate documents by their fingerprints, once; stored with the index.
+
+    Two documents are near-duplicates when their fingerprints differ in at most --radius bits;
+    clusters are the connected groups. Queries with --one-per-cluster then keep the
+    best-ranked document of each. After more documents are ingested, run it again: it
+    searches only the new ones.
+
+    \b
+      nagindex cluster --index idx/
+      nagindex query --index idx/ --target arc_challenge --fraction 0.2 --one-per-cluster
+    """
+    from nagindex.index.clusters import DEFAULT_RADIUS, build_clusters, read_cluster_info
+
+    stored = read_cluster_info(index_dir)
+    if radius is None:
+        radius = stored["radius"] if stored is not None else DEFAULT_RADIUS
+    res = build_clusters(index_dir, radius=radius, method=method, show_progress=True)
+    click.echo(f"{res.clusters:,} clusters holding {res.clustered_rows:,} of {res.rows:,} documents "
+               f"(radius {res.radius}, {res.method}; {res.searched:,} documents searched, {res.pairs:,} pairs, "
+               f"{res.seconds:.1f}s)")
+
+
+@main.command()
 @click.argument("mixture", type=click.Path(exists=True))
 @_selection_options
 @_user_errors
@@ -490,8 +538,11 @@ def score(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ..
 @click.option("--docs", "n_docs", default=2000, show_default=True, help="Corpus size (500 to ~11.7K passages).")
 @click.option("--fraction", default=0.2, show_default=True, help="Token budget of each selection.")
 @click.option("--max-examples", default=200, show_default=True, help="Random target examples per target (200 suffice: paper Sec. 4.1).")
+@click.option("--planted", default=12, show_default=True,
+              help="Passages with an ARC-Challenge test question set into them, which decontamination must "
+                   "remove from the ARC selections (0: none).")
 @_user_errors
-def demo(out_dir: str, n_docs: int, fraction: float, max_examples: int) -> None:
+def demo(out_dir: str, n_docs: int, fraction: float, max_examples: int, planted: int) -> None:
     """Run the whole job offline on real data: ingest real passages with the embedded SmolLM2-135M,
     then select for arc_challenge and for the arc_challenge+triviaqa mixture.
 
@@ -500,7 +551,7 @@ def demo(out_dir: str, n_docs: int, fraction: float, max_examples: int) -> None:
     """
     from nagindex.demo_run import run_demo
 
-    run_demo(out_dir, n_docs=n_docs, fraction=fraction, max_examples=max_examples, echo=click.echo)
+    run_demo(out_dir, n_docs=n_docs, fraction=fraction, max_examples=max_examples, planted=planted, echo=click.echo)
 
 
 # ---------------------------------------------------------------- report

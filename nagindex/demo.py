@@ -131,10 +131,32 @@ def allocate_counts(sizes: dict[str, int], n: int) -> dict[str, int]:
     return alloc
 
 
-def build_demo_corpus(out_path: str | os.PathLike[str], n_docs: int | None = 2000, seed: int = 0) -> Path:
-    """Write ``n_docs`` real passages (``None``: all) as JSONL with ``docid``, ``text``, ``source``.
+def planted_copies(rows: list[dict[str, Any]], benchmark: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` contaminated documents: a test question of ``benchmark`` with its answer (the offline
+    ``oe_eval_tasks`` requests that decontamination reads) set into the middle of a passage of ``rows``,
+    as web pages quote exam questions. Docids ``planted-<benchmark>-<i>``, source ``planted``."""
+    from nagindex.query.decontam import test_requests
 
-    Same ``n_docs`` and ``seed`` give a byte-identical file. Written atomically.
+    found = list(test_requests(benchmark))
+    if not found:
+        raise NagIndexError(f"no offline test questions of {benchmark} in {PACKAGE} to plant")
+    (_, _, questions), = found
+    rng = random.Random(f"nagindex-demo:{seed}:planted:{benchmark}")
+    out = []
+    for i, q in enumerate(rng.sample(questions, n)):
+        words = rows[rng.randrange(len(rows))]["text"].split()
+        half = len(words) // 2
+        text = " ".join([*words[:half], q.strip(), *words[half:]])
+        out.append({"docid": f"planted-{benchmark}-{i:03d}", "text": text, "source": "planted"})
+    return out
+
+
+def build_demo_corpus(out_path: str | os.PathLike[str], n_docs: int | None = 2000, seed: int = 0,
+                      planted: int = 0, planted_benchmark: str = "arc_challenge") -> Path:
+    """Write ``n_docs`` real passages (``None``: all) as JSONL with ``docid``, ``text``, ``source``,
+    plus ``planted`` contaminated ones (``planted_copies``) shuffled in, to show decontamination at work.
+
+    Same arguments give a byte-identical file. Written atomically.
     """
     passages = load_demo_passages()
     sizes = {name: len(texts) for name, texts in passages.items()}
@@ -144,6 +166,8 @@ def build_demo_corpus(out_path: str | os.PathLike[str], n_docs: int | None = 200
         order = list(range(len(texts)))
         random.Random(f"nagindex-demo:{seed}:{name}").shuffle(order)
         rows.extend({"docid": f"{name}-{i:06d}", "text": texts[i], "source": name} for i in order[:counts[name]])
+    if planted:
+        rows.extend(planted_copies(rows, planted_benchmark, planted, seed))
     random.Random(f"nagindex-demo:{seed}:order").shuffle(rows)
 
     out = Path(out_path)

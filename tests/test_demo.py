@@ -78,6 +78,22 @@ def test_bad_size(tmp_path: Path, n: int) -> None:
         demo.build_demo_corpus(tmp_path / "x.jsonl", n_docs=n)
 
 
+def test_planted_passages_hold_arc_test_questions_that_decontamination_finds(tmp_path: Path) -> None:
+    from nagindex.query.decontam import load_benchmarks
+
+    rows = read(demo.build_demo_corpus(tmp_path / "c.jsonl", n_docs=100, planted=5))
+    planted = [r for r in rows if r["source"] == "planted"]
+    assert len(rows) == 105 and [r["docid"] for r in sorted(planted, key=lambda r: r["docid"])] == \
+        [f"planted-arc_challenge-{i:03d}" for i in range(5)]
+    plain = {r["docid"] for r in read(demo.build_demo_corpus(tmp_path / "p.jsonl", n_docs=100))}
+    assert plain == {r["docid"] for r in rows} - {r["docid"] for r in planted}  # the same passages besides
+    benchmarks, _ = load_benchmarks(["arc_challenge"])
+    for row in planted:
+        hit = benchmarks.match(row["text"])
+        assert hit is not None and benchmarks.examples[hit[0]].split == "test"
+    assert all(benchmarks.match(r["text"]) is None for r in rows if r["source"] != "planted")
+
+
 def test_no_target_benchmark_in_demo() -> None:
     from nagindex.query.target import list_targets
     assert not {s.name for s in demo.DEMO_SOURCES} & {t.name for t in list_targets()}
@@ -94,9 +110,10 @@ def test_run_demo_end_to_end_with_the_real_model(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     lines: list[str] = []
-    single, mixture = run_demo(tmp_path, n_docs=30, max_examples=4, echo=lines.append)
+    single, mixture = run_demo(tmp_path, n_docs=27, planted=3, max_examples=4, echo=lines.append)
     text = "\n".join(lines)
     assert "1/5 corpus" in text and "2/5 ingest: 30 new documents" in text and "5/5 report" in text
+    assert "note: decontamination:" in text
     for result, name in ((single, "arc_challenge"), (mixture, "arc_challenge+triviaqa")):
         manifest = json.loads((tmp_path / f"{name}.parquet.manifest.json").read_text())
         assert (manifest["max_examples"], manifest["quota"]) == (4, {"fraction": 0.2})
@@ -109,7 +126,9 @@ def test_run_demo_end_to_end_with_the_real_model(tmp_path: Path, monkeypatch: py
     view = open_index(tmp_path / "idx")
     sim = score_codes(view.codes, single.profiles, single.layers).similarity[0]
     ids = [str(d) for d in view.docids.take(np.arange(30))]
-    ranked = sorted(range(30), key=lambda r: (-sim[r], ids[r]))
+    removed = set(single.contamination.column("docid").to_pylist())
+    assert removed <= {f"planted-arc_challenge-{i:03d}" for i in range(3)}
+    ranked = [r for r in sorted(range(30), key=lambda r: (-sim[r], ids[r])) if ids[r] not in removed]
     assert docids == [ids[r] for r in ranked[:len(docids)]]
     assert single.table.column("score").to_pylist() == [sim[r] for r in ranked[:len(docids)]]
     assert set(pq.read_table(tmp_path / "arc_challenge+triviaqa.parquet").column("target").to_pylist()) == \
@@ -124,7 +143,7 @@ def test_run_demo_end_to_end_with_the_real_model(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(encoder, "build_extractor", no_model)
     lines.clear()
-    again = run_demo(tmp_path, n_docs=30, max_examples=4, echo=lines.append)
+    again = run_demo(tmp_path, n_docs=27, planted=3, max_examples=4, echo=lines.append)
     assert "2/5 ingest: 0 new documents" in "\n".join(lines)
     assert again[0].table.equals(single.table) and again[1].table.equals(mixture.table)
 

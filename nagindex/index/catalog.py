@@ -11,7 +11,7 @@ itself: every index written before shards existed opens unchanged.
 
     {"version": 1,
      "identity": {"backbone": ..., "weights_sha256": ..., "neuron_type": ..., "num_layers": ...,
-                  "width": ..., "top_k": ..., "max_length": ..., "dtype": ...},
+                  "width": ..., "top_k": ..., "max_length": ..., "dtype": ..., "text_template": ...},
      "shards": [{"name": "shard-00000", "path": "shard-00000"}, ...],
      "inputs": [{"key": "/abs/path/a.jsonl", "shard": 0, "size": 1234}, ...],
      "dedup": {"rows": [n0, n1, ...], "hidden": 3}}
@@ -33,11 +33,13 @@ from typing import Any
 
 from nagindex.errors import IndexMismatchError, NagIndexError
 from nagindex.fsio import atomic_path
+from nagindex.index.store import TEXT_SETTINGS
 
 CATALOG_FILE = "catalog.json"
 VERSION = 1
-#: the settings every shard of an index must share (``store.COMPARED_SETTINGS`` plus dtype)
-IDENTITY = ("backbone", "weights_sha256", "neuron_type", "num_layers", "width", "top_k", "max_length", "dtype")
+#: the settings every shard of an index must share (``store.COMPARED_SETTINGS`` and ``store.TEXT_SETTINGS``)
+IDENTITY = ("backbone", "weights_sha256", "neuron_type", "num_layers", "width", "top_k", "max_length", "dtype",
+            "text_template")
 
 
 @dataclass
@@ -70,10 +72,15 @@ class Catalog:
             json.dump(value, fh, indent=1)
 
     def check_identity(self, manifest: dict[str, Any], where: str) -> None:
-        """Refuse a shard whose settings differ from the catalog's, naming each (unknown ones are skipped)."""
-        diffs = [f"{k}: index has {self.identity[k]!r}, {where} has {manifest[k]!r}" for k in IDENTITY
-                 if self.identity.get(k) is not None and manifest.get(k) is not None
-                 and self.identity[k] != manifest[k]]
+        """Refuse a shard (or an ingest's requested settings) that differs from the catalog, naming each
+        setting; unknown ones (None) are skipped, except ``TEXT_SETTINGS``, where None means "no template"."""
+        def differs(k: str) -> bool:
+            if k in TEXT_SETTINGS:
+                return k in manifest and self.identity.get(k) != manifest[k]
+            return self.identity.get(k) is not None and manifest.get(k) is not None and self.identity[k] != manifest[k]
+
+        diffs = [f"{k}: index has {self.identity.get(k)!r}, {where} has {manifest[k]!r}" for k in IDENTITY
+                 if differs(k)]
         if diffs:
             raise IndexMismatchError(f"index {self.root}: " + "; ".join(diffs))
 

@@ -62,6 +62,10 @@ _DBS = ("meta", "chunks", "ids", "sources", "source_ids", "progress", "rejects")
 #: the same dtype on another device is the same arithmetic up to kernel differences.
 COMPARED_SETTINGS = ("backbone", "weights_sha256", "neuron_type", "num_layers", "width", "top_k", "max_length",
                      "dtype")
+#: settings that decide which text each record is (``ingest --text-template``): an append with another is refused
+#: too. Here None is a value ("no template"), not "unknown": compared whenever the request names them; a store
+#: written before they existed has none.
+TEXT_SETTINGS = ("text_template",)
 _REQUIRED = ("neuron_type", "num_layers", "width", "top_k")
 #: path -> [env, refcount, handles (None until opened), open transactions]; LMDB allows one env per path per process
 _ENVS: dict[str, list[Any]] = {}
@@ -353,6 +357,8 @@ class IndexStore:
             logger.warning("index %s does not record %s; not checked", self.directory, ", ".join(unknown))
         diffs = [f"{k}: index has {have.get(k)!r}, requested {requested[k]!r}" for k in COMPARED_SETTINGS
                  if requested.get(k) is not None and have.get(k) is not None and have[k] != requested[k]]
+        diffs += [f"{k}: index has {have.get(k)!r}, requested {requested[k]!r}" for k in TEXT_SETTINGS
+                  if k in requested and have.get(k) != requested[k]]
         if diffs:
             raise IndexMismatchError(f"index {self.directory} was built with other settings: " + "; ".join(diffs))
 

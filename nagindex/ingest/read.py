@@ -32,6 +32,7 @@ from nagindex.data import Document, Reject
 from nagindex.errors import InputError
 from nagindex.ingest.inputs import (READ_CHUNK, SUFFIX_KINDS, InputFile, input_files, network_error, parquet_file,
                                     transport_error)
+from nagindex.ingest.render import TEMPLATE_OPTION, compile_text_template
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +72,15 @@ class Fields:
     ``text="auto"`` takes the first of ``AUTO_TEXT_FIELDS`` that a file (or record) has,
     ``id="auto"`` the first of ``AUTO_ID_FIELDS`` (none: ids are ``<source>:<position>``).
     ``usage``, when given, counts which fields were used (the ingest summary reports it).
+    ``template``, when given, is the Jinja source a record's text is rendered with, its fields as
+    variables (``--text-template``, ``ingest.render``); ``text`` is then not read.
     """
 
     text: str
     id: str
     token: str | None
     usage: FieldUsage | None = field(default=None, compare=False)
+    template: str | None = None
 
     def resolve(self, names: Iterable[str]) -> "Fields":
         """These fields with ``auto`` replaced by the fields found among ``names``."""
@@ -91,7 +95,8 @@ class Fields:
     def note(self, names: Iterable[str], has_id: bool, n: int = 1) -> None:
         """Count ``n`` records read with these (resolved) fields; ``names`` are the record's fields."""
         if self.usage is not None:
-            self.usage.note(self.text, self.id if has_id else None, names, n)
+            text = self.text if self.template is None else TEMPLATE_OPTION
+            self.usage.note(text, self.id if has_id else None, names, n)
 
 
 AUTO = "auto"
@@ -113,6 +118,7 @@ def iter_records(
     text_field: str = "doc",
     id_field: str = "docid",
     token_field: str | None = None,
+    text_template: str | None = None,
     start_positions: dict[str, int] | None = None,
 ) -> Iterator[Document | Reject]:
     """Stream every document of every input, yielding a ``Reject`` for each bad one."""
@@ -120,7 +126,7 @@ def iter_records(
         files: list[InputFile] = list(paths)  # type: ignore[arg-type]
     else:
         files = input_files(paths)  # type: ignore[arg-type]
-    fields = Fields(text_field, id_field, token_field)
+    fields = Fields(text_field, id_field, token_field, template=text_template)
     starts = start_positions or {}
     for item in files:
         yield from read_input(item, fields=fields, start=starts.get(item.key, 0))
@@ -153,13 +159,26 @@ def make_record(
     obj: dict[str, Any] | None, source: str, position: int, fields: Fields,
     *, text: Any = None, docid: Any = None, tokens: Any = None,
 ) -> Document | Reject:
-    """Validate one record; ``obj`` (a JSON object) or the explicit column values."""
+    """Validate one record; ``obj`` (a JSON object or a whole table row) or the explicit column values.
+
+    With a template, ``obj``'s text is the template rendered with its fields; whatever the template
+    raises on this record (a missing field, a wrong type, a sandbox refusal) makes it a reject.
+    """
     if obj is not None:
         fields = fields.resolve(obj)
         fields.note(obj, fields.id in obj)
-        if fields.text not in obj:
+        if fields.template is not None:
+            template = compile_text_template(fields.template)  # a syntax error is the run's, not the record's
+            try:
+                text = template.render(obj)
+            except Exception as exc:  # noqa: BLE001 - any error inside the template is this record's
+                return Reject(source, position, f"text template failed: {type(exc).__name__}: {exc}",
+                              _id_or_none(obj.get(fields.id)))
+        elif fields.text not in obj:
             return Reject(source, position, f"missing text field {fields.text!r}", _id_or_none(obj.get(fields.id)))
-        text, docid = obj[fields.text], obj.get(fields.id)
+        else:
+            text = obj[fields.text]
+        docid = obj.get(fields.id)
         tokens = obj.get(fields.token) if fields.token else None
     if docid is None:
         docid = f"{source}:{position}"
@@ -288,6 +307,9 @@ def _parse_line(line: bytes, source: str, position: int, fields: Fields) -> Docu
 def _read_txt(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
     if start > 0:
         return
+    if fields.template is not None:
+        yield Reject(item.source, None, f"a .txt file is one plain text, with no fields for {TEMPLATE_OPTION}")
+        return
     with item.open() as fh:
         data = fh.read()
     try:
@@ -302,7 +324,10 @@ def _read_txt(item: InputFile, fields: Fields, start: int) -> Iterator[Document 
 
 # ---------------------------------------------------------------- parquet / arrow
 def _columns(names: Iterable[str], fields: Fields) -> tuple[list[str], bool]:
+    """The columns to decode (a template may use any field: all of them) and whether the id column is there."""
     present = set(names)
+    if fields.template is not None:
+        return list(names), fields.id in present
     wanted = [c for c in (fields.text, fields.id, fields.token) if c and c in present]
     return wanted, fields.id in present
 
@@ -310,6 +335,10 @@ def _columns(names: Iterable[str], fields: Fields) -> tuple[list[str], bool]:
 def _rows_of_batch(batch: Any, item: InputFile, first: int, fields: Fields, has_id: bool,
                    schema: Sequence[str]) -> Iterator[Document | Reject]:
     """Documents of a record batch read with only the wanted columns; ``schema`` names all of the file's."""
+    if fields.template is not None:  # whole rows as Python dicts, to render; the column path below is untouched
+        for i, row in enumerate(batch.to_pylist()):
+            yield make_record(row, item.source, first + i, fields)
+        return
     names = batch.schema.names
     n = batch.num_rows
     text = batch.column(names.index(fields.text)).to_pylist()
@@ -343,7 +372,7 @@ def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Docum
             return
         fields = fields.resolve(pf.schema_arrow.names)
         columns, has_id = _columns(pf.schema_arrow.names, fields)
-        if fields.text not in columns:
+        if fields.template is None and fields.text not in columns:
             yield Reject(item.source, None, f"missing text field {fields.text!r} (columns: {pf.schema_arrow.names})")
             return
         first = 0
@@ -410,7 +439,7 @@ def _read_hf(item: InputFile, fields: Fields, start: int) -> Iterator[Document |
                     continue
                 fields = fields.resolve(batch.schema.names)
                 columns, has_id = _columns(batch.schema.names, fields)
-                if fields.text not in columns:
+                if fields.template is None and fields.text not in columns:
                     yield Reject(item.source, first, f"missing text field {fields.text!r} (in {path.name})")
                     return
                 skip = max(0, start - first)

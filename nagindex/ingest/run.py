@@ -25,7 +25,8 @@ from nagindex.data import Cursor, Document, Reject, Window
 from nagindex.encode import encoder as enc
 from nagindex.errors import InputError, NagIndexError
 from nagindex.ingest.inputs import InputFile, input_files, parquet_file
-from nagindex.ingest.read import FieldUsage, Fields, read_input
+from nagindex.ingest.read import AUTO, FieldUsage, Fields, read_input
+from nagindex.ingest.render import TEMPLATE_OPTION, compile_text_template
 from nagindex.progress import StageTimer, TokenRate, progress_bar
 
 if TYPE_CHECKING:
@@ -151,6 +152,7 @@ def ingest(
     text_field: str = "auto",
     id_field: str = "auto",
     token_field: str | None = None,
+    text_template: str | None = None,
     limit: int | None = None,
     strict: bool = False,
     device: str = "auto",
@@ -175,6 +177,8 @@ def ingest(
     ``shards`` > 1 (or an index that already has a catalog) writes a sharded index:
     one worker process (or, with ``ray_address``, one Ray task) per shard, each
     owning whole inputs (``ingest.sharded``); ``shard_root`` puts the shards elsewhere.
+    ``text_template`` (Jinja, instead of ``text_field``) renders each record's text from its fields
+    (``ingest.render``); it is part of the index identity, like ``max_length``.
     """
     from nagindex.index.catalog import CATALOG_FILE
     from nagindex.index.store import IndexStore, check_index_path
@@ -183,22 +187,28 @@ def ingest(
     check_index_path(index_dir)
     if Path(backbone).expanduser().is_dir():  # a local model is recorded by absolute path
         backbone = str(Path(backbone).expanduser().resolve())
-    if shards > 1 or (index_dir / CATALOG_FILE).is_file():
-        from nagindex.ingest.sharded import ingest_sharded
-
-        return ingest_sharded(inputs, index_dir, shards=shards, shard_root=shard_root, ray_address=ray_address,
-                              ray_gpus_per_worker=ray_gpus_per_worker, backbone=backbone, neuron_type=neuron_type,
-                              top_k=top_k, max_length=max_length, batch_size=batch_size, commit_every=commit_every,
-                              text_field=text_field, id_field=id_field, token_field=token_field, limit=limit,
-                              strict=strict, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    files = input_files(inputs)
-    timer = StageTimer()
-    result = IngestResult(index_dir)
+    if text_template is not None:  # before any work: a bad template would reject every record
+        if text_field != AUTO:
+            raise InputError(f"--text-field {text_field} and {TEMPLATE_OPTION} exclude each other: the template "
+                             "makes the text (drop --text-field)")
+        compile_text_template(text_template)
     from nagindex.models import canonical_dtype
 
     # an explicit --dtype is checked before any model loads; auto (None) is checked via the full manifest
     requested = {"backbone": backbone, "neuron_type": neuron_type, "top_k": top_k, "max_length": max_length,
-                 "dtype": canonical_dtype(dtype)}
+                 "dtype": canonical_dtype(dtype), "text_template": text_template}
+    if shards > 1 or (index_dir / CATALOG_FILE).is_file():
+        from nagindex.ingest.sharded import ingest_sharded
+
+        return ingest_sharded(inputs, index_dir, shards=shards, shard_root=shard_root, ray_address=ray_address,
+                              ray_gpus_per_worker=ray_gpus_per_worker, requested=requested, backbone=backbone,
+                              neuron_type=neuron_type, top_k=top_k, max_length=max_length, batch_size=batch_size,
+                              commit_every=commit_every, text_field=text_field, id_field=id_field,
+                              token_field=token_field, text_template=text_template, limit=limit, strict=strict,
+                              device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    files = input_files(inputs)
+    timer = StageTimer()
+    result = IngestResult(index_dir)
     store = IndexStore.open(index_dir, readonly=False) if (index_dir / "store.lmdb").exists() else None
     try:
         if store is not None:
@@ -218,7 +228,7 @@ def ingest(
                 else:
                     encoder = LocalEncoder(extractor or enc.build_extractor(backbone, [neuron_type], **model_kw))
             usage = FieldUsage()
-            fields = Fields(text_field, id_field, token_field, usage)
+            fields = Fields(text_field, id_field, token_field, usage, text_template)
             manifest = _manifest(encoder.describe(), backbone, neuron_type, max_length, fields)
             if store is None:
                 store = IndexStore.open_or_create(index_dir, manifest)
@@ -283,6 +293,7 @@ def _manifest(model: dict[str, Any], backbone: str, neuron_type: str, max_length
         "nagindex_version": __version__,
         "text_field": fields.text,  # to read texts back (--with-text); not compared on append
         "id_field": fields.id,
+        "text_template": fields.template,  # compared on append (store.TEXT_SETTINGS); texts read back render it
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

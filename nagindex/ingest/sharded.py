@@ -124,8 +124,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLike, *, shards: int,
                    shard_root: str | os.PathLike | None = None, ray_address: str | None = None,
-                   ray_gpus_per_worker: float | None = None, **options: Any) -> Any:
-    """``ingest`` into a sharded index: one worker per shard, then cross-shard deduplication."""
+                   ray_gpus_per_worker: float | None = None, requested: dict[str, Any] | None = None,
+                   **options: Any) -> Any:
+    """``ingest`` into a sharded index: one worker per shard, then cross-shard deduplication.
+
+    ``requested`` (the settings ``ingest`` was given) is checked against the catalog's identity before
+    any input is assigned: a shard with no store yet would otherwise take other settings unchecked.
+    """
+    from nagindex.index.catalog import load_catalog
     from nagindex.ingest.inputs import input_files
     from nagindex.ingest.run import IngestResult
 
@@ -133,6 +139,9 @@ def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.Path
     if options.get("limit") is not None:
         raise NagIndexError("--limit applies to one-shard ingests only (a limit over parallel shards would "
                             "depend on timing)")
+    existing = load_catalog(index_dir)
+    if existing is not None and existing.identity and requested:
+        existing.check_identity(requested, "this ingest")
     catalog, plan = plan_shards(index_dir, shards, shard_root, input_files(inputs))
     jobs = [(i, files) for i, files in plan.items() if files]
     results = _run_ray(catalog, jobs, ray_address, ray_gpus_per_worker, options) if ray_address \

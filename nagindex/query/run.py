@@ -81,6 +81,7 @@ def query(
     group_file: str | os.PathLike | None = None,
     max_group_share: float | None = None,
     group_quota: str | os.PathLike | Mapping[str, float] | None = None,
+    one_per_cluster: bool = False,
 ) -> QueryResult:
     """Select documents of the index for one target or a mixture of targets.
 
@@ -115,6 +116,10 @@ def query(
     quality file, joined on ``quality_id_field``) with ``max_group_share`` (no group takes more than that
     share of a target's tokens, or documents for ``k``) and/or ``group_quota`` (a mapping or YAML/JSON file
     of group -> share); the budget is still met from the other groups.
+
+    ``one_per_cluster``: keep only the best-ranked document of each near-duplicate cluster (the clusters
+    ``nagindex cluster`` stored, ``index/clusters.py``): per target, and across targets in a union mixture;
+    the budget is still met from the next documents.
     """
     from nagindex.query import rank
     from nagindex.query import select as sel
@@ -139,7 +144,13 @@ def query(
     notes: list[str] = []
     guard = guarded_benchmarks(targets, decontaminate, decontaminate_against)
     caps, groups = _caps(group_by, group_file or quality_file, quality_id_field, max_group_share, group_quota, mode,
-                         len(targets))
+                         len(targets), one_per_cluster)
+    clusters = None
+    if one_per_cluster:
+        from nagindex.index.clusters import require_clusters
+
+        info = require_clusters(index_dir)
+        clusters = {"radius": info["radius"], "method": info["method"]}
     fleet = open_fleet(index_dir, ray_address, device)
     try:
         manifest, visible, kept, profiles, encoded = profile_targets(
@@ -162,10 +173,11 @@ def query(
                                                                     invert_quality)
             plan = ScorePlan(profiles, tuple(int(x) for x in kept), power,
                              device if str(device).startswith("cuda") else "cpu", candidates, quality,
-                             (float(temperature), int(seed)) if sample else None, groups)
+                             (float(temperature), int(seed)) if sample else None, groups, one_per_cluster)
             picked, pool = rank.select(fleet, plan, quota, [t.weight for t in targets], mode, dedup, check, caps)
         if caps is not None and picked.exhausted:
-            notes.append("the group caps leave the quota unmet: the groups allowed hold too little")
+            notes.append("the group caps leave the quota unmet: the groups allowed hold too little"
+                         if group_by is not None else "one document per cluster leaves the quota unmet")
         contamination = None
         if decontamination is not None:
             contamination = _contamination_table(removed, benchmarks)
@@ -188,8 +200,9 @@ def query(
                 sampling = {"max_examples": max_examples, "example_seed": example_seed,
                             "sample": {"temperature": temperature, "seed": seed} if sample else None,
                             "decontamination": decontamination,
-                            "group_caps": None if caps is None else {"group_by": group_by, "max_group_share":
-                                                                     max_group_share, "quotas": dict(caps.quotas)}}
+                            "group_caps": None if group_by is None else {"group_by": group_by, "max_group_share":
+                                                                         max_group_share, "quotas": dict(caps.quotas)},
+                            "one_per_cluster": clusters}
                 if contamination is not None:
                     from nagindex.query.decontam import contamination_path
                     from nagindex.query.write import write_table
@@ -203,15 +216,16 @@ def query(
 
 
 def _caps(group_by: str | None, group_file: Any, id_field: str, share: float | None, quota: Any, mode: str,
-          n_targets: int) -> tuple[Any, Any]:
-    """``(rank.Caps, scan.GroupSpec)`` of the group-cap options, or ``(None, None)`` without ``group_by``."""
+          n_targets: int, one_per_cluster: bool = False) -> tuple[Any, Any]:
+    """``(rank.Caps, scan.GroupSpec)`` of the group-cap options (``GroupSpec`` None without ``group_by``),
+    or ``(None, None)`` with neither ``group_by`` nor ``one_per_cluster``."""
     from nagindex.query.rank import Caps
     from nagindex.query.scan import GroupSpec
 
     if group_by is None:
         if share is not None or quota is not None:
             raise NagIndexError("--max-group-share / --group-quota need --group-by source|docid-prefix|COLUMN")
-        return None, None
+        return (Caps(one_per_cluster=True), None) if one_per_cluster else (None, None)
     if share is None and quota is None:
         raise NagIndexError("--group-by needs --max-group-share F or --group-quota FILE")
     if mode == "union" and n_targets > 1:
@@ -222,7 +236,7 @@ def _caps(group_by: str | None, group_file: Any, id_field: str, share: float | N
         raise NagIndexError(f"--group-by {group_by}: a column needs --group-file (or --quality-file) holding it")
     quotas = _group_quota(quota) if quota is not None else {}
     spec = GroupSpec(group_by, None if group_file is None else str(group_file), id_field)
-    return Caps(share, quotas), spec
+    return Caps(share, quotas, one_per_cluster), spec
 
 
 def _group_quota(quota: Any) -> dict[str, float]:

@@ -76,6 +76,7 @@ class ScorePlan:
     quality: QualitySpec | None = None
     sample: tuple[float, int] | None = None  # (temperature, seed): Gumbel-top-k (``sample.py``)
     groups: GroupSpec | None = None  # candidates carry each row's group (group caps)
+    clusters: bool = False  # candidates carry each row's near-duplicate cluster (``--one-per-cluster``)
 
 
 @dataclass(frozen=True)
@@ -369,7 +370,13 @@ class ShardScan:
                           "key": numeric_array(key.astype(np.int64 if self._keys_exact else np.float64)),
                           "tokens": numeric_array(np.asarray(tokens, dtype=np.int64)), "docid": docids})
         plan = self.plan
-        return table if plan is None or plan.groups is None else table.append_column("group", self._groups(rows, docids))
+        if plan is not None and plan.groups is not None:
+            table = table.append_column("group", self._groups(rows, docids))
+        if plan is not None and plan.clusters:
+            from nagindex.index.clusters import cluster_keys
+
+            table = table.append_column("cluster", numeric_array(cluster_keys(self.path, self.part, rows, len(self.view))))
+        return table
 
     def _groups(self, rows: np.ndarray, docids: Any) -> Any:
         """The group of each of ``rows`` (``GroupSpec``), as Arrow strings."""
@@ -409,12 +416,10 @@ class ShardScan:
                "combined": None if self._combined is None else np.asarray(self._combined[:, ordered])[:, back],
                "token_count": np.asarray(view.token_counts[ordered])[back], "position": positions}
         if with_text:
-            from nagindex.query.write import fetch_texts
+            from nagindex.query.write import fetch_texts, text_options
 
-            manifest = view.manifest
             out["text"] = fetch_texts([view.sources[i] for i in source_ids], positions, out["docid"].to_pylist(),
-                                      text_field=manifest.get("text_field", "doc"),
-                                      id_field=manifest.get("id_field", "docid"), states=self._source_states())
+                                      **text_options(view.manifest), states=self._source_states())
         return out
 
     def export(self, names: list[str]) -> Any:

@@ -10,7 +10,7 @@ the shipped targets work offline. Config mistakes raise ``InputError`` naming
 the file and field; lm-eval skips a broken task at DEBUG level and the target
 silently vanishes.
 
-Templates run in Jinja's immutable sandbox: data and configs never run code.
+Templates run in Jinja's immutable sandbox (``nagindex.templates``): data and configs never run code.
 yaml, jinja2 and pyarrow are imported lazily to keep ``nagindex --help`` fast.
 """
 from __future__ import annotations
@@ -21,21 +21,27 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 from nagindex.config import CONFIGS_ENV, config_path, configs_root, load_yaml
 from nagindex.errors import InputError, NagIndexError
 from nagindex.query.sources import PACKAGE_MODULES, SourceSpec, SourceUnavailableError, read_records, read_source
+from nagindex.templates import jinja_env
 
 logger = logging.getLogger(__name__)
 
 #: split names that benchmarks are usually scored on (or tuned on).
 EVAL_SPLITS = frozenset({"validation", "valid", "val", "dev", "test", "eval"})
 
-_TOP_KEYS = ("task", "description", "sources", "doc_to_text", "doc_to_id", "filter", "eval_split_warning")
+#: a multiple-choice target (``nagindex evaluate`` scores its answers) gives all three, as lm-eval's
+#: doc_to_text/doc_to_choice/doc_to_target: the question prompt (a template), the answers (an expression
+#: giving a list of strings) and the index of the right one (an expression giving an int)
+CHOICE_KEYS = ("doc_to_question", "doc_to_choice", "doc_to_target")
+_TOP_KEYS = ("task", "description", "sources", "doc_to_text", "doc_to_id", "filter", "eval_split_warning", *CHOICE_KEYS)
+_EXPRESSION_KEYS = ("filter", "doc_to_choice", "doc_to_target")  # Jinja expressions; the other keys are templates
 _SOURCE_KEYS = {"package": ("package", "path", "split"), "hub": ("hub", "name", "split", "revision"), "file": ("file", "split")}
 _TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -52,6 +58,8 @@ class TargetSpec:
     filter: str | None
     eval_split_warning: str | None
     path: Path
+    multiple_choice: tuple[str, str, str] | None = None  # the CHOICE_KEYS values, or None
+
 
     def note_for(self, source: SourceSpec) -> str:
         """Plain warning when ``source`` is a split benchmarks are scored on, else ""."""
@@ -62,6 +70,15 @@ class TargetSpec:
         return (f"{self.name} uses the '{source.split}' split ({source.label()}), which is commonly used to "
                 "evaluate this benchmark: data selected to resemble it may inflate scores on it. "
                 "Prefer a training split for real experiments.")
+
+
+@dataclass(frozen=True)
+class MultipleChoice:
+    """One multiple-choice example: the question prompt, its answers and the index of the right one."""
+
+    question: str
+    choices: tuple[str, ...]
+    gold: int
 
 
 @dataclass(frozen=True)
@@ -76,10 +93,13 @@ class TargetSet:
     note: str = ""
     n_dropped: int = 0  # examples whose text rendered empty
     n_available: int = 0  # non-empty examples before sampling (0: all of them are here)
+    choices: list[MultipleChoice] | None = None  # one per text for a multiple-choice target, else None
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.ids):
             raise ValueError(f"TargetSet {self.name!r}: {len(self.texts)} texts but {len(self.ids)} ids")
+        if self.choices is not None and len(self.choices) != len(self.texts):
+            raise ValueError(f"TargetSet {self.name!r}: {len(self.texts)} texts but {len(self.choices)} choices")
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -167,8 +187,15 @@ def sample_examples(target: TargetSet, limit: int | None, seed: int = 0) -> Targ
         return target
     keep = sample_indices(len(target), limit, seed)
     logger.info("target %s: %d of %d examples (seed %d)", target.name, limit, len(target), seed)
+    return take_examples(target, keep)
+
+
+def take_examples(target: TargetSet, keep: Sequence[int]) -> TargetSet:
+    """The examples of ``target`` at positions ``keep`` (texts, ids and choices alike), in that order;
+    ``n_available`` says how many there were to take from."""
     return dataclasses.replace(target, texts=[target.texts[i] for i in keep], ids=[target.ids[i] for i in keep],
-                               n_available=len(target))
+                               choices=None if target.choices is None else [target.choices[i] for i in keep],
+                               n_available=target.n_available or len(target))
 
 
 # ---------------------------------------------------------------- YAML loading
@@ -220,9 +247,14 @@ def load_spec_file(path: str | os.PathLike[str], root: str | os.PathLike[str] | 
     task = data["task"]
     if not isinstance(task, str) or not _TASK_RE.match(task):
         raise fail("task", f"expected a name of letters, digits, '_', '-', '.', got {task!r}")
-    for key in ("description", "doc_to_id", "filter", "eval_split_warning"):
+    for key in ("description", "doc_to_id", "filter", "eval_split_warning", *CHOICE_KEYS):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise fail(key, f"expected a string, got {type(data[key]).__name__}")
+    given = [key for key in CHOICE_KEYS if data.get(key) is not None]
+    if given and len(given) < len(CHOICE_KEYS):
+        missing = next(key for key in CHOICE_KEYS if key not in given)
+        raise fail(missing, f"required with {', '.join(given)}: a multiple-choice target gives all of "
+                            f"{', '.join(CHOICE_KEYS)}")
     if not isinstance(data["doc_to_text"], str) or not data["doc_to_text"].strip():
         raise fail("doc_to_text", "expected a non-empty Jinja template string")
     raw_sources = data["sources"]
@@ -231,19 +263,20 @@ def load_spec_file(path: str | os.PathLike[str], root: str | os.PathLike[str] | 
     sources = tuple(_parse_source(s, f"sources[{i}]", origin.get("sources", path), root_path, fail)
                     for i, s in enumerate(raw_sources))
 
-    env = _jinja_env()
+    env = jinja_env()
     from jinja2 import TemplateSyntaxError
-    for key in ("doc_to_text", "doc_to_id", "filter"):
+    for key in ("doc_to_text", "doc_to_id", "filter", *CHOICE_KEYS):
         value = data.get(key)
         if value is None or (key == "doc_to_id" and not _is_template(value)):
             continue
         try:
-            env.compile_expression(value) if key == "filter" else env.from_string(value)
+            env.compile_expression(value) if key in _EXPRESSION_KEYS else env.from_string(value)
         except TemplateSyntaxError as exc:
             raise fail(key, f"invalid Jinja (line {exc.lineno}): {exc.message}") from exc
     return TargetSpec(name=task, description=" ".join((data.get("description") or "").split()),
                       sources=sources, doc_to_text=data["doc_to_text"], doc_to_id=data.get("doc_to_id"),
-                      filter=data.get("filter"), eval_split_warning=data.get("eval_split_warning"), path=path)
+                      filter=data.get("filter"), eval_split_warning=data.get("eval_split_warning"), path=path,
+                      multiple_choice=tuple(data[key] for key in CHOICE_KEYS) if given else None)
 
 
 def _parse_source(raw: Any, field: str, yaml_path: Path, root: Path, fail: Any) -> SourceSpec:
@@ -282,20 +315,6 @@ def _parse_source(raw: Any, field: str, yaml_path: Path, root: Path, fail: Any) 
 
 
 # ---------------------------------------------------------------- rendering
-
-def _regex_replace(value: Any, pattern: str, repl: str = "", count: int = 0) -> str:
-    """Jinja filter for lm-eval style preprocessing (e.g. HellaSwag's ``[title]`` tags)."""
-    return re.sub(pattern, repl, str(value), count=count)
-
-
-@lru_cache(maxsize=1)
-def _jinja_env() -> Any:
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-    env.filters["regex_replace"] = _regex_replace
-    return env
-
 
 def _is_template(value: str) -> bool:
     return "{{" in value or "{%" in value
@@ -337,12 +356,16 @@ def _check_limit(limit: int | None) -> None:
 
 
 def _render(spec: TargetSpec, source: SourceSpec, rows: Iterable[dict[str, Any]]) -> TargetSet:
-    env = _jinja_env()
+    env = jinja_env()
     text_t = env.from_string(spec.doc_to_text)
     id_t = env.from_string(spec.doc_to_id) if spec.doc_to_id and _is_template(spec.doc_to_id) else None
     keep = env.compile_expression(spec.filter) if spec.filter else None
+    mc = spec.multiple_choice
+    question_t, choice_e, gold_e = ((env.from_string(mc[0]), env.compile_expression(mc[1]),
+                                     env.compile_expression(mc[2])) if mc else (None, None, None))
     texts: list[str] = []
     ids: list[str] = []
+    items: list[MultipleChoice] = []
     n_empty = n_filtered = 0
     for i, row in enumerate(rows):
         field = "filter"
@@ -359,6 +382,13 @@ def _render(spec: TargetSpec, source: SourceSpec, rows: Iterable[dict[str, Any]]
                 doc_id = str(row[spec.doc_to_id])
             else:
                 doc_id = str(i)
+            if mc:
+                field = "doc_to_question"
+                question = question_t.render(row).strip()
+                field = "doc_to_choice"
+                answers = _answers(choice_e(**row))
+                field = "doc_to_target"
+                item = MultipleChoice(question, answers, _gold(gold_e(**row), len(answers)))
         except Exception as exc:  # template errors and errors raised inside templates alike
             raise InputError(f"{spec.path}: field '{field}': cannot render example {i} of {source.label()}: "
                              f"{type(exc).__name__}: {exc}") from exc
@@ -367,6 +397,8 @@ def _render(spec: TargetSpec, source: SourceSpec, rows: Iterable[dict[str, Any]]
             continue
         texts.append(text)
         ids.append(doc_id)
+        if mc:
+            items.append(item)
     if n_filtered:
         logger.info("target %s: filter dropped %d examples", spec.name, n_filtered)
     if n_empty:
@@ -374,7 +406,28 @@ def _render(spec: TargetSpec, source: SourceSpec, rows: Iterable[dict[str, Any]]
     if not texts:
         raise InputError(f"{spec.path}: target {spec.name!r} rendered no non-empty text from {source.label()}")
     return TargetSet(name=spec.name, texts=texts, ids=ids, source=source.label(), split=source.split,
-                     note=spec.note_for(source), n_dropped=n_empty)
+                     note=spec.note_for(source), n_dropped=n_empty, choices=items if mc else None)
+
+
+def _answers(value: Any) -> tuple[str, ...]:
+    """``doc_to_choice``'s value as answer strings: a non-empty list of non-empty texts."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"expected a non-empty list of answers, got {value!r}")
+    answers = tuple(str(a).strip() for a in value)
+    if not all(answers):
+        raise ValueError(f"an answer is empty in {value!r}")
+    return answers
+
+
+def _gold(value: Any, n: int) -> int:
+    """``doc_to_target``'s value as the right answer's index in ``0..n-1``."""
+    try:
+        gold = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected the index of the right answer, got {value!r}") from None
+    if not 0 <= gold < n:
+        raise ValueError(f"answer index {gold} is outside the {n} answers")
+    return gold
 
 
 def load_target_file(path: str | os.PathLike[str], limit: int | None = None, *, seed: int = 0,

@@ -53,24 +53,27 @@ def turns(compact: np.ndarray, cost: np.ndarray, starts: np.ndarray, limits: np.
 
 
 @njit(cache=True, nogil=True)
-def capped(cost: np.ndarray, group: np.ndarray, limit: np.ndarray, total: int,
+def capped(cost: np.ndarray, group: np.ndarray, limit: np.ndarray, key: np.ndarray, total: int,
            by_budget: bool) -> tuple[np.ndarray, bool]:  # pragma: no cover - compiled
     """Group caps over one ranked candidate list: the positions taken, and whether the quota stopped the walk.
 
-    A candidate whose group would pass its ``limit`` is skipped (the next ones get its place);
+    A candidate whose group would pass its ``limit``, or whose ``key`` (dense ints: its cluster with
+    ``--one-per-cluster``, else unique per row) an earlier taken candidate had, is skipped (the next ones
+    get its place);
     the others are taken in rank order until ``total`` is reached: a count (``by_budget`` False,
     ``cost`` 1 each), or a token budget, stopping at the first taken candidate that would overflow
     it (and taking it if it would be the first: the prefix rule). Returns False as the second value
     when the list ran out first (the caller ranks deeper, unless the list is the whole pool).
     """
     used = np.zeros(len(limit), np.int64)
+    taken = np.zeros(key.max() + 1 if len(key) else 0, np.bool_)
     out = np.empty(len(cost), np.int64)
     spent, n = 0, 0
     for i in range(len(cost)):
         if not by_budget and spent >= total:
             return out[:n], True
         g, c = group[i], cost[i]
-        if used[g] + c > limit[g]:
+        if used[g] + c > limit[g] or taken[key[i]]:
             continue
         if by_budget and spent + c > total:
             if n == 0:
@@ -81,4 +84,5 @@ def capped(cost: np.ndarray, group: np.ndarray, limit: np.ndarray, total: int,
         n += 1
         used[g] += c
         spent += c
+        taken[key[i]] = True
     return out[:n], not by_budget and spent >= total

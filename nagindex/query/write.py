@@ -73,9 +73,19 @@ def write_table(out: str | os.PathLike, table: Any) -> Path:
     return out
 
 
+def text_options(manifest: dict[str, Any]) -> dict[str, Any]:
+    """How an index's texts are read back: the fields and ``--text-template`` its ingest recorded
+    (``fetch_texts`` keywords), so the texts read back are the texts that were encoded."""
+    return {"text_field": manifest.get("text_field", "doc"), "id_field": manifest.get("id_field", "docid"),
+            "text_template": manifest.get("text_template")}
+
+
 def fetch_texts(sources: Sequence[str], positions: np.ndarray, docids: Sequence[str], *, text_field: str,
-                id_field: str, states: dict[str, dict[str, Any]] | None = None) -> list[str]:
+                id_field: str, text_template: str | None = None,
+                states: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """Document texts read back from their sources (for ``--with-text``), in the given row order.
+
+    ``text_template``: records are rendered with it, as the ingest did (``text_options`` of the manifest).
 
     Each source is streamed once from its smallest wanted position. A text is attached only when it
     is provably the document's: the source's size and change stamp equal those recorded at ingest
@@ -91,7 +101,7 @@ def fetch_texts(sources: Sequence[str], positions: np.ndarray, docids: Sequence[
     for i, (src, pos) in enumerate(zip(sources, positions.tolist())):
         wanted[src][pos].append(i)
     out: list[str] = [""] * len(sources)
-    fields = Fields(text_field, id_field, None)
+    fields = Fields(text_field, id_field, None, template=text_template)
     for src, rows in wanted.items():
         try:
             (item,) = input_files([src])

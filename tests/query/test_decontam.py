@@ -20,9 +20,9 @@ def guard():
 def _test_question(guard) -> str:
     """A real ARC-Challenge test-split question (from the package's offline request file)."""
     bench, _ = guard
-    from nagindex.query.decontam import _test_requests
+    from nagindex.query.decontam import test_requests
 
-    (_, ids, texts), = list(_test_requests("arc_challenge"))
+    (_, ids, texts), = list(test_requests("arc_challenge"))
     return texts[0]
 
 
@@ -77,9 +77,9 @@ def planted_index(tiny_backbone, golden_dir, tmp_path, guard):
     from nagindex.ingest import run as ingest_run
 
     pool = pq.read_table(golden_dir / "data/pool/pool.parquet").to_pylist()
-    from nagindex.query.decontam import _test_requests
+    from nagindex.query.decontam import test_requests
 
-    (_, _, questions), = list(_test_requests("arc_challenge"))
+    (_, _, questions), = list(test_requests("arc_challenge"))
     rows = [{"docid": r["docid"], "doc": r["doc"]} for r in pool]
     for i, q in enumerate(questions[:6]):
         rows.append({"docid": f"copy{i}", "doc": (q if i % 2 else q.upper()) + " Explain your answer."})

@@ -2,16 +2,17 @@
 
 Takes a demo folder (``nagindex demo --out DIR``: ``corpus.jsonl`` and ``idx/``, real passages encoded
 with the embedded SmolLM2-135M), copies its index, plants ``--per-kind`` copies of each kind
-(``tools/planted.py``: exact, recased, boilerplate, edited, reordered) of distinct corpus passages and
+(``tools/planted.py``: exact, lowercased, mixed-case, boilerplate, edited, reordered) of distinct corpus passages and
 ingests them into the copy (only they are encoded). Then, for each radius, clusters the index with
 ``multihash`` (the default) and with ``flat`` (FAISS's exhaustive range search: the anchor, every pair
 within the radius), timing both in the same run, and scores the clusters against the planted pairs:
 
 - recall (per kind): planted copies in the same cluster as their original;
-- precision: of all pairs of documents that share a cluster, those that are a planted copy and its
-  original. The demo corpus has no exact repeats, but related passages (DROP and BoolQ paragraphs of
-  one Wikipedia article) can be near in NAG space: such pairs count against precision here, and a few
-  are printed so a reader can judge them.
+- precision, two ways, over all pairs of documents that share a cluster (a cluster of m documents has
+  m(m-1)/2 pairs, so chaining at large radii is punished): "planted", the pairs that are a planted copy
+  and its original; "text", those or pairs whose texts are near-duplicates by words (at least half of the
+  shorter one's word 5-grams appear in the other: the demo corpus has no exact repeats, but BoolQ and DROP
+  hold several versions of one Wikipedia paragraph). A few pairs that are neither are printed.
 
     nagindex demo --out /tmp/demo2k
     python tools/bench_clusters.py --demo /tmp/demo2k --workdir /tmp/clusterbench
@@ -66,7 +67,18 @@ def _clusters(index: Path) -> dict[str, int]:
     return {d: int(lab) for d, lab in zip(ids, labels) if lab >= 0}
 
 
-def _score(cluster_of: dict[str, int], planted: list[dict]) -> tuple[dict[str, float], float, int, list]:
+def _shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    words = text.lower().split()
+    return {tuple(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+def _text_duplicates(a: str, b: str) -> bool:
+    sa, sb = _shingles(a), _shingles(b)
+    return len(sa & sb) >= 0.5 * min(len(sa), len(sb))
+
+
+def _score(cluster_of: dict[str, int], planted: list[dict],
+           texts: dict[str, str]) -> tuple[dict[str, float], float, float, int, list]:
     members: dict[int, list[str]] = {}
     for d, lab in cluster_of.items():
         members.setdefault(lab, []).append(d)
@@ -76,17 +88,47 @@ def _score(cluster_of: dict[str, int], planted: list[dict]) -> tuple[dict[str, f
     recall = {k: found[k] / sum(r["kind"] == k for r in planted) for k in KINDS}
     recall["all"] = sum(found.values()) / len(planted)
     hits = len(predicted & truth)
-    precision = hits / len(predicted) if predicted else float("nan")
-    return recall, precision, len(predicted), sorted(predicted - truth, key=sorted)[:5]
+    strays = [p for p in predicted - truth if not _text_duplicates(*(texts[d] for d in p))]
+    planted_precision = hits / len(predicted) if predicted else float("nan")
+    text_precision = 1 - len(strays) / len(predicted) if predicted else float("nan")
+    return recall, planted_precision, text_precision, len(predicted), sorted(strays, key=sorted)[:5]
+
+
+def _scale_rows(table: ResultTable, real: np.ndarray, size: int, radius: int, seed: int) -> None:
+    """Pair search alone on ``size`` fingerprints like real ones: each a real fingerprint with 30% of its
+    set bits moved to random places (about 330 bits from its source, as far as unrelated real documents
+    are), so nearly all pairs are far apart, as in a real corpus. Both methods must find the same pairs."""
+    from nagindex.index.clusters import _Searcher
+
+    rng = np.random.default_rng(seed)
+    bits = np.unpackbits(real[rng.integers(0, len(real), size)], axis=1, bitorder="little").astype(bool)
+    for row in bits:
+        on = np.flatnonzero(row)
+        row[rng.choice(on, int(0.3 * len(on)), replace=False)] = False
+        row[rng.integers(0, row.size, int(0.3 * len(on)))] = True
+    fp = np.packbits(bits, axis=1, bitorder="little")
+    found, seconds = {}, {}
+    for method in ("flat", "multihash"):
+        start = time.perf_counter()
+        qi, bi = _Searcher(fp, radius, method).pairs(fp)
+        seconds[method] = time.perf_counter() - start
+        found[method] = set(zip(qi.tolist(), bi.tolist()))
+    assert found["flat"] == found["multihash"] or radius >= 64 and found["multihash"] <= found["flat"]
+    for method in ("flat", "multihash"):
+        table.add(f"{size:,} synthetic real-like fingerprints, radius {radius}, pair search, {method}: "
+                  f"{len(found[method]) - size:,} pairs besides self", seconds[method],
+                  f"{seconds[method] / seconds['flat']:.3f}x flat")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", type=Path, required=True, help="a `nagindex demo --out` folder")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/clusterbench"))
-    ap.add_argument("--per-kind", type=int, default=60)
-    ap.add_argument("--radii", default="40,80,120,160,200,240")
+    ap.add_argument("--per-kind", type=int, default=50)
+    ap.add_argument("--radii", default="40,80,100,120,140,160,200")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", default="20000,80000", help="sizes of the synthetic pair-search timing ('' : none)")
+    ap.add_argument("--scale-radius", type=int, default=100)
     args = ap.parse_args()
 
     from nagindex.index.clusters import build_clusters
@@ -110,16 +152,18 @@ def main() -> None:
         flat_s, flat, flat_clusters = timed["flat"]
         for method in ("flat", "multihash"):
             seconds, res, clusters = timed[method]
-            recall, precision, pairs, strays = _score(clusters, planted)
+            recall, precision, text_precision, pairs, strays = _score(clusters, planted, texts)
             kinds = ", ".join(f"{k} {recall[k]:.2f}" for k in KINDS)
             table.add(f"radius {radius}, {method}: {res.clusters} clusters, {res.clustered_rows} docs, "
-                      f"{pairs} pairs; recall {recall['all']:.2f} ({kinds}); precision {precision:.2f}",
-                      seconds, f"{seconds / flat_s:.2f}x flat")
+                      f"{pairs} pairs; recall {recall['all']:.2f} ({kinds}); precision planted {precision:.2f}, "
+                      f"text {text_precision:.2f}", seconds, f"{seconds / flat_s:.2f}x flat")
             if method == "multihash":
                 same = clusters == flat_clusters
                 details.append(f"radius {radius}: multihash clusters {'==' if same else '!='} flat clusters; "
                                f"unplanted pairs e.g. " + "; ".join(
                                    " | ".join(texts[d][:60].replace("\n", " ") for d in sorted(p)) for p in strays[:2]))
+    for size in (int(x) for x in args.scale.split(",") if x):
+        _scale_rows(table, open_index(index).faiss_index().codes, size, args.scale_radius, args.seed)
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}: {n:,} documents ({len(planted)} planted, "
           f"{args.per_kind} per kind), load average {load_average()}\n")
     print(table.markdown())

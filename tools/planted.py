@@ -4,7 +4,9 @@ Each planted document copies one pool passage (its ``original``) in one of five 
 deterministic for a seed:
 
 - ``exact``: the same text.
-- ``recased``: the same words, re-cased, re-punctuated and re-spaced (what a scraper's normaliser does).
+- ``lowercased``: the same words, lowercased, re-punctuated and re-spaced (what a scraper's normaliser does).
+- ``mixed-case``: the same words, each randomly upper-, lower- or title-cased (an adversarial case: NAGs
+  come from a cased tokenizer, so this changes most tokens).
 - ``boilerplate``: the passage between a web page's header and footer lines.
 - ``edited``: about one word in eight dropped, one in twenty repeated (a sloppy re-post).
 - ``reordered``: the same sentences in another order, and about one word in sixteen dropped (a light
@@ -18,18 +20,20 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 
-KINDS = ("exact", "recased", "boilerplate", "edited", "reordered")
+KINDS = ("exact", "lowercased", "mixed-case", "boilerplate", "edited", "reordered")
 _HEADERS = ("Home > Articles > Reading", "Posted by admin on March 3, 2021 | 4 comments",
             "Skip to main content. Menu. Search.", "Share this page: Facebook Twitter Email")
 _FOOTERS = ("Copyright 2021. All rights reserved.", "Related posts: click here to read more.",
             "Was this article helpful? Yes / No", "Terms of use | Privacy policy | Contact")
 
 
-def _recase(text: str, rng: random.Random) -> str:
-    words = text.split()
-    out = [w.upper() if rng.random() < 0.15 else (w.lower() if rng.random() < 0.5 else w.capitalize())
-           for w in words]
-    return re.sub(r"[,;]", lambda m: rng.choice([",", ";", " -", ""]), "  ".join(out))
+def _repunctuate(text: str, rng: random.Random) -> str:
+    return re.sub(r"[,;]", lambda m: rng.choice([",", ";", " -", ""]), text)
+
+
+def _mixed_case(text: str, rng: random.Random) -> str:
+    return " ".join(w.upper() if rng.random() < 0.15 else (w.lower() if rng.random() < 0.5 else w.capitalize())
+                    for w in text.split())
 
 
 def _edit(words: Sequence[str], rng: random.Random, drop: float, repeat: float) -> list[str]:
@@ -48,8 +52,10 @@ def variant(text: str, kind: str, rng: random.Random) -> str:
     """``text`` copied the ``kind`` way (``KINDS``)."""
     if kind == "exact":
         return text
-    if kind == "recased":
-        return _recase(text, rng)
+    if kind == "lowercased":
+        return _repunctuate("  ".join(text.lower().split()), rng)
+    if kind == "mixed-case":
+        return _mixed_case(text, rng)
     if kind == "boilerplate":
         return f"{rng.choice(_HEADERS)}\n\n{text}\n\n{rng.choice(_FOOTERS)}"
     if kind == "edited":

@@ -47,10 +47,10 @@ logger = logging.getLogger(__name__)
 CLUSTER_FILE = "clusters.i64"
 CLUSTER_INFO = "clusters.json"
 METHODS = ("multihash", "flat")
-DEFAULT_RADIUS = 160
+DEFAULT_RADIUS = 100
 ROW_BITS = 40  # as query/rank.py: a global id is part << 40 | row
 _CHUNKS = _CHUNK_BITS = 64
-_BASE_BLOCK = 1 << 20  # rows per multi-hash table set (about 2 KB of memory per row)
+_BASE_BLOCK = 1 << 17  # base rows per search: a multi-hash table set holds about 6 KB per row (800 MB)
 _QUERY_BLOCK = 1 << 14
 
 

@@ -9,6 +9,7 @@ The Python API (README, "Python API")::
     nagindex.score(["arc_challenge", "mmlu"], "idx", out="scores.parquet")  # every document's score
     view = nagindex.open_index("idx")
     nagindex.extract(["pool.parquet"], "pool_features.jsonl")   # reference-format features
+    nagindex.evaluate(["arc.parquet"], "idx", target="arc_challenge")  # vs random, held-out, proxy LMs
 
 The functions are imported lazily so that ``import nagindex`` (and
 ``nagindex --help``) never loads torch, transformers or faiss.
@@ -28,6 +29,7 @@ _LAZY = {
     "query": "nagindex.query.run:query",
     "mix": "nagindex.query.run:mix",
     "score": "nagindex.query.export:score_all",
+    "evaluate": "nagindex.evaluate.run:evaluate",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -44,7 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 #: subpackages that are also API functions: ``nagindex.query(...)`` runs ``nagindex.query.run.query``
-_CALLABLE_PACKAGES = ("ingest", "query")
+_CALLABLE_PACKAGES = ("ingest", "query", "evaluate")
 
 
 class CallablePackage(types.ModuleType):

@@ -8,18 +8,22 @@ from click.testing import CliRunner
 
 from nagindex.cli import main
 
-COMMANDS = ["extract", "ingest", "info", "import", "export", "query", "mix", "targets", "demo", "report"]
+COMMANDS = ["extract", "ingest", "info", "import", "export", "query", "mix", "score", "cluster", "evaluate",
+            "targets", "demo", "report"]
 
 
 def test_help_lists_every_command_and_imports_nothing_heavy():
     code = ("import sys; from nagindex.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'faiss', 'numba', 'lmdb') if m in sys.modules]\n"
+            "for args in (['--help'], ['evaluate', '--help'], ['cluster', '--help']):\n"
+            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'faiss', 'numba', 'lmdb', 'tokenizers', 'scipy')"
+            " if m in sys.modules]\n"
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
     for cmd in COMMANDS:
         assert f"\n  {cmd} " in out
+    assert "nagindex evaluate --index idx --target arc_challenge" in out and "nagindex cluster --index idx/" in out
 
 
 def test_every_command_has_an_example_in_its_help():

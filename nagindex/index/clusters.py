@@ -75,6 +75,21 @@ def read_cluster_info(index_dir: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(path.read_text("utf-8")) if path.is_file() else None
 
 
+def describe_clusters(index_dir: str | os.PathLike) -> str:
+    """One line for ``nagindex info``: the stored clusters, and whether documents were added since."""
+    from nagindex.index.derived import open_shard
+    from nagindex.index.sharded import shard_specs
+
+    info = read_cluster_info(index_dir)
+    if info is None:
+        return "none (`nagindex cluster` makes them for --one-per-cluster)"
+    behind = sum(max(0, len(open_shard(s["path"])) - info["rows"].get(str(s["part"]), 0))
+                 for s in shard_specs(index_dir))
+    line = (f"{info['clusters']:,} holding {info['clustered_rows']:,} documents "
+            f"(radius {info['radius']}, {info['method']})")
+    return line + (f"; {behind:,} documents added since: run `nagindex cluster` again" if behind else "")
+
+
 def require_clusters(index_dir: str | os.PathLike) -> dict[str, Any]:
     """``clusters.json``, or an error saying how to make it."""
     info = read_cluster_info(index_dir)

@@ -62,6 +62,7 @@ def shard_table(catalog: Any) -> list[dict[str, Any]]:
 
 
 def _describe_sharded(catalog: Any) -> str:
+    from nagindex.index.clusters import describe_clusters
     from nagindex.index.derived import open_shard
     from nagindex.index.sharded import shard_specs
 
@@ -78,6 +79,7 @@ def _describe_sharded(catalog: Any) -> str:
         lines.append(f"documents        {docs:,} queryable ({catalog.dedup.get('hidden', 0):,} repeated ids "
                      "across shards left out)")
         lines.append(f"tokens           {tokens:,}")
+        lines.append(f"clusters         {describe_clusters(catalog.root)}")
     except Exception as exc:  # noqa: BLE001 - the shard lines below still say what is there
         lines.append(f"documents        not queryable now: {exc}")
     lines.append(f"{'shard':<12} {'documents':>12} {'tokens':>14} {'MiB':>10} {'inputs':>7}  state  path")
@@ -88,6 +90,7 @@ def _describe_sharded(catalog: Any) -> str:
 
 
 def _describe_folder(index_dir: str | os.PathLike) -> str:
+    from nagindex.index.clusters import describe_clusters
     from nagindex.index.derived import open_index
     from nagindex.index.store import IndexStore
 
@@ -99,10 +102,11 @@ def _describe_folder(index_dir: str | os.PathLike) -> str:
     per_doc = {k: v / rows for k, v in usage.items()} if rows else {}
     lines = [f"index            {Path(index_dir).resolve()}"]
     for key in ("backbone", "weights_sha256", "neuron_type", "num_layers", "width", "top_k", "max_length",
-                "nagindex_version", "created_at"):
+                "dtype", "text_template", "nagindex_version", "created_at"):
         lines.append(f"{key:<16} {manifest.get(key)}")
     lines.append(f"documents        {rows:,} ({len(view):,} queryable, {view.pending:,} pending derive)")
     lines.append(f"tokens           {tokens:,}")
+    lines.append(f"clusters         {describe_clusters(index_dir)}")
     lines.append(f"rejects          {manifest.get('rejects', 0):,} (see rejects.jsonl)")
     done = sum(1 for p in progress.values() if p.get("done"))
     lines.append(f"inputs           {len(progress)} ({done} complete)")

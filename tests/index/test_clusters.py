@@ -135,6 +135,23 @@ def test_a_later_pass_searches_only_new_rows_and_merges_them(tmp_path):
     assert changed.searched == changed.rows and _partition(index) == _brute_partition(index, 3)
 
 
+def test_info_shows_the_clusters_and_documents_added_since(tmp_path):
+    from nagindex.index.info import describe_index
+    from nagindex.index.sharded import shard_specs
+
+    files = _write_pool_with_copies(tmp_path / "data")
+    index = pools.build_index([*files[:3], files[-1]], tmp_path / "idx", 2)
+    assert "clusters         none (`nagindex cluster` makes them" in describe_index(index)
+    res = cl.build_clusters(index, radius=4)
+    assert res.clusters > 0
+    line = f"clusters         {res.clusters:,} holding {res.clustered_rows:,} documents (radius 4, multihash)"
+    assert f"{line}\n" in describe_index(index)
+    pools.build_index(files[3:4], index)
+    added = sum(len(open_index(s["path"])) for s in shard_specs(index)) - res.rows
+    assert added > 0
+    assert f"{line}; {added:,} documents added since: run `nagindex cluster` again" in describe_index(index)
+
+
 def test_a_pass_killed_before_its_info_file_starts_over(data, monkeypatch):
     index = data["idx2"]
     cl.build_clusters(index, radius=4)

@@ -79,6 +79,11 @@ def _extraction_options(multi_type: bool) -> Callable[[Callable[..., Any]], Call
         click.option("--id-field", default="auto", show_default=True,
                      help="Field holding the document id (auto: docid, else id, doc_id, _id, uuid; "
                           "none of them: <file>:<line>)."),
+        click.option("--text-template", default=None, metavar="TEMPLATE",
+                     help="Make each record's text with this Jinja template, its fields as variables, instead of "
+                          "--text-field: '{{ instruction }} {{ output }}', or @FILE to read it from a file. Runs in "
+                          "the target registry's sandbox. In an index it is part of the identity: appends must "
+                          "give the same template."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16."),
         click.option("--trust-remote-code", is_flag=True, help="Allow a hub model to run its own code (off by default)."),
@@ -92,6 +97,18 @@ def _extraction_options(multi_type: bool) -> Callable[[Callable[..., Any]], Call
     return apply
 
 
+def _load_text_template(kw: dict[str, Any]) -> None:
+    """``--text-template`` read (``@FILE``) in place, refused beside an explicit ``--text-field``."""
+    from click.core import ParameterSource
+
+    from nagindex.ingest.render import load_text_template
+
+    if kw["text_template"] is not None:
+        if click.get_current_context().get_parameter_source("text_field") == ParameterSource.COMMANDLINE:
+            raise click.UsageError("--text-field and --text-template exclude each other: the template makes the text")
+        kw["text_template"] = load_text_template(kw["text_template"])
+
+
 # ---------------------------------------------------------------- ingest side
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
@@ -103,14 +120,17 @@ def extract(inputs: tuple[str, ...], out: str, neuron_types: str, **kw: Any) -> 
 
     One line per document in input order:
     {"docid": ..., "fwd_up_feature": {"layer_topk_value_index": [L*K ints]}}.
-    Any bad record (an empty document included) is an error naming it.
+    Any bad record (an empty document, or one --text-template fails on,
+    included) is an error naming it.
 
     \b
       nagindex extract pool.parquet -o pool_features.jsonl --top-k 20
+      nagindex extract alpaca.jsonl -o alpaca_features.jsonl --text-template @alpaca.j2
     """
     from nagindex.encode.extract import parse_neuron_types
     from nagindex.ingest.run import extract_files
 
+    _load_text_template(kw)
     n = extract_files(inputs, out, neuron_types=parse_neuron_types(neuron_types), **kw)
     click.echo(f"wrote {n} documents to {out}")
 
@@ -121,11 +141,6 @@ def extract(inputs: tuple[str, ...], out: str, neuron_types: str, **kw: Any) -> 
               help="Index directory (created if absent; new inputs are appended).")
 @_extraction_options(multi_type=False)
 @click.option("--token-field", default=None, help="Take each doc's token count from this field instead of counting.")
-@click.option("--text-template", default=None, metavar="TEMPLATE",
-              help="Make each record's text with this Jinja template, its fields as variables, instead of "
-                   "--text-field: '{{ instruction }} {{ output }}', or @FILE to read it from a file. Runs in the "
-                   "target registry's sandbox; a record it fails on is skipped. Part of the index identity: "
-                   "appends must give the same template.")
 @click.option("--limit", type=int, default=None, help="Stop after this many new documents.")
 @click.option("--commit-every", default=512, show_default=True, help="Documents per atomic commit.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
@@ -158,15 +173,9 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
       nagindex ingest corpus/ --index idx --shards 8                  # 8 worker processes, 8 shards
       nagindex ingest corpus/ --index idx --shards 64 --ray-address auto --device cuda
     """
-    from click.core import ParameterSource
-
-    from nagindex.ingest.render import load_text_template
     from nagindex.ingest.run import ingest as run_ingest
 
-    if kw["text_template"] is not None:
-        if click.get_current_context().get_parameter_source("text_field") == ParameterSource.COMMANDLINE:
-            raise click.UsageError("--text-field and --text-template exclude each other: the template makes the text")
-        kw["text_template"] = load_text_template(kw["text_template"])
+    _load_text_template(kw)
     res = run_ingest(inputs, index_dir, **kw)
     click.echo(f"{index_dir}: +{res.added:,} documents (+{res.tokens:,} tokens), {res.rows:,} in total; "
                f"{res.rejects:,} skipped" + (" (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(

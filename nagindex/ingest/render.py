@@ -33,6 +33,17 @@ def load_text_template(value: str) -> str:
         raise InputError(f"{TEMPLATE_OPTION} {value}: cannot read {path}: {exc}") from None
 
 
+def check_text_template(template: str | None, text_field: str) -> None:
+    """Before any work (a bad template would reject every record): the template compiles and is not
+    given beside an explicit text field."""
+    if template is None:
+        return
+    if text_field != "auto":
+        raise InputError(f"--text-field {text_field} and {TEMPLATE_OPTION} exclude each other: the template "
+                         "makes the text (drop --text-field)")
+    compile_text_template(template)
+
+
 @lru_cache(maxsize=8)
 def compile_text_template(template: str) -> Any:
     """The compiled template (once per process: records are rendered millions of times); a syntax

@@ -25,8 +25,8 @@ from nagindex.data import Cursor, Document, Reject, Window
 from nagindex.encode import encoder as enc
 from nagindex.errors import InputError, NagIndexError
 from nagindex.ingest.inputs import InputFile, input_files, parquet_file
-from nagindex.ingest.read import AUTO, FieldUsage, Fields, read_input
-from nagindex.ingest.render import TEMPLATE_OPTION, compile_text_template
+from nagindex.ingest.read import FieldUsage, Fields, read_input
+from nagindex.ingest.render import check_text_template
 from nagindex.progress import StageTimer, TokenRate, progress_bar
 
 if TYPE_CHECKING:
@@ -187,11 +187,7 @@ def ingest(
     check_index_path(index_dir)
     if Path(backbone).expanduser().is_dir():  # a local model is recorded by absolute path
         backbone = str(Path(backbone).expanduser().resolve())
-    if text_template is not None:  # before any work: a bad template would reject every record
-        if text_field != AUTO:
-            raise InputError(f"--text-field {text_field} and {TEMPLATE_OPTION} exclude each other: the template "
-                             "makes the text (drop --text-field)")
-        compile_text_template(text_template)
+    check_text_template(text_template, text_field)
     from nagindex.models import canonical_dtype
 
     # an explicit --dtype is checked before any model loads; auto (None) is checked via the full manifest
@@ -452,6 +448,7 @@ def extract_files(
     batch_size: int = 32,
     text_field: str = "auto",
     id_field: str = "auto",
+    text_template: str | None = None,
     device: str = "auto",
     dtype: str | None = None,
     trust_remote_code: bool = False,
@@ -460,12 +457,13 @@ def extract_files(
 ) -> int:
     """Write the reference's feature JSONL for every document of ``inputs``, in input order.
 
-    Unlike ``ingest``, any bad record (an empty document included) is an error
-    naming its file, line and docid: a feature file must have a line per document.
+    Unlike ``ingest``, any bad record (an empty document, or one ``text_template`` fails on,
+    included) is an error naming its file, line and docid: a feature file must have a line per document.
     """
     from nagindex.fsio import atomic_path
     from nagindex.ingest.interop import write_feature_lines
 
+    check_text_template(text_template, text_field)
     files = input_files(inputs)
     out = Path(out)
     clash = next((f for f in files if f.key == str(out.resolve())), None)
@@ -476,7 +474,7 @@ def extract_files(
         extractor = enc.build_extractor(backbone, neuron_types, top_k=top_k, max_length=max_length,
                                     batch_size=batch_size, device=device, dtype=dtype,
                                     trust_remote_code=trust_remote_code)
-    fields = Fields(text_field, id_field, None)
+    fields = Fields(text_field, id_field, None, template=text_template)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     bar = progress_bar(_estimate_records(files, {}), desc="extract", enabled=show_progress)

@@ -197,3 +197,27 @@ def test_sharded_ingest_renders_in_every_worker(golden_dir, tmp_path):
     assert rows(tmp_path / "many") == rows(tmp_path / "one")
     with pytest.raises(IndexMismatchError, match="text_template: index has '### Instruction.*', this ingest has None"):
         ingest([root], tmp_path / "many", **{**settings, "text_template": None})
+
+
+def test_extract_renders_the_template_and_stops_at_a_record_it_fails_on(extractor, golden_dir, tmp_path):
+    """``extract --text-template`` writes the features of the rendered texts; a record the template
+    fails on is an error naming it (a feature file has a line per document), and nothing is written."""
+    from nagindex.cli import main
+    from nagindex.ingest.run import extract_files
+
+    records = write_jsonl(tmp_path / "a.jsonl", ALPACA_ROWS)
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"id": r["id"], "text": t} for r, t in zip(ALPACA_ROWS, ALPACA_TEXTS)])
+    assert extract_files([records], tmp_path / "t.jsonl", id_field="id", text_template=ALPACA, extractor=extractor) == 3
+    extract_files([plain], tmp_path / "p.jsonl", id_field="id", extractor=extractor)
+    assert (tmp_path / "t.jsonl").read_bytes() == (tmp_path / "p.jsonl").read_bytes()
+    chat = write_jsonl(tmp_path / "chat.jsonl", [CHAT_ROWS[0], {"id": "no-messages"}, CHAT_ROWS[1]])
+    with pytest.raises(InputError, match=r"chat.jsonl:2 \(docid .no-messages.\): text template failed: UndefinedError"):
+        extract_files([chat], tmp_path / "c.jsonl", id_field="id", text_template=CHAT, extractor=extractor)
+    assert not (tmp_path / "c.jsonl").exists()
+    (tmp_path / "alpaca.j2").write_text(ALPACA + "\n", encoding="utf-8")
+    args = ["extract", str(records), "--id-field", "id", "--backbone", str(golden_dir / "model"),
+            "--top-k", "8", "--max-length", "64", "--device", "cpu", "-o"]
+    ok = CliRunner().invoke(main, [*args, str(tmp_path / "cli.jsonl"), "--text-template", f"@{tmp_path / 'alpaca.j2'}"])
+    assert ok.exit_code == 0 and "wrote 3 documents" in ok.output, ok.output
+    both = CliRunner().invoke(main, [*args, str(tmp_path / "x.jsonl"), "--text-field", "text", "--text-template", ALPACA])
+    assert both.exit_code == 2 and "--text-field and --text-template exclude each other" in both.output

@@ -462,8 +462,9 @@ def query(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ..
               help="Hamming radius in fingerprint bits (of 4096; a SmolLM2-135M NAG sets about 560) [default: 100, or the "
                    "radius of the stored clusters].")
 @click.option("--method", type=click.Choice(["multihash", "flat"]), default="multihash", show_default=True,
-              help="multihash: FAISS multi-hash range search, finds every pair within 63 bits and most beyond; "
-                   "flat: exhaustive FAISS range search, every pair at any radius, quadratic in documents.")
+              help="multihash: multi-index hashing on 64-bit chunks (a sort join), finds every pair within 63 "
+                   "bits and most beyond; flat: exhaustive FAISS range search, every pair at any radius, "
+                   "quadratic in documents.")
 @_user_errors
 def cluster(index_dir: str, radius: int | None, method: str) -> None:
     """Group near-duplicate documents by their fingerprints, once; stored with the index.

@@ -5,13 +5,18 @@ in at most ``radius`` bits; clusters are the connected components of that relati
 does not depend on the order documents were ingested or on how they are sharded. Queries with
 ``--one-per-cluster`` keep the best-ranked document of each cluster.
 
-Pairs are found with FAISS, never an all-pairs Python loop:
+Pairs are found in compiled code, never an all-pairs Python loop:
 
-- ``multihash`` (default): ``IndexBinaryMultiHash`` with 64 tables of 64 bits; a candidate shares one
-  whole 64-bit chunk of its fingerprint with the query and is kept when its full distance is within the
-  radius. By pigeonhole, every pair within 63 bits shares a chunk, so below 64 it finds every pair; above,
-  a pair is missed only when all 64 chunks differ (``tools/bench_clusters.py`` measures the recall
-  against ``flat`` at the default radius). Its cost grows with the candidates, not with all pairs.
+- ``multihash`` (default): multi-index hashing with 64 tables of 64 bits: a candidate pair shares one
+  whole 64-bit chunk of the fingerprint and is kept when its full distance is within the radius. By
+  pigeonhole, every pair within 63 bits shares a chunk, so below 64 it finds every pair; above, a pair is
+  missed only when all 64 chunks differ (``tools/bench_clusters.py`` measures the recall against
+  ``flat`` at the default radius). These are exactly the pairs of FAISS's ``IndexBinaryMultiHash(4096,
+  64, 64)`` with ``nflip`` 0 (a test checks it), found as a sort join instead of hash tables: each chunk
+  column of all documents is sorted, runs of equal values are the candidates, and a pair is verified
+  only at the first chunk it shares, so it is counted once. Memory is 8 bytes per document per chunk
+  column in flight (columns go in groups under ``_KEY_BUDGET``) plus a bounded block of candidates; time is
+  64 sorts plus the candidates, not the blocks-times-queries probes of hash tables built per block.
 - ``flat``: FAISS's exhaustive Hamming range search over the memory-mapped fingerprints
   (``hamming_range_search``, what ``IndexBinaryFlat.range_search`` runs): exact at any radius,
   quadratic in the documents.
@@ -49,9 +54,12 @@ CLUSTER_INFO = "clusters.json"
 METHODS = ("multihash", "flat")
 DEFAULT_RADIUS = 100
 ROW_BITS = 40  # as query/rank.py: a global id is part << 40 | row
-_CHUNKS = _CHUNK_BITS = 64
-_BASE_BLOCK = 1 << 17  # base rows per search: a multi-hash table set holds about 6 KB per row (800 MB)
+_BASE_BLOCK = 1 << 17  # flat: base rows per range search
 _QUERY_BLOCK = 1 << 14
+_KEY_BUDGET = 1 << 31  # multihash: bytes of chunk columns sorted per pass over the fingerprints
+_PAIR_ROWS = 1 << 17  # multihash: rows of short runs gathered at once (512 bytes each)
+_SEGMENT = 1 << 14  # multihash: a longer run of equal chunks is verified in tiles of this many rows
+_READ_BLOCK = 1 << 16  # fingerprint rows read at once
 
 
 @dataclass
@@ -142,7 +150,7 @@ def build_clusters(index_dir: str | os.PathLike, radius: int = DEFAULT_RADIUS, m
     queries = [_visible(np.arange(covered[k], sizes[k]), hidden[k]) for k in range(len(specs))]
     searched = int(sum(len(q) for q in queries))
     (root / CLUSTER_INFO).unlink(missing_ok=True)  # from here until the end, a kill means "start over"
-    pairs = _search(views, offsets, hidden, queries, radius, method, show_progress)
+    pairs = _search([v.faiss_index().codes for v in views], offsets, hidden, queries, radius, method, show_progress)
     _union(parent, pairs[0], pairs[1])
     roots = _roots(parent)
     size = np.bincount(roots, minlength=len(roots))
@@ -194,22 +202,25 @@ def _dense(ids: np.ndarray, specs: list[dict[str, Any]], offsets: np.ndarray) ->
     return offsets[index] + (ids & ((1 << ROW_BITS) - 1))
 
 
-def _search(views: list[Any], offsets: np.ndarray, hidden: list[np.ndarray], queries: list[np.ndarray],
-            radius: int, method: str, show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Dense (a, b) pairs within ``radius``: every query row of every shard against every shard's rows."""
+def _search(shards: list[np.ndarray], offsets: np.ndarray, hidden: list[np.ndarray], queries: list[np.ndarray],
+            radius: int, method: str, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Dense (a, b) pairs, a < b, within ``radius`` with a query row on at least one side, each pair once.
+
+    ``shards``: each shard's ``(rows, 512)`` uint8 fingerprints (memory-mapped); ``offsets``: where each
+    shard's rows start in the dense numbering; ``hidden``/``queries``: rows per shard left out / searched."""
     from nagindex.progress import progress_bar
 
-    total = int(sum(len(q) for q in queries)) * len(views)
+    if method == "multihash":
+        return _chunk_join(shards, offsets, hidden, queries, radius, show_progress)
+    total = int(sum(len(q) for q in queries)) * len(shards)
     found_a, found_b = [], []
     bar = progress_bar(total, "cluster", "doc", enabled=None if show_progress else False)
     try:
-        for j, base_view in enumerate(views):
-            base = base_view.faiss_index().codes
+        for j, base in enumerate(shards):
             for lo in range(0, len(base), _BASE_BLOCK):
                 block = base[lo:lo + _BASE_BLOCK]
-                searcher = _Searcher(block, radius, method)
-                for k, view in enumerate(views):
-                    codes = view.faiss_index().codes
+                searcher = _FlatSearcher(block, radius)
+                for k, codes in enumerate(shards):
                     for q0 in range(0, len(queries[k]), _QUERY_BLOCK):
                         rows = queries[k][q0:q0 + _QUERY_BLOCK]
                         qi, bi = searcher.pairs(np.ascontiguousarray(codes[rows]))
@@ -224,37 +235,182 @@ def _search(views: list[Any], offsets: np.ndarray, hidden: list[np.ndarray], que
         bar.close()
     if not found_a:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(found_a), np.concatenate(found_b)
+    a, b = np.concatenate(found_a), np.concatenate(found_b)
+    pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)  # two queries: found twice
+    return pairs[:, 0], pairs[:, 1]
 
 
-class _Searcher:
-    """Range search of query fingerprints against one block of base fingerprints (``METHODS``)."""
+class _FlatSearcher:
+    """Exhaustive range search of query fingerprints against one block of base fingerprints."""
 
-    def __init__(self, base: np.ndarray, radius: int, method: str) -> None:
-        import faiss
-
-        self.faiss, self.radius, self.method = faiss, radius, method
+    def __init__(self, base: np.ndarray, radius: int) -> None:
+        self.radius = radius
         self.base = np.ascontiguousarray(base, dtype=np.uint8)
-        if method == "multihash":
-            self.index = faiss.IndexBinaryMultiHash(self.base.shape[1] * 8, _CHUNKS, _CHUNK_BITS)
-            self.index.nflip = 0
-            self.index.add(self.base)
 
     def pairs(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query index, base index) of every pair within the radius (FAISS keeps distances < threshold)."""
-        faiss, n = self.faiss, len(queries)
+        import faiss
+
+        n = len(queries)
         if not n or not len(self.base):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        if self.method == "multihash":
-            lims, _, labels = self.index.range_search(queries, self.radius + 1)
-        else:
-            res = faiss.RangeSearchResult(n)
-            faiss.hamming_range_search(faiss.swig_ptr(queries), faiss.swig_ptr(self.base), n, len(self.base),
-                                       self.radius + 1, queries.shape[1], res)
-            lims = faiss.rev_swig_ptr(res.lims, n + 1).copy()
-            labels = faiss.rev_swig_ptr(res.labels, int(lims[-1])).copy()
-        qi = np.repeat(np.arange(n, dtype=np.int64), np.diff(lims.astype(np.int64)))
-        return qi, labels.astype(np.int64)
+        res = faiss.RangeSearchResult(n)
+        faiss.hamming_range_search(faiss.swig_ptr(queries), faiss.swig_ptr(self.base), n, len(self.base),
+                                   self.radius + 1, queries.shape[1], res)
+        lims = faiss.rev_swig_ptr(res.lims, n + 1).copy().astype(np.int64)
+        labels = faiss.rev_swig_ptr(res.labels, int(lims[-1])).copy()
+        return np.repeat(np.arange(n, dtype=np.int64), np.diff(lims)), labels.astype(np.int64)
+
+
+class _Fingerprints:
+    """The visible rows of all shards as one sequence of fingerprints (memory-mapped, read on demand)."""
+
+    def __init__(self, shards: list[np.ndarray], offsets: np.ndarray, hidden: list[np.ndarray]) -> None:
+        self.codes = shards
+        self.rows = [_visible(np.arange(len(c), dtype=np.int64), h) for c, h in zip(self.codes, hidden)]
+        self.starts = np.concatenate([[0], np.cumsum([len(r) for r in self.rows])]).astype(np.int64)
+        self.dense = np.concatenate([offsets[k] + r for k, r in enumerate(self.rows)]) if self.rows else \
+            np.zeros(0, np.int64)
+        self.words = self.codes[0].shape[1] // 8 if self.codes else 0
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def columns(self, chunks: range) -> np.ndarray:
+        """``(len(chunks), n)`` uint64: those 64-bit chunks of every visible fingerprint, read in blocks."""
+        out = np.empty((len(chunks), len(self)), np.uint64)
+        for k, (codes, rows) in enumerate(zip(self.codes, self.rows)):
+            for lo in range(0, len(rows), _READ_BLOCK):
+                part = rows[lo:lo + _READ_BLOCK]
+                block = np.ascontiguousarray(codes[part[0]:part[-1] + 1]).view("<u8")
+                out[:, self.starts[k] + lo:self.starts[k] + lo + len(part)] = \
+                    block[part - part[0], chunks.start:chunks.stop].T
+        return out
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """``(len(positions), words)`` uint64 fingerprints of these visible positions."""
+        out = np.empty((len(positions), self.words), np.uint64)
+        shard = np.searchsorted(self.starts, positions, side="right") - 1
+        for k in np.unique(shard):
+            mask = shard == k
+            rows = self.rows[k][positions[mask] - self.starts[k]]
+            out[mask] = np.asarray(self.codes[k][rows]).view("<u8")
+        return out
+
+
+def _chunk_join(shards: list[np.ndarray], offsets: np.ndarray, hidden: list[np.ndarray], queries: list[np.ndarray],
+                radius: int, show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``multihash``'s pairs (see the module docstring), each once, as dense (a, b)."""
+    from nagindex.progress import progress_bar
+
+    fps = _Fingerprints(shards, offsets, hidden)
+    n = len(fps)
+    new = np.zeros(n, np.bool_)
+    for k, q in enumerate(queries):
+        new[fps.starts[k] + np.searchsorted(fps.rows[k], q)] = True
+    found: list[np.ndarray] = []
+    if not new.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    per_pass = max(1, min(fps.words, _KEY_BUDGET // max(1, 8 * n)))
+    bar = progress_bar(fps.words, "cluster", "chunk", enabled=None if show_progress else False)
+    try:
+        for c0 in range(0, fps.words, per_pass):
+            chunks = range(c0, min(fps.words, c0 + per_pass))
+            columns = fps.columns(chunks)
+            for i, chunk in enumerate(chunks):
+                for rows, segments in _runs(columns[i], new):
+                    local = _segment_pairs(fps.gather(rows), new[rows], segments, chunk, radius)
+                    found.append(fps.dense[rows[local]])
+                bar.update(1)
+            del columns
+    finally:
+        bar.close()
+    pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _runs(column: np.ndarray, new: np.ndarray) -> Any:
+    """The runs of equal values in ``column`` (two rows or more, a new one among them) as blocks of
+    (rows, segments): ``rows`` are visible positions grouped by run, ``segments`` are (x0, x1, y0, y1)
+    ranges of ``rows`` whose pairs are candidates (x == y: the pairs within one range). Short runs are
+    packed many to a block; a run longer than ``_SEGMENT`` is cut into tiles, its blocks a tile pair each."""
+    order = np.argsort(column, kind="stable")
+    values = column[order]
+    cut = np.flatnonzero(values[1:] != values[:-1]) + 1
+    starts = np.concatenate([[0], cut]).astype(np.int64)
+    ends = np.concatenate([cut, [len(values)]]).astype(np.int64)
+    keep = ends - starts > 1
+    if not new.all():
+        seen = np.concatenate([[0], np.cumsum(new[order], dtype=np.int64)])
+        keep &= seen[ends] > seen[starts]
+    starts, ends = starts[keep], ends[keep]
+    short = ends - starts <= _SEGMENT
+    s, e = starts[short], ends[short]
+    first = 0
+    while first < len(s):  # blocks of whole short runs, at most _PAIR_ROWS rows (one run at least)
+        sizes = np.cumsum(e[first:] - s[first:])
+        last = first + max(1, int(np.searchsorted(sizes, _PAIR_ROWS, side="right")))
+        size = e[first:last] - s[first:last]
+        at = np.concatenate([[0], np.cumsum(size)])
+        rows = order[np.repeat(s[first:last] - at[:-1], size) + np.arange(at[-1])]
+        yield rows, np.stack([at[:-1], at[1:], at[:-1], at[1:]], axis=1)
+        first = last
+    for lo, hi in zip(starts[~short], ends[~short]):
+        tiles = list(range(lo, hi, _SEGMENT))
+        for i, x in enumerate(tiles):
+            for y in tiles[i:]:
+                xs, ys = order[x:min(hi, x + _SEGMENT)], order[y:min(hi, y + _SEGMENT)]
+                if x == y:
+                    yield xs, np.array([[0, len(xs), 0, len(xs)]], np.int64)
+                else:
+                    yield np.concatenate([xs, ys]), np.array([[0, len(xs), len(xs), len(xs) + len(ys)]], np.int64)
+
+
+@njit(cache=True, nogil=True)
+def _popcount(x: np.uint64) -> int:  # pragma: no cover - compiled
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return int((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit(cache=True, nogil=True)
+def _segment_pairs(fp: np.ndarray, new: np.ndarray, segments: np.ndarray, chunk: int,
+                   radius: int) -> np.ndarray:  # pragma: no cover - compiled
+    """``(m, 2)`` local indices of the candidate pairs of ``segments`` that are near-duplicates: a new row
+    on one side, no shared 64-bit chunk before ``chunk`` (such a pair is verified there), distance within
+    ``radius``."""
+    out = np.empty((64, 2), np.int64)
+    m = 0
+    words = fp.shape[1]
+    for g in range(len(segments)):
+        x0, x1, y0, y1 = segments[g, 0], segments[g, 1], segments[g, 2], segments[g, 3]
+        for i in range(x0, x1):
+            for j in range(max(y0, i + 1) if x0 == y0 else y0, y1):
+                if not (new[i] or new[j]):
+                    continue
+                earlier = False
+                for w in range(chunk):
+                    if fp[i, w] == fp[j, w]:
+                        earlier = True
+                        break
+                if earlier:
+                    continue
+                dist = 0
+                for w in range(words):
+                    dist += _popcount(fp[i, w] ^ fp[j, w])
+                    if dist > radius:
+                        break
+                if dist > radius:
+                    continue
+                if m == len(out):
+                    grown = np.empty((2 * len(out), 2), np.int64)
+                    grown[:m] = out[:m]
+                    out = grown
+                out[m, 0] = i
+                out[m, 1] = j
+                m += 1
+    return out[:m]
 
 
 @njit(cache=True, nogil=True)

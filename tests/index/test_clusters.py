@@ -119,6 +119,49 @@ def test_multihash_beyond_63_bits_finds_a_subset_of_the_exact_pairs(data):
     assert exact == _brute_partition(data["idx1"], 30)
 
 
+@pytest.mark.parametrize("radius", [40, 100, 160])
+def test_multihash_finds_exactly_the_pairs_of_faiss_multi_hash_index(radius, monkeypatch):
+    """Dense fingerprints (~15% of bits set) and near-copies 0-300 bits away, on two shards with hidden
+    rows and only some rows new: the sort join's pairs are FAISS ``IndexBinaryMultiHash(4096, 64, 64)``'s
+    (nflip 0) with a new row on one side, hidden rows left out, each pair once. Tiny blocks and tiles
+    exercise the packing and the tiling of long runs."""
+    import faiss
+
+    monkeypatch.setattr(cl, "_PAIR_ROWS", 7)
+    monkeypatch.setattr(cl, "_SEGMENT", 5)
+    monkeypatch.setattr(cl, "_KEY_BUDGET", 8 * 700 * 5)  # 5 chunk columns per pass
+    rng = np.random.default_rng(radius)
+    base = np.packbits(rng.random((300, 4096)) < 0.15, axis=1)
+    rows = [base]
+    for flips in (0, 10, 30, 60, 90, 120, 200, 300):
+        src = base[rng.integers(0, len(base), 50)]
+        bits = np.unpackbits(src, axis=1)
+        for r in bits:
+            r[rng.choice(4096, flips, replace=False)] ^= 1
+        rows.append(np.packbits(bits, axis=1))
+    same = np.tile(base[:1], (12, 1))  # a long run of one value in every chunk
+    codes = np.concatenate([*rows, same])[rng.permutation(712)]
+    shards = [codes[:400], codes[400:]]
+    offsets = np.array([0, 400, 712])
+    hidden = [np.zeros(0, np.int64), np.array([3, 50, 200], np.int64)]
+    queries = [np.arange(250, 400), cl._visible(np.arange(312), hidden[1])]  # shard 0: rows from 250 on are new
+    a, b = cl._search(shards, offsets, hidden, queries, radius, "multihash")
+    got = set(zip(a.tolist(), b.tolist()))
+    assert len(got) == len(a)  # each pair once, (smaller, larger)
+    assert all(x < y for x, y in got)
+    index = faiss.IndexBinaryMultiHash(4096, 64, 64)
+    index.nflip = 0
+    index.add(codes)
+    lims, _, labels = index.range_search(codes, radius + 1)
+    qi = np.repeat(np.arange(len(codes)), np.diff(lims.astype(np.int64)))
+    out = {400 + h for h in hidden[1].tolist()}
+    new = set(range(250, 400)) | {400 + q for q in queries[1].tolist()}
+    expected = {(min(x, y), max(x, y)) for x, y in zip(qi.tolist(), labels.tolist())
+                if x != y and x not in out and y not in out and (x in new or y in new)}
+    assert got == expected
+    assert len(expected) > 100
+
+
 def test_a_later_pass_searches_only_new_rows_and_merges_them(tmp_path):
     files = _write_pool_with_copies(tmp_path / "data")
     index = pools.build_index(files[:3], tmp_path / "idx")  # copies come later

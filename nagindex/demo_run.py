@@ -115,6 +115,7 @@ def _print_top(result: QueryResult, manifest: dict[str, Any], echo: Callable[[st
 
 def _print_mix(pool: dict[str, float], selected: dict[str, float], echo: Callable[[str], None]) -> None:
     """Share of documents per source, pool vs selection, the selection's largest first."""
-    echo(f"  {'source':<10} {'pool':>7} {'selected':>9}   (share of documents)")
+    width = max([10, *map(len, pool)])
+    echo(f"  {'source':<{width}} {'pool':>7} {'selected':>9}   (share of documents)")
     for source in sorted(pool, key=lambda s: -selected.get(s, 0.0)):
-        echo(f"  {source:<10} {pool[source]:>7.1%} {selected.get(source, 0.0):>9.1%}")
+        echo(f"  {source:<{width}} {pool[source]:>7.1%} {selected.get(source, 0.0):>9.1%}")

@@ -147,3 +147,14 @@ def test_run_demo_end_to_end_with_the_real_model(tmp_path: Path, monkeypatch: py
     assert "2/5 ingest: 0 new documents" in "\n".join(lines)
     assert again[0].table.equals(single.table) and again[1].table.equals(mixture.table)
 
+
+
+def test_source_mix_columns_line_up_with_long_source_names() -> None:
+    from nagindex.demo_run import _print_mix, source_mix
+
+    lines: list[str] = []
+    pool = source_mix(["lambada-1", "lambada-2", "planted-arc_challenge-3", "sciq-4"])
+    _print_mix(pool, source_mix(["planted-arc_challenge-3", "sciq-4"]), lines.append)
+    assert lines[1:] == ["  planted-arc_challenge   25.0%     50.0%", "  sciq                    25.0%     50.0%",
+                         "  lambada                 50.0%      0.0%"]
+    assert len({line.index("%") for line in lines[1:]}) == 1

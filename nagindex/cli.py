@@ -82,8 +82,8 @@ def _extraction_options(multi_type: bool) -> Callable[[Callable[..., Any]], Call
         click.option("--text-template", default=None, metavar="TEMPLATE",
                      help="Make each record's text with this Jinja template, its fields as variables, instead of "
                           "--text-field: '{{ instruction }} {{ output }}', or @FILE to read it from a file. Runs in "
-                          "the target registry's sandbox. In an index it is part of the identity: appends must "
-                          "give the same template."),
+                          "the target registry's sandbox; a record it fails on is skipped (ingest) or an error "
+                          "(extract). In an index it is part of the identity: appends must give the same one."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16."),
         click.option("--trust-remote-code", is_flag=True, help="Allow a hub model to run its own code (off by default)."),

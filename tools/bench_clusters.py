@@ -120,13 +120,13 @@ def _scale_rows(table: ResultTable, real: np.ndarray, size: int, radius: int, se
         row[rng.choice(on, int(0.3 * len(on)), replace=False)] = False
         row[rng.integers(0, row.size, int(0.3 * len(on)))] = True
     fp = np.packbits(bits, axis=1, bitorder="little")
-    every = [np.arange(size)]
+    def search(method: str) -> tuple[np.ndarray, np.ndarray]:  # one shard, nothing hidden, every row new
+        return _search([fp], np.array([0, size]), [np.zeros(0, np.int64)], [np.arange(size)], radius, method)
+
     methods = {
-        "FAISS flat range search": lambda: _search([fp], np.array([0, size]), [np.zeros(0, np.int64)], every,
-                                                   radius, "flat"),
+        "FAISS flat range search": lambda: search("flat"),
         "FAISS IndexBinaryMultiHash": lambda: _faiss_multihash_pairs(fp, radius),
-        "nagindex multihash (sort join)": lambda: _search([fp], np.array([0, size]), [np.zeros(0, np.int64)],
-                                                          every, radius, "multihash"),
+        "nagindex multihash (sort join)": lambda: search("multihash"),
     }
     if size > flat_max:
         del methods["FAISS flat range search"]

@@ -24,7 +24,10 @@ Readers memory-map these files, so a derive never takes away bytes a reader may
 map: it only cuts files back to ``index_info.json``'s rows, which never shrink
 while the store is the same, and starting over (a new store, a lost or short
 file) unlinks the files instead of truncating them, so a reader keeps the old
-ones (a truncated mapping would crash it with SIGBUS).
+ones (a truncated mapping would crash it with SIGBUS), ``index_info.json`` first,
+so a reader opening during the rebuild sees no rows rather than the old count over
+new files. A reader may therefore map the first rows of a folder that an ingest
+is appending to (``open_shard(path, rows)``): they never change.
 
 Fingerprint: each (layer l, neuron n) of a NAG sets bit
 ``((l * width + n) * 2654435761 mod 2**32) >> 20`` (Knuth's multiplicative hash,
@@ -137,7 +140,8 @@ def _repair(directory: Path, rows: int, manifest: dict[str, Any]) -> int:
     if not ok:
         if rows:
             logger.warning("derived files in %s are incomplete; rebuilding them from the store", directory)
-        for name in [*sizes, DOCID_BYTES]:
+        # the old count first: a reader opening mid-rebuild must see no rows, not it over the new files
+        for name in [INFO_FILE, *sizes, DOCID_BYTES]:
             (directory / name).unlink(missing_ok=True)
         (directory / DOCID_OFFSETS).write_bytes(np.zeros(1, "<u8").tobytes())
         return 0
@@ -353,8 +357,15 @@ def open_index(index_dir: str | os.PathLike) -> Any:
     return ShardedView(catalog)
 
 
-def open_shard(index_dir: str | os.PathLike) -> IndexView:
-    """Open the derived snapshot of one store folder; rows committed but not derived yet are only counted."""
+def open_shard(index_dir: str | os.PathLike, rows: int | None = None) -> IndexView:
+    """Open the derived snapshot of one store folder; rows committed but not derived yet are only counted.
+
+    ``rows`` limits the view to the folder's first rows (every array, docids, fingerprints, the
+    manifest's rows and tokens): a sharded index serves each shard's last reconciled rows while the
+    shard appends. That prefix never changes under an append: derived files are only appended to,
+    never cut below the rows ``index_info.json`` names. Rows past it are ``pending``, not logged
+    (the caller says why they wait); a shard with fewer derived rows than ``rows`` is an error.
+    """
     directory = Path(index_dir)
     info = _read_info(directory)
     try:
@@ -366,6 +377,14 @@ def open_shard(index_dir: str | os.PathLike) -> IndexView:
         store_rows, manifest = info["rows"], info["manifest"]
     if info is None:
         info = {"rows": 0, "store_rows": store_rows, "manifest": manifest}
+    if rows is not None:
+        if rows > info["rows"]:
+            raise NagIndexError(f"{directory}: {info['rows']:,} documents derived, fewer than the {rows:,} asked "
+                                "for (the folder was rebuilt or lost derived files)")
+        view = IndexView(directory, {**info, "rows": rows}, max(0, store_rows - rows))
+        if rows < info["rows"]:
+            view.manifest = view.info["manifest"] = {**view.manifest, "rows": rows, "tokens": view.total_tokens}
+        return view
     pending = max(0, store_rows - info["rows"])
     if pending:
         logger.warning("%s: %d rows are in the store but not derived yet (ingest running or "

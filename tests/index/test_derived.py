@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nagindex.errors import NagIndexError
 from nagindex.index import derived as index_module
-from nagindex.index.derived import (FAISS_FILE, INFO_FILE, fingerprint_bits, fingerprints, open_index,
+from nagindex.index.derived import (FAISS_FILE, INFO_FILE, fingerprint_bits, fingerprints, open_index, open_shard,
                                    sync_derived)
 from nagindex.index.store import IndexStore
 
@@ -136,3 +137,38 @@ def test_open_index_reports_pending_rows(tmp_path: Path, tiny_manifest, make_cod
         store.append(*parts[1])
         view = open_index(tmp_path)
         assert len(view) == 6 and view.pending == 5 and view.manifest["top_k"] == 8
+
+
+def test_open_shard_rows_is_the_prefix_while_the_folder_appends(tmp_path: Path, tiny_manifest, make_codes) -> None:
+    """A view of the first rows equals the view of an index holding only those rows, whatever was
+    committed and derived after them (the derived files only grow)."""
+    parts = batches(make_codes)
+    build(tmp_path / "first", tiny_manifest, parts[:2], sync_each=False)
+    grown = tmp_path / "grown"
+    build(grown, tiny_manifest, parts, sync_each=True)
+    with IndexStore.open(grown, readonly=False) as store:  # committed, not derived yet
+        store.append(make_codes(np.random.default_rng(3), 2), ["late-0", "late-1"], [5, 6], "src9.jsonl", [0, 1])
+    want, got = open_shard(tmp_path / "first"), open_shard(grown, rows=11)
+    assert len(got) == 11 and got.pending == 17 - 11
+    for name in ("codes", "token_counts", "positions", "source_ids"):
+        assert np.array_equal(np.asarray(getattr(got, name)), np.asarray(getattr(want, name))), name
+    assert got.docids.arrow().equals(want.docids.arrow())
+    assert np.array_equal(got.faiss_index().codes, want.faiss_index().codes)
+    assert (got.manifest["rows"], got.manifest["tokens"], got.info["rows"]) == (11, want.manifest["tokens"], 11)
+    assert open_shard(grown, rows=15).manifest["tokens"] == open_shard(grown).manifest["tokens"]
+    assert len(open_shard(grown, rows=0)) == 0
+    with pytest.raises(NagIndexError, match="15 documents derived, fewer than the 16 asked for"):
+        open_shard(grown, rows=16)
+
+
+def test_a_reader_never_sees_the_old_row_count_over_rebuilt_files(tmp_path: Path, tiny_manifest,
+                                                                  make_codes) -> None:
+    """A derive that starts over (a lost file) takes ``index_info.json`` away first: a reader opening
+    mid-rebuild gets no rows, not the old count over files still being rewritten."""
+    parts = batches(make_codes)
+    build(tmp_path, tiny_manifest, parts, sync_each=False)
+    (tmp_path / "tokens.i64").unlink()
+    seen = []
+    sync_derived(tmp_path, progress=lambda done, total: seen.append((len(open_shard(tmp_path)), done)))
+    assert seen and all(rows == 0 for rows, _ in seen), seen
+    assert len(open_shard(tmp_path)) == 15

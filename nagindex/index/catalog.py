@@ -14,14 +14,17 @@ itself: every index written before shards existed opens unchanged.
                   "width": ..., "top_k": ..., "max_length": ..., "dtype": ..., "text_template": ...},
      "shards": [{"name": "shard-00000", "path": "shard-00000"}, ...],
      "inputs": [{"key": "/abs/path/a.jsonl", "shard": 0, "size": 1234}, ...],
-     "dedup": {"rows": [n0, n1, ...], "hidden": 3}}
+     "dedup": {"rows": [n0, n1, ...], "hidden": 3, "generation": 2,
+               "stamps": [[created_at, docid_bytes], ...]}}
 
 ``inputs`` is the global input order (first ingest first, then each append's new
 inputs): an input keeps its shard for ever, so a rerun after a crash resumes each
 shard where it stopped. A document id seen in two shards is kept where a one-shard
 ingest would keep it, at its first occurrence in that order; the other copies are
-listed in ``hidden-<shard>.u64`` (sorted rows, written by ``dedup.reconcile``) and
-left out of every view. ``dedup.rows`` are the shard sizes those files describe.
+listed in ``hidden-<shard>.<generation>.u64`` (sorted rows, written by
+``dedup.reconcile``) and left out of every view. ``dedup.rows`` are the shard sizes
+those files describe, and the only rows a query reads: while shards append, the
+index answers from its last reconciled state (``stamps`` tell a rebuilt shard).
 """
 from __future__ import annotations
 
@@ -62,8 +65,10 @@ class Catalog:
     def input_shards(self) -> dict[str, int]:
         return {item["key"]: int(item["shard"]) for item in self.inputs}
 
-    def hidden_file(self, i: int) -> Path:
-        return self.root / f"hidden-{self.shards[i]['name']}.u64"
+    def hidden_file(self, i: int, generation: int | None = None) -> Path:
+        """Shard ``i``'s hidden rows as of reconcile ``generation`` (default: the catalog's)."""
+        g = int(self.dedup.get("generation", 0)) if generation is None else generation
+        return self.root / (f"hidden-{self.shards[i]['name']}.{g}.u64" if g else f"hidden-{self.shards[i]['name']}.u64")
 
     def save(self) -> None:
         value = {"version": VERSION, "identity": self.identity, "shards": self.shards, "inputs": self.inputs,

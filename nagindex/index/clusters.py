@@ -91,7 +91,7 @@ def describe_clusters(index_dir: str | os.PathLike) -> str:
     info = read_cluster_info(index_dir)
     if info is None:
         return "none (`nagindex cluster` makes them for --one-per-cluster)"
-    behind = sum(max(0, len(open_shard(s["path"])) - info["rows"].get(str(s["part"]), 0))
+    behind = sum(max(0, len(open_shard(s["path"], rows=s["rows"])) - info["rows"].get(str(s["part"]), 0))
                  for s in shard_specs(index_dir))
     line = (f"{info['clusters']:,} holding {info['clustered_rows']:,} documents "
             f"(radius {info['radius']}, {info['method']})")
@@ -134,7 +134,7 @@ def build_clusters(index_dir: str | os.PathLike, radius: int = DEFAULT_RADIUS, m
     start = time.perf_counter()
     root = Path(index_dir)
     specs = shard_specs(root)
-    views = [open_shard(s["path"]) for s in specs]
+    views = [open_shard(s["path"], rows=s["rows"]) for s in specs]
     sizes = np.array([len(v) for v in views], np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     hidden = [np.asarray(s["hidden"], np.int64) for s in specs]

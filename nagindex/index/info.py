@@ -73,11 +73,13 @@ def _describe_sharded(catalog: Any) -> str:
     try:
         docs = tokens = 0
         for spec in shard_specs(catalog.root):  # counted shard by shard: nothing gathered in memory
-            view, hidden = open_shard(spec["path"]), spec["hidden"]
+            view, hidden = open_shard(spec["path"], rows=spec["rows"]), spec["hidden"]
             docs += len(view) - len(hidden)
             tokens += view.total_tokens - int(np.asarray(view.token_counts)[hidden].sum())
+        pending = sum(r["documents"] for r in shards) - sum(catalog.dedup["rows"])  # stores past the reconcile
         lines.append(f"documents        {docs:,} queryable ({catalog.dedup.get('hidden', 0):,} repeated ids "
-                     "across shards left out)")
+                     "across shards left out)" + (f"; {pending:,} committed since, served once their ingest "
+                                                  "finishes" if pending > 0 else ""))
         lines.append(f"tokens           {tokens:,}")
         lines.append(f"clusters         {describe_clusters(catalog.root)}")
     except Exception as exc:  # noqa: BLE001 - the shard lines below still say what is there

@@ -161,10 +161,9 @@ def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.Path
         total.warnings += res["warnings"]
     total.skipped_inputs += sum(1 for files in plan.values() for _ in files) - sum(len(f) for _, f in jobs)
     total.hidden = hidden  # later copies of ids held by an earlier input of another shard
-    from nagindex.index.derived import open_shard
     from nagindex.index.sharded import shard_specs
 
-    total.rows = sum(len(open_shard(s["path"])) - len(s["hidden"]) for s in shard_specs(index_dir))
+    total.rows = sum(s["rows"] - len(s["hidden"]) for s in shard_specs(index_dir))
     total.timings = f"{len(jobs)} shard worker(s)"
     return total
 

@@ -1,0 +1,218 @@
+"""Cross-shard deduplication under appends: an incremental reconcile hides exactly what a full one would,
+looking at the new ids only, and a sharded index answers from its last reconciled state while it appends."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from nagindex.errors import NagIndexError
+from nagindex.index import dedup
+from nagindex.index import derived as derived_mod
+from nagindex.index.catalog import load_catalog
+from nagindex.index.dedup import hidden_rows
+from nagindex.index.derived import open_index, open_shard
+from nagindex.index.info import describe_index
+from nagindex.index.sharded import shard_specs
+from nagindex.ingest import sharded as sharded_mod
+from nagindex.ingest.interop import import_features, write_features
+from nagindex.query.request import TargetRequest
+from nagindex.query.run import query
+from tests.ingest.test_sharded import _rows
+from tests.query import pools
+
+#: input files in import order (a first ingest, two appends), each a list of id numbers; repeats
+#: within a file, across files of one ingest and across appends, some landing on the same shard
+BATCHES = {
+    "first": {"a0": [*range(0, 60)], "a1": [*range(60, 100), 5, 6, 7], "a2": [*range(100, 180), 65, 62],
+              "a3": [*range(180, 190), 0, 1, 181]},
+    "second": {"b0": [*range(190, 260), 2, 61, 101, 185], "b1": [*range(260, 300), 3, 200, 262, 105]},
+    "third": {"c0": [*range(300, 340), 4, 201, 270, 190, 150], "c1": [0, 190, 260, 300, *range(340, 350)]},
+}
+
+
+def _docid(i: int) -> str:
+    return [f"u{i:04d}", f"https://example.org/{'x' * (i % 50)}/{i}", f"réseau-{i}-ü"][i % 3]
+
+
+def _write(root: Path, name: str, ids: list[int], seed: int) -> Path:
+    """A feature file of ``ids`` and a payload line per id (token count a function of the id)."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{name}.jsonl"
+    write_features(path, [_docid(i) for i in ids], pools.codes_like(np.random.default_rng(seed), len(ids), seed % 3))
+    with open(root / "payload.jsonl", "a", encoding="utf-8") as fh:
+        fh.writelines(json.dumps({"docid": _docid(i), "token_num": i * 37 % 301}, ensure_ascii=False) + "\n"
+                      for i in ids)
+    return path
+
+
+def _grow(root: Path, name: str, ids: list[int], seed: int) -> None:
+    """More lines at the end of input ``name`` (an input that grows after it was ingested)."""
+    extra = _write(root / "more", name, ids, seed)
+    with open(root / f"{name}.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(extra.read_text("utf-8"))
+    with open(root / "payload.jsonl", "a", encoding="utf-8") as fh:
+        fh.write((root / "more" / "payload.jsonl").read_text("utf-8"))
+
+
+def _batch(root: Path, batch: str) -> list[Path]:
+    return [_write(root, name, ids, sum(map(ord, name))) for name, ids in BATCHES[batch].items()]
+
+
+def _import(files: list[Path], index: Path, shards: int = 1) -> dict:
+    return import_features(files, index, **pools.SHAPE, payload_paths=[files[0].parent / "payload.jsonl"],
+                           token_field="token_num", shards=shards)
+
+
+def _hidden_from_scratch(index: Path) -> list[list[int]]:
+    """Every shard's rows hidden by the rule itself, from all rows: per docid, all but the copy of the
+    earliest input (then position, then shard)."""
+    catalog = load_catalog(index)
+    rank = {item["key"]: i for i, item in enumerate(catalog.inputs)}
+    best: dict[str, tuple] = {}
+    rows = []
+    for s, path in enumerate(catalog.shard_paths()):
+        if not (path / "index_info.json").is_file():
+            continue
+        view = open_shard(path)
+        for r, docid in enumerate(view.docids.take(range(len(view)))):
+            key = (rank[view.sources[int(view.source_ids[r])]], int(view.positions[r]), s, r)
+            rows.append((docid, key))
+            best[docid] = min(best.get(docid, key), key)
+    hidden: list[list[int]] = [[] for _ in catalog.shards]
+    for docid, key in rows:
+        if key != best[docid]:
+            hidden[key[2]].append(key[3])
+    return [sorted(h) for h in hidden]
+
+
+def _hidden_now(index: Path) -> list[list[int]]:
+    catalog = load_catalog(index)
+    return [hidden_rows(catalog, s).tolist() for s in range(len(catalog.shards))]
+
+
+def test_incremental_reconcile_hides_what_a_full_one_would_from_the_new_ids_only(tmp_path, monkeypatch):
+    data, index = tmp_path / "data", tmp_path / "idx"
+    files = []
+    hashed: list[tuple[int, int]] = []  # (rows of the shard, first row hashed) per reconcile
+    real = dedup.docid_hashes
+    monkeypatch.setattr(dedup, "docid_hashes",
+                        lambda view, start: hashed.append((len(view), start)) or real(view, start))
+
+    files += _batch(data, "first")
+    _import(files, index, shards=3)
+    first = load_catalog(index).dedup
+    assert first["generation"] == 1 and all(start == 0 for _, start in hashed)
+    assert _hidden_now(index) == _hidden_from_scratch(index) and first["hidden"] > 0
+    for batch in ("second", "third"):
+        before, hashed[:] = load_catalog(index).dedup["rows"], []
+        files += _batch(data, batch)
+        _import(files[-2:], index)
+        # only the rows added since the last reconcile were hashed
+        assert sorted(hashed) == sorted((n, b) for n, b in zip(load_catalog(index).dedup["rows"], before) if n)
+        assert _hidden_now(index) == _hidden_from_scratch(index), batch
+    # an earlier input grows: its new rows win over copies of later inputs reconciled before (hidden now)
+    was_hidden = _hidden_now(index)
+    _grow(data, "a1", [195, 270, 341, 400], 9)
+    _import(files, index)
+    expected = _hidden_from_scratch(index)
+    assert _hidden_now(index) == expected
+    assert any(set(e) - set(w) for e, w in zip(expected, was_hidden))  # a reconciled, visible row got hidden
+    catalog = load_catalog(index)
+    assert catalog.dedup["generation"] == 4 and catalog.dedup["hidden"] == sum(map(len, expected))
+    assert sorted(p.name for p in index.glob("*.u64")) == sorted(
+        [f"hidden-shard-0000{s}.{g}.u64" for s in range(3) for g in (3, 4)]
+        + [f"reconciled-{k}.{g}.u64" for k in ("hashes", "rows") for g in (3, 4)])  # older generations removed
+    hashes = np.fromfile(index / "reconciled-hashes.4.u64", "<u8")
+    assert len(hashes) == sum(catalog.dedup["rows"]) and np.all(hashes[1:] >= hashes[:-1])
+    hashed[:] = []
+    assert _import(files, index)["hidden"] == catalog.dedup["hidden"]  # nothing new
+    assert hashed == [] and load_catalog(index).dedup == catalog.dedup
+
+
+def test_a_rebuilt_shard_is_refused_until_reconciled_again_from_scratch(tmp_path, monkeypatch):
+    data, index = tmp_path / "data", tmp_path / "idx"
+    files = _batch(data, "first")
+    _import(files, index, shards=3)
+    catalog = load_catalog(index)
+    shard = catalog.input_shards()[str(files[0].resolve())]
+    name = catalog.shards[shard]["name"]
+    shutil.rmtree(catalog.shard_path(shard))
+    with pytest.raises(NagIndexError, match=rf"shard {name} \(.*\) is missing, but \d+ of its documents were"):
+        shard_specs(index)
+    # rebuilt from other data (longer ids), its reconcile not run yet
+    _write(data, "a0", [*range(1000, 1060)], 3)
+    monkeypatch.setattr(sharded_mod, "finish_shards", lambda catalog: 0)
+    _import(files, index)
+    with pytest.raises(NagIndexError, match=rf"the first \d+ documents of shard {name} changed since their ids "
+                                            r"were reconciled \(the shard was rebuilt\)"):
+        open_index(index)
+    monkeypatch.undo()
+    _import(files, index)
+    assert _hidden_now(index) == _hidden_from_scratch(index)
+    assert load_catalog(index).dedup["generation"] == 2 and len(open_index(index)) > 0
+
+
+@pytest.fixture()
+def targets(tmp_path) -> list[TargetRequest]:
+    (tmp_path / "targets").mkdir()
+    paths = pools.write_targets(tmp_path / "targets")
+    return [TargetRequest("features", str(paths[name]), weight=w) for name, w in (("alpha", 2.0), ("beta", 1.0))]
+
+
+def _answers(targets: list[TargetRequest], index: Path, out: Path) -> list:
+    """Three query forms' selection files (every column, every row) and the combined view's rows."""
+    forms = {"paper": {"fraction": 0.3}, "union": {"k": 40, "mode": "union"}, "approx": {"k": 12, "approx": True}}
+    tables = []
+    for form, options in forms.items():
+        query(targets, index, out=out / f"{form}.parquet", **options)
+        tables.append(pq.read_table(out / f"{form}.parquet"))
+    return [*tables, _rows(index)]
+
+
+def test_queries_answer_from_the_last_reconcile_while_shards_append(tmp_path, targets, monkeypatch):
+    """One shard appended and derived, another committed but not derived, reconcile not run: every query
+    answers as before the append began; once reconciled, as a fresh one-shard index of all the inputs."""
+    data, index = tmp_path / "data", tmp_path / "idx"
+    first = _batch(data, "first")
+    _import(first, index, shards=3)
+    (tmp_path / "before").mkdir()
+    before = _answers(targets, index, tmp_path / "before")
+    specs = shard_specs(index)
+
+    derives = []
+    real = derived_mod.sync_derived
+
+    def killed_at_second_derive(path, *args, **kwargs):
+        derives.append(path)
+        if len(derives) == 2:
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(derived_mod, "sync_derived", killed_at_second_derive)
+    second = _batch(data, "second")
+    with pytest.raises(KeyboardInterrupt):
+        _import(second, index)
+    monkeypatch.undo()
+    grown = [open_shard(s["path"]) for s in specs]
+    assert sum(len(v) for v in grown) > sum(s["rows"] for s in specs)  # one shard derived its new rows
+    assert sum(v.pending for v in grown) > 0  # another committed some, not derived
+    pending = sum(len(v) + v.pending for v in grown) - sum(s["rows"] for s in specs)
+    assert f"; {pending:,} committed since, served once their ingest finishes" in describe_index(index)
+    assert [(s["part"], s["rows"], s["hidden"].tolist()) for s in shard_specs(index)] == \
+        [(s["part"], s["rows"], s["hidden"].tolist()) for s in specs]
+    (tmp_path / "during").mkdir()
+    during = _answers(targets, index, tmp_path / "during")
+    assert [t.equals(u) for t, u in zip(during[:3], before[:3])] == [True] * 3 and during[3] == before[3]
+
+    _import(second, index)  # the same command again: finishes the append and reconciles
+    _import(first + second, tmp_path / "one")
+    (tmp_path / "after").mkdir()
+    (tmp_path / "fresh").mkdir()
+    after, fresh = _answers(targets, index, tmp_path / "after"), _answers(targets, tmp_path / "one", tmp_path / "fresh")
+    assert [t.equals(u) for t, u in zip(after[:3], fresh[:3])] == [True] * 3 and after[3] == fresh[3]
+    assert len(after[-1]) > len(before[-1])

@@ -152,6 +152,9 @@ def extract(inputs: tuple[str, ...], out: str, neuron_types: str, **kw: Any) -> 
                    "Ray tasks with --ray-address). An index keeps its shard count; appends leave it out.")
 @click.option("--shard-root", type=click.Path(file_okay=False), default=None,
               help="Put the shards under this folder (a node's local disk) instead of inside --index.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local shard worker processes (one model each) running at once [default: as many as the "
+                   "cores and available memory allow, at most one per shard].")
 @click.option("--ray-gpus-per-worker", type=float, default=None,
               help="GPUs per actor [default: 1 when the cluster has a GPU per worker, else 0].")
 @_user_errors
@@ -170,7 +173,8 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
       nagindex ingest shard1.parquet shard2.jsonl.zst --index idx/ --text-field text
       nagindex ingest 'hf://datasets/tiiuae/falcon-refinedweb/data/*.parquet' --id-field url
       nagindex ingest alpaca.jsonl --text-template @alpaca.j2          # records that are not one text field
-      nagindex ingest corpus/ --index idx --shards 8                  # 8 worker processes, 8 shards
+      nagindex ingest corpus/ --index idx --shards 8                  # 8 shards, a worker process each
+      nagindex ingest corpus/ --index idx --shards 8 --workers 2      # at most 2 at once
       nagindex ingest corpus/ --index idx --shards 64 --ray-address auto --device cuda
     """
     from nagindex.ingest.run import ingest as run_ingest

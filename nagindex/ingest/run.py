@@ -163,6 +163,7 @@ def ingest(
     ray_gpus_per_worker: float | None = None,
     shards: int = 1,
     shard_root: str | os.PathLike | None = None,
+    workers: int | None = None,
     extractor: "NagExtractor | None" = None,
     show_progress: bool | None = None,
 ) -> IngestResult:
@@ -176,7 +177,9 @@ def ingest(
     screens and commits in input order: the index is the same as a local run's.
     ``shards`` > 1 (or an index that already has a catalog) writes a sharded index:
     one worker process (or, with ``ray_address``, one Ray task) per shard, each
-    owning whole inputs (``ingest.sharded``); ``shard_root`` puts the shards elsewhere.
+    owning whole inputs (``ingest.sharded``); ``shard_root`` puts the shards elsewhere;
+    ``workers`` caps the local worker processes running at once (default: as many as the
+    cores and available memory allow, ``ingest.sharded.default_workers``).
     ``text_template`` (Jinja, instead of ``text_field``) renders each record's text from its fields
     (``ingest.render``); it is part of the index identity, like ``max_length``.
     """
@@ -197,11 +200,15 @@ def ingest(
         from nagindex.ingest.sharded import ingest_sharded
 
         return ingest_sharded(inputs, index_dir, shards=shards, shard_root=shard_root, ray_address=ray_address,
-                              ray_gpus_per_worker=ray_gpus_per_worker, requested=requested, backbone=backbone,
-                              neuron_type=neuron_type, top_k=top_k, max_length=max_length, batch_size=batch_size,
+                              ray_gpus_per_worker=ray_gpus_per_worker, requested=requested, workers=workers,
+                              backbone=backbone, neuron_type=neuron_type, top_k=top_k, max_length=max_length,
+                              batch_size=batch_size,
                               commit_every=commit_every, text_field=text_field, id_field=id_field,
                               token_field=token_field, text_template=text_template, limit=limit, strict=strict,
                               device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    if workers is not None:
+        raise NagIndexError("--workers applies to sharded ingests (--shards N, or an index with a catalog); a "
+                            "one-shard ingest has one writer")
     files = input_files(inputs)
     timer = StageTimer()
     result = IngestResult(index_dir)

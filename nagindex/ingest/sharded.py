@@ -1,6 +1,6 @@
 """Sharded ingest: N workers each own a deterministic share of the inputs and write their own shard.
 
-    nagindex ingest corpus/ --index idx --shards 8                                # 8 local processes
+    nagindex ingest corpus/ --index idx --shards 8                                # local processes
     nagindex ingest corpus/ --index idx --shards 8 --ray-address auto             # 8 Ray actors, a GPU each
 
 The driver only assigns inputs and records them in the catalog (``index.catalog``);
@@ -11,7 +11,10 @@ to the shard with the fewest bytes so far; an input keeps its shard for ever, so
 the same command after a crash (of a worker or of the driver) resumes every shard
 where it stopped. When all shards are done, ``index.dedup.reconcile`` hides the
 later copies of ids repeated across shards, so the index holds exactly the
-documents, codes, token counts and positions of a one-shard ingest.
+documents, codes, token counts and positions of a one-shard ingest; until then
+queries answer from the index's last reconciled state. Locally at most ``workers``
+shard processes (one model each) run at once, by default as many as the cores and
+the available memory allow (``default_workers``).
 ``nagindex import --shards`` splits reference feature files the same way
 (``plan_shards``, then ``finish_shards``), importing the shards one after another.
 """
@@ -26,6 +29,11 @@ from typing import Any
 from nagindex.errors import NagIndexError
 
 log = logging.getLogger(__name__)
+
+#: resident memory of a local shard worker besides its weights (interpreter, torch, tokenizer, batches)
+WORKER_OVERHEAD = 1 << 30
+#: the weights of a backbone that is not a local folder (the embedded SmolLM2-135M: 0.54 GB in float32)
+DEFAULT_WEIGHTS = 1 << 30
 
 
 def assign_inputs(catalog: Any, files: Sequence[Any]) -> dict[int, list[Any]]:
@@ -125,11 +133,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLike, *, shards: int,
                    shard_root: str | os.PathLike | None = None, ray_address: str | None = None,
                    ray_gpus_per_worker: float | None = None, requested: dict[str, Any] | None = None,
-                   **options: Any) -> Any:
+                   workers: int | None = None, **options: Any) -> Any:
     """``ingest`` into a sharded index: one worker per shard, then cross-shard deduplication.
 
     ``requested`` (the settings ``ingest`` was given) is checked against the catalog's identity before
     any input is assigned: a shard with no store yet would otherwise take other settings unchecked.
+    ``workers``: local worker processes at once (default ``default_workers``); Ray places its tasks itself.
     """
     from nagindex.index.catalog import load_catalog
     from nagindex.ingest.inputs import input_files
@@ -139,13 +148,16 @@ def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.Path
     if options.get("limit") is not None:
         raise NagIndexError("--limit applies to one-shard ingests only (a limit over parallel shards would "
                             "depend on timing)")
+    if workers is not None and (workers < 1 or ray_address):
+        raise NagIndexError(f"--workers {workers}: give at least 1, and only without --ray-address (Ray places "
+                            "the shard tasks where the cluster has room)")
     existing = load_catalog(index_dir)
     if existing is not None and existing.identity and requested:
         existing.check_identity(requested, "this ingest")
     catalog, plan = plan_shards(index_dir, shards, shard_root, input_files(inputs))
     jobs = [(i, files) for i, files in plan.items() if files]
     results = _run_ray(catalog, jobs, ray_address, ray_gpus_per_worker, options) if ray_address \
-        else _run_local(catalog, jobs, options)
+        else _run_local(catalog, jobs, options, workers or default_workers(len(jobs), str(options.get("backbone"))))
     hidden = finish_shards(catalog)
     total = IngestResult(index_dir)
     for res in results:
@@ -172,38 +184,72 @@ def _shard_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in ("extractor", "ray_workers")}
 
 
-def _run_local(catalog: Any, jobs: list[tuple[int, list[Any]]], options: dict[str, Any]) -> list[dict[str, Any]]:
-    """One worker process per shard with work (``python -m nagindex.ingest.sharded``), all at once."""
-    import json
-    import subprocess
-    import sys
+def default_workers(jobs: int, backbone: str) -> int:
+    """Local shard workers to run at once: one per core, as many as the available memory holds (each
+    about ``WORKER_OVERHEAD`` plus twice its weights on disk: half-precision files load as float32),
+    no more than the shards with work; at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    folder = Path(backbone).expanduser()
+    weights = sum(f.stat().st_size for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin")) \
+        if folder.is_dir() else DEFAULT_WEIGHTS
+    free = _available_memory()
+    fits = cores if free is None else free // (WORKER_OVERHEAD + 2 * weights)
+    return max(1, min(cores, fits, jobs))
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _run_local(catalog: Any, jobs: list[tuple[int, list[Any]]], options: dict[str, Any],
+               workers: int) -> list[dict[str, Any]]:
+    """A worker process per shard with work (``python -m nagindex.ingest.sharded``), ``workers`` at once:
+    each loads a model, so one per shard at once can exhaust memory (and cores) on a many-shard index."""
     import tempfile
+    from concurrent.futures import ThreadPoolExecutor
 
     opts = {**_shard_options(options), "show_progress": False}
     # the workers share this machine's cores: torch's default (a thread per core each) oversubscribes them,
     # which made 2 workers on 2 cores 2.8x slower than 1 (BENCHMARKS.md, ingest at scale)
     env = {**os.environ}
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(jobs))))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // min(workers, max(1, len(jobs))))))
     with tempfile.TemporaryDirectory(prefix=".jobs-", dir=catalog.root) as tmp:
-        procs = {}
-        for i, files in jobs:
-            job = Path(tmp) / f"{catalog.shards[i]['name']}.json"
-            job.write_text(json.dumps({"files": [f.to_json() for f in files], "shard_dir": str(catalog.shard_path(i)),
-                                       "options": opts}), encoding="utf-8")
-            procs[i] = (job, subprocess.Popen([sys.executable, "-m", "nagindex.ingest.sharded", str(job)], env=env))
-        results, failed = [], []
-        for i, (job, proc) in procs.items():
-            proc.wait()
-            out = job.with_suffix(".result.json")
-            result = json.loads(out.read_text("utf-8")) if out.is_file() else {}
-            if "ok" in result:
-                results.append(result["ok"])
-            else:
-                failed.append(f"{catalog.shards[i]['name']}: " + result.get("error", f"worker exited with {proc.returncode}"))
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            outcomes = list(pool.map(lambda job: _run_worker(catalog, job, Path(tmp), opts, env), jobs))
+        finally:  # Ctrl-C: start no queued shard (the running ones got the signal too)
+            pool.shutdown(wait=True, cancel_futures=True)
+    results = [out["ok"] for out in outcomes if "ok" in out]
+    failed = [out["error"] for out in outcomes if "ok" not in out]
     if failed:
         raise NagIndexError("shard worker(s) failed; every shard keeps what it committed, run the same command "
                             "again to resume: " + "; ".join(failed))
     return results
+
+
+def _run_worker(catalog: Any, job: tuple[int, list[Any]], tmp: Path, options: dict[str, Any],
+                env: dict[str, str]) -> dict[str, Any]:
+    """Run one shard's worker process to its end: ``{"ok": result}``, or ``{"error": "<shard>: why"}``."""
+    import json
+    import subprocess
+    import sys
+
+    i, files = job
+    name = catalog.shards[i]["name"]
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps({"files": [f.to_json() for f in files], "shard_dir": str(catalog.shard_path(i)),
+                                "options": options}), encoding="utf-8")
+    code = subprocess.run([sys.executable, "-m", "nagindex.ingest.sharded", str(path)], env=env).returncode
+    out = path.with_suffix(".result.json")
+    result = json.loads(out.read_text("utf-8")) if out.is_file() else {}
+    if "ok" in result:
+        return {"ok": result["ok"]}
+    return {"error": f"{name}: " + result.get("error", f"worker exited with {code}")}
 
 
 def _run_ray(catalog: Any, jobs: list[tuple[int, list[Any]]], address: str, gpus: float | None,

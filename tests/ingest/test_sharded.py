@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,55 @@ def test_info_lists_the_shards(golden_dir, corpus, tmp_path):
     shard_lines = [x.split() for x in lines if x.startswith("shard-")]
     assert [(x[0], x[1], x[4], x[5]) for x in shard_lines] == [
         ("shard-00000", "6", "1", "complete"), ("shard-00001", "4", "1", "complete"), ("shard-00002", "0", "0", "empty")]
+
+
+def test_local_workers_cap_the_processes_running_at_once(golden_dir, corpus, tmp_path, monkeypatch):
+    """--shards 4 --workers 2: at most 2 shard worker processes at once, and the index of --workers 4."""
+    import subprocess
+    import threading
+
+    running, peak, lock = [0], [0], threading.Lock()
+    real = subprocess.run
+
+    def counted(args, *rest, **kwargs):
+        if "nagindex.ingest.sharded" not in args:
+            return real(args, *rest, **kwargs)
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            return real(args, *rest, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(subprocess, "run", counted)
+    model = str(golden_dir / "model")
+    two = ingest([corpus], tmp_path / "two", backbone=model, shards=4, workers=2, **SETTINGS)
+    assert peak == [2] and two.timings == "4 shard worker(s)"
+    peak[0] = 0
+    four = ingest([corpus], tmp_path / "four", backbone=model, shards=4, workers=4, **SETTINGS)
+    assert peak == [4]
+    assert _rows(tmp_path / "two") == _rows(tmp_path / "four")
+    assert (two.added, two.rows, two.hidden, two.rejects) == (four.added, four.rows, four.hidden, four.rejects)
+
+
+def test_default_workers_fit_cores_memory_and_shards(golden_dir, tmp_path, monkeypatch):
+    from nagindex.errors import NagIndexError
+    from nagindex.ingest import sharded
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    weights = sum(f.stat().st_size for f in (golden_dir / "model").rglob("*") if f.suffix in (".safetensors", ".bin"))
+    per_model = sharded.WORKER_OVERHEAD + 2 * weights
+    for free, jobs, want in ((64 << 30, 5, 5), (64 << 30, 12, 8), (3 * per_model + 1, 12, 3), (per_model // 2, 4, 1)):
+        monkeypatch.setattr(sharded, "_available_memory", lambda: free)
+        assert sharded.default_workers(jobs, str(golden_dir / "model")) == want, (free, jobs)
+    monkeypatch.setattr(sharded, "_available_memory", lambda: 7 << 30)  # a backbone by name: 1 GiB + 2 GiB each
+    assert sharded.default_workers(12, "smollm2-135m") == 2
+    monkeypatch.setattr(sharded, "_available_memory", lambda: None)  # memory unknown: cores and shards
+    assert sharded.default_workers(12, "smollm2-135m") == 8
+    with pytest.raises(NagIndexError, match="--workers applies to sharded ingests"):
+        ingest([tmp_path], tmp_path / "one", backbone=str(golden_dir / "model"), workers=2, **SETTINGS)
+    with pytest.raises(NagIndexError, match="--workers 2: give at least 1, and only without --ray-address"):
+        ingest([tmp_path], tmp_path / "many", backbone=str(golden_dir / "model"), shards=2, workers=2,
+               ray_address="auto", **SETTINGS)

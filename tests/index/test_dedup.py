@@ -157,6 +157,31 @@ def test_a_rebuilt_shard_is_refused_until_reconciled_again_from_scratch(tmp_path
     assert load_catalog(index).dedup["generation"] == 2 and len(open_index(index)) > 0
 
 
+def test_an_index_reconciled_before_generations_is_served_then_reconciled_anew(tmp_path):
+    """Its catalog's dedup has rows and hidden only, its hidden files no generation: queries read them;
+    the next ingest reconciles all rows (generation 1), the one after removes the old files."""
+    data, index = tmp_path / "data", tmp_path / "idx"
+    files = _batch(data, "first")
+    _import(files, index, shards=3)
+    catalog = load_catalog(index)
+    hidden = _hidden_now(index)
+    for s, shard in enumerate(catalog.shards):
+        catalog.hidden_file(s).rename(index / f"hidden-{shard['name']}.u64")
+    for path in index.glob("reconciled-*.u64"):
+        path.unlink()
+    catalog.dedup = {"rows": catalog.dedup["rows"], "hidden": catalog.dedup["hidden"]}
+    catalog.save()
+    assert [s["hidden"].tolist() for s in shard_specs(index)] == hidden and any(hidden)
+    files += _batch(data, "second")
+    _import(files, index)
+    assert load_catalog(index).dedup["generation"] == 1 and _hidden_now(index) == _hidden_from_scratch(index)
+    assert len(list(index.glob("hidden-shard-0000?.u64"))) == 3  # kept for a query that read the old catalog
+    files += _batch(data, "third")
+    _import(files, index)
+    assert load_catalog(index).dedup["generation"] == 2 and _hidden_now(index) == _hidden_from_scratch(index)
+    assert list(index.glob("hidden-shard-0000?.u64")) == []
+
+
 @pytest.fixture()
 def targets(tmp_path) -> list[TargetRequest]:
     (tmp_path / "targets").mkdir()

@@ -10,6 +10,7 @@ The Python API (README, "Python API")::
     view = nagindex.open_index("idx")
     nagindex.extract(["pool.parquet"], "pool_features.jsonl")   # reference-format features
     nagindex.evaluate(["arc.parquet"], "idx", target="arc_challenge")  # vs random, held-out, proxy LMs
+    nagindex.reattach_sources("idx", {"/data/corpus": "/mnt/corpus"})  # a moved corpus, checked record by record
 
 The functions are imported lazily so that ``import nagindex`` (and
 ``nagindex --help``) never loads torch, transformers or faiss.
@@ -30,6 +31,8 @@ _LAZY = {
     "mix": "nagindex.query.run:mix",
     "score": "nagindex.query.export:score_all",
     "evaluate": "nagindex.evaluate.run:evaluate",
+    "source_states": "nagindex.ingest.relocate:source_states",
+    "reattach_sources": "nagindex.ingest.relocate:reattach_sources",
 }
 
 __all__ = ["__version__", *_LAZY]

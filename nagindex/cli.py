@@ -211,6 +211,43 @@ def info(index_dir: str) -> None:
     click.echo(describe_index(index_dir))
 
 
+@main.command()
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True))
+@click.option("--move", "moves", nargs=2, multiple=True, metavar="OLD NEW",
+              help="Re-attach the sources at OLD (a file, or a folder above files) where they are now, NEW; "
+                   "every indexed record is checked by docid at its position first.  Repeatable.")
+@click.option("--move-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML/JSON mapping OLD: NEW, the same as --move for each entry.")
+@_user_errors
+def sources(index_dir: str, moves: tuple[tuple[str, str], ...], move_file: str | None) -> None:
+    """List an index's sources and whether each is still the file ingested; re-attach moved or copied ones.
+
+    Texts (--with-text, decontamination) are read back from the sources, and only when provably the
+    indexed documents. After a corpus is moved or copied, re-attach it instead of ingesting it again:
+    each new file is read once and must hold every indexed record, with its docid, at its position.
+
+    \b
+      nagindex sources --index idx/
+      nagindex sources --index idx/ --move /data/corpus /mnt/big/corpus
+    """
+    from nagindex.ingest.relocate import STATES, load_moves, reattach_sources, source_states
+
+    if moves or move_file:
+        mapping = {**(load_moves(move_file) if move_file else {}), **dict(moves)}
+        for r in reattach_sources(index_dir, mapping):
+            resized = "; its size differs from the ingested file's (its records match)" if r.resized else ""
+            click.echo(f"re-attached {r.old} -> {r.new} ({r.documents:,} records checked{resized})")
+        return
+    states = source_states(index_dir)
+    for source in states:
+        click.echo(f"{source.state:<10} {source.documents:>12,}  {source.path}")
+    counts = {state: sum(source.state == state for source in states) for state in STATES}
+    click.echo(f"{len(states):,} sources: " + ", ".join(f"{n:,} {state}" for state, n in counts.items() if n))
+    if counts["missing"] or counts["changed"]:
+        click.echo(f"texts cannot be read back from missing or changed sources; if they moved or were copied, "
+                   f"re-attach them: nagindex sources --index {index_dir} --move OLD NEW", err=True)
+
+
 @main.command(name="import")
 @click.argument("features", nargs=-1, required=True, type=click.Path())
 @click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path())

@@ -420,6 +420,31 @@ class IndexStore:
                     logger.info("index store %s: LMDB map full, growing it to %d bytes", self.directory, size)
                     _set_map_size(self._env, size)
 
+    def move_sources(self, moves: dict[str, tuple[str, dict[str, Any]]]) -> None:
+        """Record that sources now lie elsewhere, in one transaction: ``old path -> (new path, its state)``,
+        the state being the new file's ``{"size", "mtime"}``. A source keeps its id under the new path, so
+        every row keeps its source; its progress record moves to the new key with the new size and stamp,
+        which text read-back and ingest's resume then check. The caller has checked the new file's records
+        (``ingest.relocate``); ``old == new`` only records a new stamp."""
+        def write(txn: Any) -> None:
+            for old, (new, state) in moves.items():
+                sid = txn.get(_key(old), db=self._db["source_ids"])
+                if sid is None:
+                    raise NagIndexError(f"{old} is not a source of the index {self.directory}")
+                if new != old:
+                    if txn.get(_key(new), db=self._db["source_ids"]) is not None:
+                        raise NagIndexError(f"{new} is already a source of the index {self.directory}")
+                    txn.delete(_key(old), db=self._db["source_ids"])
+                    txn.put(_key(new), sid, db=self._db["source_ids"])
+                    txn.put(sid, new.encode("utf-8"), db=self._db["sources"])
+                raw = txn.get(_key(old), db=self._db["progress"])
+                if raw is not None:
+                    txn.delete(_key(old), db=self._db["progress"])
+                    value = {**json.loads(raw), "size": state["size"], "mtime": state["mtime"], "key": new}
+                    txn.put(_key(new), json.dumps(value).encode(), db=self._db["progress"])
+
+        self._write(write)
+
     def exported_rejects(self) -> tuple[int, int]:
         return self._read("exported_rejects")
 

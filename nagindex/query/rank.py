@@ -256,7 +256,11 @@ def paper(ranking: Ranking, quota: Quota, weights: Sequence[float], dedup: bool)
 def union(ranking: Ranking, quota: Quota, weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray, bool]:
     """The duplicate-free mixture (``select.union_mixture``): targets take turns, each taking its best
     document no target has taken yet, until its share is full. Each target ranks only as deep as its
-    turns reach; a target that runs out of ranked rows before the pool does is ranked deeper (doubling)."""
+    turns reach; a target that runs out of ranked rows before the pool does is ranked deeper (doubling).
+
+    ``exhausted`` when the quota asks for more than the pool holds, or when a target's turns end short of
+    its share because its whole ranking was taken (with ``--one-per-cluster``, every cluster left is taken).
+    """
     pool = ranking.pool
     shares = quota.shares(weights)
     ranking.histograms(range(len(weights)))
@@ -280,31 +284,53 @@ def union(ranking: Ranking, quota: Quota, weights: Sequence[float]) -> tuple[np.
         complete = [len(i) >= pool.rows for i in ids]
         keys = [r.column("cluster").to_numpy() for r in lists] \
             if ranking.caps is not None and ranking.caps.one_per_cluster else None
-        chosen, target, short = _round_robin(ids, costs, limits, complete, keys)
+        chosen, target, short, unmet = _round_robin(ids, costs, limits, complete, keys)
         if short < 0:
-            return chosen, target, asked > have
+            return chosen, target, asked > have or unmet
         depth[short] = min(pool.rows, 2 * depth[short])
         lists[short] = None
 
 
-def _round_robin(ids: list[np.ndarray], costs: list[np.ndarray], limits: Sequence[int],
-                 complete: list[bool], clusters: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+def _round_robin(ids: list[np.ndarray], costs: list[np.ndarray], limits: Sequence[int], complete: list[bool],
+                 clusters: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int, bool]:
     """The union's turns over each target's ranked ``ids`` (best first) with per-row ``costs``.
 
     A row is skipped when its id was taken, or with ``clusters`` (each list's ``cluster`` column,
-    ``--one-per-cluster``), when a row of its cluster was. Returns ``(ids taken, target of each, -1)``,
-    or ``(.., .., t)`` when target ``t`` reached the end of a list that is not ``complete`` (the caller
-    ranks it deeper and runs again).
+    ``--one-per-cluster``), when a row of its cluster was. Returns ``(ids taken, target of each, -1, unmet)``,
+    ``unmet`` True when a target's complete list ran out before its limit was reached (its share cannot be
+    met: what is left of the pool is taken); or ``(.., .., t, False)`` when target ``t`` reached the end of a
+    list that is not ``complete`` (the caller ranks it deeper and runs again).
+
+    A list running out and a target stopping at its limit look alike in the turns' output, so each complete
+    list ends in a sentinel of cost 0 and a key no other row has: a target takes it only when it reached the
+    end of its list without its limit stopping it.
     """
+    m = len(ids)
     flat = np.concatenate(ids)
     uniq, compact = np.unique(flat if clusters is None else np.concatenate(clusters), return_inverse=True)
-    starts = np.zeros(len(ids) + 1, np.int64)
-    np.cumsum([len(i) for i in ids], out=starts[1:])
+    sizes = np.array([len(i) for i in ids], np.int64)
+    ends = np.asarray(complete, np.bool_)
+    starts = np.zeros(m + 1, np.int64)
+    np.cumsum(sizes + ends, out=starts[1:])
+    sentinel = np.zeros(starts[-1], np.bool_)
+    sentinel[starts[1:][ends] - 1] = True
+    keys = np.empty(starts[-1], np.int64)
+    keys[~sentinel] = compact
+    keys[sentinel] = len(uniq) + np.flatnonzero(ends)
+    cost = np.zeros(starts[-1], np.int64)
+    cost[~sentinel] = np.concatenate(costs)
+    row = np.full(starts[-1], -1, np.int64)
+    row[~sentinel] = np.arange(len(flat))
     from nagindex.query.turns import turns
 
-    pos, who, short = turns(compact.astype(np.int64), np.concatenate(costs).astype(np.int64), starts,
-                            np.asarray(limits, np.int64), np.asarray(complete, np.bool_), len(uniq))
-    return flat[pos], who, short
+    pos, who, short = turns(keys, cost, starts, np.asarray(limits, np.int64), ends, len(uniq) + m)
+    real = ~sentinel[pos]
+    used = np.zeros(m, np.int64)
+    np.add.at(used, who[real], cost[pos[real]])
+    ran_out = np.zeros(m, np.bool_)
+    ran_out[who[~real]] = True
+    unmet = short < 0 and bool(np.any(ran_out & (used < np.asarray(limits, np.int64))))
+    return flat[row[pos[real]]], who[real], short, unmet
 
 
 def select(fleet: Any, plan: ScorePlan, quota: Quota, weights: Sequence[float], mode: str, dedup: bool,

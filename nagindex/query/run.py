@@ -125,6 +125,7 @@ def query(
     from nagindex.query import select as sel
     from nagindex.query.fleet import open_fleet
     from nagindex.query.scan import QualitySpec, ScorePlan
+    from nagindex.query.write import SourceTextError, texts_needed_by
 
     targets = as_targets(targets)
     if mode not in MODES:
@@ -144,7 +145,7 @@ def query(
     notes: list[str] = []
     guard = guarded_benchmarks(targets, decontaminate, decontaminate_against)
     caps, groups = _caps(group_by, group_file or quality_file, quality_id_field, max_group_share, group_quota, mode,
-                         len(targets), one_per_cluster)
+                         len(targets), one_per_cluster, index_dir)
     clusters = None
     if one_per_cluster:
         from nagindex.index.clusters import require_clusters
@@ -175,22 +176,19 @@ def query(
                              device if str(device).startswith("cuda") else "cpu", candidates, quality,
                              (float(temperature), int(seed)) if sample else None, groups, one_per_cluster)
             picked, pool = rank.select(fleet, plan, quota, [t.weight for t in targets], mode, dedup, check, caps)
-        if caps is not None and picked.exhausted:
-            notes.append("the group caps leave the quota unmet: the groups allowed hold too little"
-                         if group_by is not None else "one document per cluster leaves the quota unmet")
         contamination = None
         if decontamination is not None:
             contamination = _contamination_table(removed, benchmarks)
             decontamination["removed"] = contamination.num_rows
             notes.append(f"decontamination: {contamination.num_rows:,} document(s) shared a {ngram}-word run with "
                          f"the evaluation data of {', '.join(guard)} ({', '.join(read)}) and were left out")
-        if picked.exhausted and caps is None:
-            notes.append(f"the quota asks for more than the index holds ({pool.rows:,} documents, "
-                         f"{pool.tokens:,} tokens): all of it is selected")
         with timer("select"):
             names = [t.display for t in targets]
             columns = _columns(fleet, picked, names, with_text, quality is not None)
         table = _table(columns)
+        if picked.exhausted:
+            notes.append(_shortfall_note(quota, pool, group_by is not None, one_per_cluster, table.num_rows,
+                                         int(np.asarray(columns["token_count"]).sum())))
         result = QueryResult(out=None, targets=names, table=table, exhausted=picked.exhausted,
                              tokens=int(np.asarray(columns["token_count"]).sum()), pool_docs=pool.visible_rows,
                              pool_tokens=pool.visible_tokens, notes=notes, layers=kept, profiles=profiles,
@@ -209,16 +207,38 @@ def query(
 
                     write_table(contamination_path(out), contamination)
                 result.out = _write(result, out, quota, mode, dedup, power, approx, targets, sampling, index_dir)
+    except SourceTextError as exc:  # say what needed the texts, and which switch does without them
+        raise InputError(texts_needed_by(exc, with_text, guard)) from None
     finally:
         fleet.close()
     result.timings = timer.summary()
     return result
 
 
+def _shortfall_note(quota: Any, pool: Any, group_caps: bool, one_per_cluster: bool, rows: int, tokens: int) -> str:
+    """Why a selection falls short of its quota, by cause: the pool holds less than the quota asks, or the
+    group caps and/or one document per cluster leave too little of it (every query form says so)."""
+    held = f"the quota asks for more than the index holds ({pool.rows:,} documents, {pool.tokens:,} tokens)"
+    got = f"{rows:,} document(s) ({tokens:,} tokens) are selected"
+    causes = {"the group caps": "the groups allowed hold too little",
+              "one document per cluster": "the pool holds too few clusters"}
+    limits = [name for name, on in zip(causes, (group_caps, one_per_cluster)) if on]
+    if not limits:  # a fraction exceeds the pool only once decontamination took documents out of it
+        return f"{held}: all of it is selected"
+    if (quota.k is not None and quota.k > pool.rows) or (quota.tokens is not None and quota.tokens > pool.tokens):
+        return f"{held}, and {' and '.join(limits)} leave less of it: {got}"
+    asked = f"{quota.k:,} documents" if quota.k is not None else \
+        f"{quota.tokens:,} tokens" if quota.tokens is not None else f"{quota.fraction:g} of the tokens"
+    verb = "leaves" if len(limits) == 1 and not group_caps else "leave"
+    return (f"{' and '.join(limits)} {verb} the quota unmet ({'; '.join(causes[c] for c in limits)}): {got}, "
+            f"of the {asked} asked")
+
+
 def _caps(group_by: str | None, group_file: Any, id_field: str, share: float | None, quota: Any, mode: str,
-          n_targets: int, one_per_cluster: bool = False) -> tuple[Any, Any]:
+          n_targets: int, one_per_cluster: bool, index_dir: str | os.PathLike) -> tuple[Any, Any]:
     """``(rank.Caps, scan.GroupSpec)`` of the group-cap options (``GroupSpec`` None without ``group_by``),
-    or ``(None, None)`` with neither ``group_by`` nor ``one_per_cluster``."""
+    or ``(None, None)`` with neither ``group_by`` nor ``one_per_cluster``. Quota keys are resolved to the
+    index's groups here, before any scoring (``query/groups.py``)."""
     from nagindex.query.rank import Caps
     from nagindex.query.scan import GroupSpec
 
@@ -234,14 +254,17 @@ def _caps(group_by: str | None, group_file: Any, id_field: str, share: float | N
         raise NagIndexError(f"--max-group-share must be in (0, 1], got {share}")
     if group_by not in ("source", "docid-prefix") and group_file is None:
         raise NagIndexError(f"--group-by {group_by}: a column needs --group-file (or --quality-file) holding it")
-    quotas = _group_quota(quota) if quota is not None else {}
+    quotas = _group_quota(quota, index_dir, group_by, group_file, id_field) if quota is not None else {}
     spec = GroupSpec(group_by, None if group_file is None else str(group_file), id_field)
     return Caps(share, quotas, one_per_cluster), spec
 
 
-def _group_quota(quota: Any) -> dict[str, float]:
+def _group_quota(quota: Any, index_dir: str | os.PathLike, group_by: str, group_file: Any,
+                 id_field: str) -> dict[str, float]:
+    """The shares of a ``--group-quota`` mapping or file, keyed by the groups they name (an unknown key is
+    an error: it would cap nothing)."""
     from nagindex.config import load_yaml
-    from nagindex.errors import InputError
+    from nagindex.query.groups import resolve_quotas
 
     where = "group quota" if isinstance(quota, Mapping) else str(quota)
     raw = quota if isinstance(quota, Mapping) else load_yaml(Path(quota))
@@ -252,7 +275,7 @@ def _group_quota(quota: Any) -> dict[str, float]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise InputError(f"{where}: field {group!r}: a share in [0, 1], got {value!r}")
         out[str(group)] = float(value)
-    return out
+    return resolve_quotas(out, where, index_dir, group_by, group_file, id_field)
 
 
 def guarded_benchmarks(targets: Sequence[TargetRequest], decontaminate: bool | None,

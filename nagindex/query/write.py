@@ -13,10 +13,27 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nagindex.errors import NagIndexError
+from nagindex.errors import InputError, NagIndexError
 from nagindex.fsio import atomic_path
 
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
+
+
+class SourceTextError(InputError):
+    """A source cannot give back the texts of its indexed documents (gone, moved, changed). The message says
+    what is wrong and how to re-attach the source, but not what to turn off: only the caller knows what
+    needed the texts (``texts_needed_by``)."""
+
+
+def texts_needed_by(error: SourceTextError, with_text: bool, decontaminated: Sequence[str]) -> str:
+    """``error``'s message with what needed the texts and the switch that does without them: ``--with-text``
+    (the user gave it) and/or decontamination against ``decontaminated`` (``--no-decontaminate``)."""
+    needs = (["--with-text"] if with_text else []) + \
+        ([f"decontamination against {', '.join(decontaminated)}"] if decontaminated else [])
+    off = (["drop --with-text"] if with_text else []) + (["pass --no-decontaminate"] if decontaminated else [])
+    if not needs:
+        return str(error)
+    return f"{error}. The texts are needed by {' and by '.join(needs)}: {' and '.join(off)} to select without them"
 
 
 def check_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
@@ -90,10 +107,9 @@ def fetch_texts(sources: Sequence[str], positions: np.ndarray, docids: Sequence[
     Each source is streamed once from its smallest wanted position. A text is attached only when it
     is provably the document's: the source's size and change stamp equal those recorded at ingest
     (``states``: the store's progress records, keyed by source) and the record at that position
-    carries that docid. Otherwise an ``InputError`` names the source: never another document's text.
+    carries that docid. Otherwise a ``SourceTextError`` names the source: never another document's text.
     """
     from nagindex.data import Document
-    from nagindex.errors import InputError
     from nagindex.ingest.inputs import input_files
     from nagindex.ingest.read import Fields, read_input
 
@@ -106,29 +122,33 @@ def fetch_texts(sources: Sequence[str], positions: np.ndarray, docids: Sequence[
         try:
             (item,) = input_files([src])
         except (NagIndexError, ValueError, OSError) as exc:
-            raise InputError(f"{src}: cannot read the source of {sum(map(len, rows.values()))} selected "
-                             f"document(s) back ({exc}); drop --with-text or restore it") from None
+            raise SourceTextError(f"{src}: cannot read the source of {sum(map(len, rows.values()))} selected "
+                                  f"document(s) back ({exc}): restore it, or if it moved, re-attach it where it is "
+                                  f"now (`nagindex sources --index IDX --move {src} NEW_PATH`, or a folder of it "
+                                  "and the new folder)") from None
         recorded = (states or {}).get(src)
         if recorded is not None:
             now = item.state()
             if (recorded.get("size"), recorded.get("mtime")) != (now["size"], now["mtime"]):
-                raise InputError(f"{src} changed since it was ingested (size {recorded.get('size')} -> {now['size']}, "
-                                 "or its modification time): its records may no longer be the indexed documents; "
-                                 "texts are not attached (ingest it again, or drop --with-text)")
+                raise SourceTextError(f"{src} changed since it was ingested (size {recorded.get('size')} -> "
+                                      f"{now['size']}, or its modification time): its records may no longer be the "
+                                      "indexed documents; if it is a copy of them, `nagindex sources --index IDX "
+                                      f"--move {src} {src}` checks every record and re-attaches it, else ingest it "
+                                      "again")
         found: set[int] = set()
         for rec in read_input(item, fields=fields, start=min(rows)):
             if isinstance(rec, Document) and rec.position in rows:
                 for i in rows[rec.position]:
                     if rec.docid != docids[i]:
-                        raise InputError(f"{src}: the record at position {rec.position} is {rec.docid!r}, not the "
-                                         f"indexed {docids[i]!r}: the source changed since it was ingested; texts "
-                                         "are not attached")
+                        raise SourceTextError(f"{src}: the record at position {rec.position} is {rec.docid!r}, not "
+                                              f"the indexed {docids[i]!r}: the source changed since it was ingested "
+                                              "(ingest it again)")
                     out[i] = rec.text
                 found.add(rec.position)
                 if len(found) == len(rows):
                     break
         if len(found) < len(rows):
             missing = sorted(set(rows) - found)
-            raise InputError(f"{src}: {len(missing)} indexed record(s) are no longer there (positions {missing[:3]}): "
-                             "the source changed since it was ingested; texts are not attached")
+            raise SourceTextError(f"{src}: {len(missing)} indexed record(s) are no longer there (positions "
+                                  f"{missing[:3]}): the source changed since it was ingested (ingest it again)")
     return out

@@ -271,11 +271,13 @@ def test_group_caps_hold_exactly_and_the_budget_is_still_filled(data, tmp_path):
     with pytest.raises(NagIndexError, match="--group-by needs"):
         query(t, data["idx1"], k=5, group_by="source")
     # a group without a quota is not capped: with no quota binding, the prefix rule alone stops the walk,
-    # so the selection is the plain one (not topped up past the first document that overflows the budget)
+    # so the selection is the plain one (not topped up past the first document that overflows the budget);
+    # the quota names a group of the file that no indexed document is in (a key naming no group is an error)
     loose, one_group = tmp_path / "loose.yaml", tmp_path / "one_group.jsonl"
     loose.write_text("other: 0.1\n")
-    one_group.write_text("".join(json.dumps({"docid": d, "g": "all"}) + "\n"
-                                 for d in open_index(data["idx1"]).docids.take(np.arange(len(open_index(data["idx1"]))))))
+    docids = open_index(data["idx1"]).docids.take(np.arange(len(open_index(data["idx1"]))))
+    one_group.write_text("".join(json.dumps({"docid": d, "g": "all"}) + "\n" for d in docids)
+                         + json.dumps({"docid": "not-indexed", "g": "other"}) + "\n")
     unbound = query(t, data["idx1"], fraction=0.2, group_by="g", group_file=one_group, group_quota=loose).table
     assert unbound.column("docid").to_pylist() == plain["docid"]
 

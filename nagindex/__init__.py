@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "extract": "nagindex.ingest.run:extract_files",
     "ingest": "nagindex.ingest.run:ingest",
-    "open_index": "nagindex.index.derived:open_index",
+    "open_index": "nagindex.index.sharded:open_index",
     "query": "nagindex.query.run:query",
     "mix": "nagindex.query.run:mix",
     "score": "nagindex.query.export:score_all",

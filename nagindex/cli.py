@@ -101,7 +101,7 @@ def _load_text_template(kw: dict[str, Any]) -> None:
     """``--text-template`` read (``@FILE``) in place, refused beside an explicit ``--text-field``."""
     from click.core import ParameterSource
 
-    from nagindex.ingest.render import load_text_template
+    from nagindex.sources.render import load_text_template
 
     if kw["text_template"] is not None:
         if click.get_current_context().get_parameter_source("text_field") == ParameterSource.COMMANDLINE:
@@ -679,7 +679,7 @@ def report(selection: str, index_dir: str, out: str | None, group_by: str, devic
     query used (its manifest records --max-examples and --example-seed), so
     their NAGs come from the target cache: no LLM pass.
     """
-    from nagindex.query.report import write_report
+    from nagindex.query.report_page import write_report
 
     if out is None:
         out = str(Path(selection).with_suffix(".html"))

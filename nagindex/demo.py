@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 
 from nagindex.errors import InputError, NagIndexError
 from nagindex.fsio import atomic_path
-from nagindex.query.sources import package_data_root, read_saved_dataset
+from nagindex.sources.datasets import package_data_root, read_saved_dataset
 
 logger = logging.getLogger(__name__)
 

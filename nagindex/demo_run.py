@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nagindex.index.derived import open_index
+from nagindex.index.sharded import open_index
 from nagindex.ingest.run import ingest
 from nagindex.query.request import parse_target
 from nagindex.query.run import QueryResult, query
@@ -88,7 +88,7 @@ def _report(result: QueryResult, out: Path, echo: Callable[[str], None]) -> None
     if importlib.util.find_spec("matplotlib") is None:
         echo(f"\n{STEPS}/{STEPS} report: skipped (pip install 'nagindex[report]', then: {cmd})")
         return
-    from nagindex.query.report import write_report
+    from nagindex.query.report_page import write_report
 
     html = write_report(result.out, out / "idx", out / "report.html", group_by="docid-prefix")
     echo(f"\n{STEPS}/{STEPS} report: {html} (open it in a browser; made by: {cmd} -o {html})")
@@ -97,7 +97,7 @@ def _report(result: QueryResult, out: Path, echo: Callable[[str], None]) -> None
 def _print_top(result: QueryResult, manifest: dict[str, Any], echo: Callable[[str], None], n: int = 5) -> None:
     """The first ``n`` selected docs with their rank in the selection; for a mixture the first of each
     target's share, labelled. Texts are read back as the index's ``manifest`` says its ingest read them."""
-    from nagindex.query.write import fetch_texts, text_options
+    from nagindex.sources.fetch import fetch_texts, text_options
 
     table = result.table
     n_targets = len(result.targets)

@@ -106,7 +106,7 @@ def test_run_demo_end_to_end_with_the_real_model(tmp_path: Path, monkeypatch: py
     import pyarrow.parquet as pq
 
     from nagindex.demo_run import run_demo
-    from nagindex.index.derived import open_index
+    from nagindex.index.sharded import open_index
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     lines: list[str] = []

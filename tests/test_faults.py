@@ -21,7 +21,8 @@ from click.testing import CliRunner
 
 from nagindex.errors import NagIndexError
 from nagindex.index import derived as index_mod
-from nagindex.index.derived import open_index, sync_derived
+from nagindex.index.derived import sync_derived
+from nagindex.index.sharded import open_index
 from nagindex.index.store import IndexStore
 
 DERIVED = ["codes.u16", "tokens.i64", "positions.i64", "source_ids.u32", "docids.off", "docids.bin",

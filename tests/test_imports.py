@@ -39,10 +39,10 @@ def test_every_public_name_resolves_to_a_documented_callable() -> None:
 
     import nagindex
     import nagindex.ingest.run as ingest_run  # the `import a.b.c as x` form must keep working
-    import nagindex.query.sources as sources
+    import nagindex.sources.datasets as datasets
     from nagindex import ingest, mix, query  # and the `from` form finds the callables
 
-    assert sources.read_hub and ingest_run.ingest
+    assert datasets.read_hub and ingest_run.ingest
     for name in nagindex.__all__:
         value = getattr(nagindex, name)
         if name == "__version__":
@@ -53,3 +53,54 @@ def test_every_public_name_resolves_to_a_documented_callable() -> None:
     assert query is nagindex.query and ingest is nagindex.ingest and callable(mix)
     assert list(inspect.signature(nagindex.query).parameters)[:2] == ["targets", "index_dir"]
     assert list(inspect.signature(nagindex.ingest).parameters)[:2] == ["inputs", "index_dir"]
+
+
+# ---------------------------------------------------------------- layering: no import cycles
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every nagindex module -> the nagindex modules it imports, at module level or inside functions
+    (a lazy import is still a dependency)."""
+    paths = {_module_name(p): p for p in sorted((REPO / "nagindex").rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text("utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+                deps.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in paths else base for alias in node.names)
+        graph[name] = {d for d in deps if d in paths and d != name}
+    return graph
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_no_import_cycle_between_nagindex_modules() -> None:
+    from graphlib import CycleError, TopologicalSorter
+
+    try:
+        tuple(TopologicalSorter(_import_graph()).static_order())
+    except CycleError as exc:
+        pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
+
+
+@pytest.mark.parametrize("layer, higher", [
+    ("nagindex.query", ("nagindex.ingest",)),
+    ("nagindex.sources", ("nagindex.ingest", "nagindex.query")),
+    ("nagindex.index", ("nagindex.ingest", "nagindex.query")),
+    ("nagindex.encode", ("nagindex.ingest", "nagindex.query")),
+])
+def test_a_lower_layer_never_imports_a_higher_one(layer: str, higher: tuple[str, ...]) -> None:
+    bad = [f"{module} imports {dep}" for module, deps in sorted(_import_graph().items()) if _within(module, layer)
+           for dep in sorted(deps) if any(_within(dep, h) for h in higher)]
+    assert not bad, "\n".join(bad)

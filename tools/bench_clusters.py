@@ -59,7 +59,7 @@ def _prepare(demo: Path, work: Path, per_kind: int, seed: int) -> tuple[Path, li
 
 def _clusters(index: Path) -> dict[str, int]:
     from nagindex.index.clusters import CLUSTER_FILE
-    from nagindex.index.derived import open_index
+    from nagindex.index.sharded import open_index
 
     view = open_index(index)
     labels = np.fromfile(index / CLUSTER_FILE, dtype="<i8")
@@ -159,7 +159,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from nagindex.index.clusters import build_clusters
-    from nagindex.index.derived import open_index
+    from nagindex.index.sharded import open_index
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     index, planted = _prepare(args.demo, args.workdir, args.per_kind, args.seed)

@@ -345,7 +345,7 @@ def main() -> None:
     imports = import_profile(data, work)
     cold, warm, cli_stages = time_cli(data, work, args.k)
     k_n = int(float(args.k.rstrip("KMkm")) * {"K": 1e3, "M": 1e6}.get(args.k[-1].upper(), 1))
-    from nagindex.index.derived import open_index
+    from nagindex.index.sharded import open_index
     from nagindex.query.score import score_codes
 
     view = open_index(data["index"])

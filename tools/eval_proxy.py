@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     from nagindex.evaluate.run import evaluate
-    from nagindex.index.derived import open_index
+    from nagindex.index.sharded import open_index
     from nagindex.query.run import query
 
     index, out = Path(args.index), Path(args.out)

@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from scipy.stats import spearmanr
 
-    from nagindex.index.derived import open_index
+    from nagindex.index.sharded import open_index
     from nagindex.query.request import parse_target
     from nagindex.query.run import query
     from nagindex.query.target import load_target

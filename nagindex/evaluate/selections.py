@@ -53,7 +53,7 @@ def read_selection(path: str | os.PathLike[str]) -> SelectionFile:
             raise InputError(f"{path}: cannot read parquet: {exc}") from exc
         docids = column.combine_chunks()
     elif suffix == ".jsonl":
-        from nagindex.query.sources import read_records
+        from nagindex.sources.records import read_records
 
         rows = read_records(path)
         bad = next((i for i, row in enumerate(rows, 1) if row.get(ID_COLUMN) is None), None)

@@ -81,8 +81,7 @@ def prefix_stamp(view: Any) -> list[Any]:
 def reconcile(catalog: Catalog) -> int:
     """Hide the later copies of ids repeated across shards among the rows added since the last reconcile
     (all rows the first time, or when a shard was rebuilt), record the new state; return rows hidden."""
-    from nagindex.index.derived import open_shard
-    from nagindex.index.sharded import has_shard
+    from nagindex.index.derived import has_shard, open_shard
 
     paths = catalog.shard_paths()
     views = [open_shard(path) if has_shard(path) else None for path in paths]

@@ -50,7 +50,7 @@ import numpy as np
 
 from nagindex.errors import NagIndexError
 from nagindex.fsio import DiskFullError, atomic_path, disk_full, disk_full_error, remove_stale_temps
-from nagindex.index.store import IndexStore, StoreSnapshot
+from nagindex.index.store import STORE_DIR, IndexStore, StoreSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -344,17 +344,10 @@ class IndexView:
         return FingerprintIndex(self._fingerprints)
 
 
-def open_index(index_dir: str | os.PathLike) -> Any:
-    """Open the derived snapshot of an index: one folder (``IndexView``), or a sharded index
-    (``sharded.ShardedView``, the same interface over all shards, cross-shard repeats left out)."""
-    from nagindex.index.catalog import load_catalog
-
-    catalog = load_catalog(index_dir)
-    if catalog is None:
-        return open_shard(index_dir)
-    from nagindex.index.sharded import ShardedView
-
-    return ShardedView(catalog)
+def has_shard(path: Path) -> bool:
+    """Whether a shard folder holds documents to read: its store, or (the store moved away, as for an
+    index served read-only) its derived files, which are all a query reads."""
+    return (path / STORE_DIR).exists() or (path / INFO_FILE).is_file()
 
 
 def open_shard(index_dir: str | os.PathLike, rows: int | None = None) -> IndexView:

@@ -93,7 +93,7 @@ def _describe_sharded(catalog: Any) -> str:
 
 def _describe_folder(index_dir: str | os.PathLike) -> str:
     from nagindex.index.clusters import describe_clusters
-    from nagindex.index.derived import open_index
+    from nagindex.index.sharded import open_index
     from nagindex.index.store import IndexStore
 
     view = open_index(index_dir)

@@ -80,13 +80,16 @@ class ShardedView:
         return FingerprintIndex(self._fingerprints)
 
 
-def has_shard(path: Path) -> bool:
-    """Whether a shard folder holds documents to read: its store, or (the store moved away, as for an
-    index served read-only) its derived files, which are all a query reads."""
-    from nagindex.index.derived import INFO_FILE
-    from nagindex.index.store import STORE_DIR
+def open_index(index_dir: str | os.PathLike) -> Any:
+    """Open the derived snapshot of an index: one folder (``derived.IndexView``), or a sharded index
+    (``ShardedView``, the same interface over all shards, cross-shard repeats left out)."""
+    from nagindex.index.catalog import load_catalog
+    from nagindex.index.derived import open_shard
 
-    return (path / STORE_DIR).exists() or (path / INFO_FILE).is_file()
+    catalog = load_catalog(index_dir)
+    if catalog is None:
+        return open_shard(index_dir)
+    return ShardedView(catalog)
 
 
 def reconciled_shards(catalog: Catalog) -> list[tuple[int, Path, Any]]:
@@ -94,7 +97,7 @@ def reconciled_shards(catalog: Catalog) -> list[tuple[int, Path, Any]]:
     the last reconcile: what a query serves while shards append (rows committed since are logged as
     pending). A shard holding fewer rows than that, or other ones (a rebuilt shard), is an error."""
     from nagindex.index.dedup import prefix_stamp
-    from nagindex.index.derived import open_shard
+    from nagindex.index.derived import has_shard, open_shard
 
     root, paths = catalog.root, catalog.shard_paths()
     if not any(has_shard(path) for path in paths):

@@ -20,10 +20,10 @@ import numpy as np
 from nagindex.data import Reject
 from nagindex.errors import InputError
 from nagindex.fsio import atomic_path
-from nagindex.ingest.features import (INDEX_KEY, JSON_KINDS, FeatureBatch, FeatureSpec, feature_batches, line_blocks,
-                                      prefetch)
-from nagindex.ingest.inputs import InputFile, input_files, parquet_file
 from nagindex.index.store import IndexStore
+from nagindex.sources.features import (INDEX_KEY, JSON_KINDS, FeatureBatch, FeatureSpec, feature_batches, line_blocks,
+                                       prefetch)
+from nagindex.sources.inputs import InputFile, input_files, parquet_file
 
 logger = logging.getLogger(__name__)
 

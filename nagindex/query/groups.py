@@ -106,7 +106,7 @@ def column_values(path: Path, id_field: str, column: str) -> list[str]:
     """The distinct values of ``column`` in a group file, and ``(none)``: the groups of ``--group-by COLUMN``."""
     import pyarrow.compute as pc
 
-    from nagindex.query.sources import read_keyed_values
+    from nagindex.sources.records import read_keyed_values
 
     _, values = read_keyed_values(path, id_field, column, numeric=False)
     return [v for v in pc.unique(values).to_pylist() if v is not None] + [NO_GROUP]

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from nagindex.errors import NagIndexError
+from nagindex.query.quota import Quota, fraction_budget_of
 from nagindex.query.scan import Binning, Need, ScorePlan, rank_table
-from nagindex.query.select import Quota, fraction_budget_of
 
 logger = logging.getLogger(__name__)
 

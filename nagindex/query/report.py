@@ -14,7 +14,7 @@ show the selection against what it was chosen from:
    (``layer_contributions``), next to the pool's average profile;
 
 plus a summary table. This module computes what the page shows (``collect``);
-``report_page`` draws it.
+``report_page`` draws it and writes the page (``write_report``).
 
 Which target examples? The ones the query used: its manifest records
 ``max_examples`` and ``example_seed``, so the same sample is drawn again and its
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +33,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from nagindex.errors import InputError, NagIndexError
-from nagindex.fsio import atomic_path
 
 GROUP_BY = ("source", "docid-prefix")
 TOP_DOCS = 20  # documents in the per-layer plot
@@ -77,37 +75,10 @@ class ReportData:
 
 # ---------------------------------------------------------------- public API
 
-def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike,
-                 out_html: str | os.PathLike, group_by: str = "source", *,
-                 device: str = "auto") -> Path:
-    """Write the HTML report of ``selection_path`` (a ``query``/``mix`` output) against ``index_dir``.
-
-    ``group_by``: ``source`` (the input file each doc came from) or
-    ``docid-prefix`` (the docid before its last ``-``: ``lambada-000123`` ->
-    ``lambada``; the right grouping for the demo corpus, one file of many
-    sources). Target NAGs come from the index's target cache; where they are
-    missing they are encoded again with the index's backbone on ``device``.
-    """
-    from nagindex.query.report_page import render_page
-
-    if group_by not in GROUP_BY:
-        raise NagIndexError(f"group_by {group_by!r}: choose one of {', '.join(GROUP_BY)}")
-    if Path(out_html).suffix.lower() not in (".html", ".htm"):
-        raise NagIndexError(f"-o {out_html}: the report is one HTML page; use a .html file name")
-    started = time.perf_counter()
-    data = collect(selection_path, index_dir, group_by=group_by, device=device)
-    page = render_page(data, group_by, started)
-    out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return out
-
-
 def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, group_by: str = "source",
             device: str = "auto") -> ReportData:
     """Read the selection, rebuild its targets' profiles and re-score the pool (no plotting)."""
-    from nagindex.index.derived import open_index
+    from nagindex.index.sharded import open_index
     from nagindex.query.profile import count_profile, resolve_layers
     from nagindex.query.score import layer_contributions, score_codes
 

@@ -1,6 +1,7 @@
 """The HTML page of ``nagindex report``: four matplotlib figures and a summary table.
 
-Drawn from a ``report.ReportData`` only (no index access here). The PNGs are
+``write_report`` collects the data (``report.collect``), renders the page and writes it. The page is
+drawn from a ``report.ReportData`` only (no index access here). The PNGs are
 embedded as base64 so the page is one file that can be mailed or attached to an
 experiment log. matplotlib (the ``report`` extra) is imported lazily and drawn
 with the Agg canvas, never pyplot, so the report works headless and leaves no
@@ -11,14 +12,43 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nagindex.query.report import POOL_SAMPLE, ReportData, jaccard_matrix, shared_share
+from nagindex.errors import NagIndexError
+from nagindex.fsio import atomic_path
+from nagindex.query.report import GROUP_BY, POOL_SAMPLE, ReportData, collect, jaccard_matrix, shared_share
 
 MAX_GROUPS = 12  # bars in the composition plot; the rest are summed as "other"
+
+
+def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike,
+                 out_html: str | os.PathLike, group_by: str = "source", *,
+                 device: str = "auto") -> Path:
+    """Write the HTML report of ``selection_path`` (a ``query``/``mix`` output) against ``index_dir``.
+
+    ``group_by``: ``source`` (the input file each doc came from) or
+    ``docid-prefix`` (the docid before its last ``-``: ``lambada-000123`` ->
+    ``lambada``; the right grouping for the demo corpus, one file of many
+    sources). Target NAGs come from the index's target cache; where they are
+    missing they are encoded again with the index's backbone on ``device``.
+    """
+    if group_by not in GROUP_BY:
+        raise NagIndexError(f"group_by {group_by!r}: choose one of {', '.join(GROUP_BY)}")
+    if Path(out_html).suffix.lower() not in (".html", ".htm"):
+        raise NagIndexError(f"-o {out_html}: the report is one HTML page; use a .html file name")
+    started = time.perf_counter()
+    data = collect(selection_path, index_dir, group_by=group_by, device=device)
+    page = render_page(data, group_by, started)
+    out = Path(out_html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out
 
 
 def render_page(data: ReportData, group_by: str, started: float) -> str:

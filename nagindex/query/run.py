@@ -125,7 +125,8 @@ def query(
     from nagindex.query import select as sel
     from nagindex.query.fleet import open_fleet
     from nagindex.query.scan import QualitySpec, ScorePlan
-    from nagindex.query.write import SourceTextError, texts_needed_by
+    from nagindex.query.write import texts_needed_by
+    from nagindex.sources.fetch import SourceTextError
 
     targets = as_targets(targets)
     if mode not in MODES:
@@ -409,7 +410,7 @@ def load_examples(t: TargetRequest, max_examples: int | None = None, seed: int =
 
 def feature_codes(t: TargetRequest, manifest: dict[str, Any]) -> np.ndarray:
     from nagindex.data import Reject
-    from nagindex.ingest.features import read_features
+    from nagindex.sources.features import read_features
 
     codes = []
     for rec in read_features([t.value], manifest["neuron_type"], num_layers=manifest["num_layers"],

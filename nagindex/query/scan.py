@@ -416,7 +416,7 @@ class ShardScan:
                "combined": None if self._combined is None else np.asarray(self._combined[:, ordered])[:, back],
                "token_count": np.asarray(view.token_counts[ordered])[back], "position": positions}
         if with_text:
-            from nagindex.query.write import fetch_texts, text_options
+            from nagindex.sources.fetch import fetch_texts, text_options
 
             out["text"] = fetch_texts([view.sources[i] for i in source_ids], positions, out["docid"].to_pylist(),
                                       **text_options(view.manifest), states=self._source_states())
@@ -529,7 +529,7 @@ def _first_per_id(path: Path, id_field: str, column: str, numeric: bool) -> Any:
     """Arrow table ``docid, value`` of a per-document file, the first row of a repeated id winning."""
     import pyarrow as pa
 
-    from nagindex.query.sources import read_keyed_values
+    from nagindex.sources.records import read_keyed_values
 
     ids, values = read_keyed_values(path, id_field, column, numeric)
     if len(ids) == 0:

@@ -28,7 +28,8 @@ from typing import Any, Iterable
 
 from nagindex.config import CONFIGS_ENV, config_path, configs_root, load_yaml
 from nagindex.errors import InputError, NagIndexError
-from nagindex.query.sources import PACKAGE_MODULES, SourceSpec, SourceUnavailableError, read_records, read_source
+from nagindex.sources.datasets import PACKAGE_MODULES, SourceSpec, SourceUnavailableError, read_source
+from nagindex.sources.records import read_records
 from nagindex.templates import jinja_env
 
 logger = logging.getLogger(__name__)

@@ -118,6 +118,6 @@ def write_selection(path: Path, docids: list[str], manifest: dict | None = None)
 
 
 def index_docids(index: Path) -> list[str]:
-    from nagindex.index.derived import open_index
+    from nagindex.index.sharded import open_index
 
     return open_index(index).docids.arrow().to_pylist()

@@ -12,7 +12,8 @@ import pytest
 
 from nagindex.errors import NagIndexError
 from nagindex.index import clusters as cl
-from nagindex.index.derived import fingerprints, open_index
+from nagindex.index.derived import fingerprints
+from nagindex.index.sharded import open_index
 from nagindex.ingest.interop import write_features
 from nagindex.query.request import TargetRequest
 from nagindex.query.run import query
@@ -26,7 +27,7 @@ def _write_pool_with_copies(root: Path, seed: int = 0) -> list[Path]:
     with 0-3 neurons changed (distance 0-6 bits), some of them copies of copies (chains)."""
     files = pools.write_pool(root, SIZES, seed)
     rng = np.random.default_rng(seed + 10)
-    from nagindex.ingest.features import read_features
+    from nagindex.sources.features import read_features
 
     rows = list(read_features(files, "fwd_up", **pools.SHAPE))
     codes, ids = [], []

@@ -15,9 +15,9 @@ from nagindex.index import dedup
 from nagindex.index import derived as derived_mod
 from nagindex.index.catalog import load_catalog
 from nagindex.index.dedup import hidden_rows
-from nagindex.index.derived import open_index, open_shard
+from nagindex.index.derived import open_shard
 from nagindex.index.info import describe_index
-from nagindex.index.sharded import shard_specs
+from nagindex.index.sharded import open_index, shard_specs
 from nagindex.ingest import sharded as sharded_mod
 from nagindex.ingest.interop import import_features, write_features
 from nagindex.query.request import TargetRequest

@@ -10,8 +10,8 @@ import pytest
 
 from nagindex.errors import NagIndexError
 from nagindex.index import derived as index_module
-from nagindex.index.derived import (FAISS_FILE, INFO_FILE, fingerprint_bits, fingerprints, open_index, open_shard,
-                                   sync_derived)
+from nagindex.index.derived import FAISS_FILE, INFO_FILE, fingerprint_bits, fingerprints, open_shard, sync_derived
+from nagindex.index.sharded import open_index
 from nagindex.index.store import IndexStore
 
 DERIVED = ["codes.u16", "tokens.i64", "positions.i64", "source_ids.u32", "docids.off", "docids.bin", "sources.json"]

@@ -20,7 +20,8 @@ import pytest
 import nagindex
 from nagindex.data import Reject
 from nagindex.index import store as store_mod
-from nagindex.index.derived import INFO_FILE, fingerprints, open_index, sync_derived
+from nagindex.index.derived import INFO_FILE, fingerprints, sync_derived
+from nagindex.index.sharded import open_index
 from nagindex.index.store import IndexStore
 
 FAISS_FILE, LEGACY_FAISS_FILE = "fingerprints.u8", "fingerprints.faiss"  # the new layout, and the one before
@@ -196,7 +197,7 @@ def test_a_repair_leaves_an_open_view_intact(tmp_path, tiny_manifest, make_codes
 VIEW_READER = """
     import sys
     import numpy as np
-    from nagindex.index.derived import open_index
+    from nagindex.index.sharded import open_index
     view = open_index(sys.argv[1])
     def total():
         parts = [view.codes, view.token_counts, view.positions, view.source_ids, view.docids._offsets,
@@ -244,7 +245,7 @@ def test_a_derive_that_starts_over_never_truncates_a_mapped_file(tmp_path, tiny_
 
 # ---------------------------------------------------------------- rejects.jsonl is appended
 def test_rejects_are_appended_once_even_after_a_kill(tmp_path, tiny_manifest, make_codes, monkeypatch):
-    from nagindex.ingest.run import REJECTS_FILE, _write_rejects
+    from nagindex.ingest.worker import REJECTS_FILE, _write_rejects
 
     rng = np.random.default_rng(9)
     idx = tmp_path / "idx"
@@ -275,8 +276,8 @@ def test_rejects_are_appended_once_even_after_a_kill(tmp_path, tiny_manifest, ma
 
 # ---------------------------------------------------------------- the progress estimate
 def test_the_record_estimate_reads_one_mib_of_a_large_jsonl(tmp_path, monkeypatch):
-    from nagindex.ingest import run
-    from nagindex.ingest.inputs import input_files
+    from nagindex.ingest import worker
+    from nagindex.sources.inputs import input_files
 
     big, small = tmp_path / "big.jsonl", tmp_path / "small.jsonl"
     lines = [json.dumps({"docid": f"d{i}", "doc": "word " * (20 + i % 17)}) + "\n" for i in range(60_000)]
@@ -302,8 +303,8 @@ def test_the_record_estimate_reads_one_mib_of_a_large_jsonl(tmp_path, monkeypatc
         def __exit__(self, *exc):
             self._fh.close()
 
-    monkeypatch.setattr(run, "open", lambda *a, **kw: Counting(open(*a, **kw)), raising=False)
+    monkeypatch.setattr(worker, "open", lambda *a, **kw: Counting(open(*a, **kw)), raising=False)
     assert big.stat().st_size > 4 << 20
-    estimate = run._estimate_records(input_files([big, small]), {str(big.resolve()): 1000})
+    estimate = worker.estimate_records(input_files([big, small]), {str(big.resolve()): 1000})
     assert abs(estimate - (59_000 + 100)) < 0.02 * 60_000 and sum(read) <= (1 << 20) + len(small.read_bytes())
-    assert run._estimate_records(input_files([small]), {}) == 100  # a file under 1 MiB: counted exactly
+    assert worker.estimate_records(input_files([small]), {}) == 100  # a file under 1 MiB: counted exactly

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from nagindex.index.derived import open_index
+from nagindex.index.sharded import open_index
 from nagindex.ingest.run import ingest
 
 ray = pytest.importorskip("ray")

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from nagindex.data import Reject
-from nagindex.ingest import features as features_module
-from nagindex.ingest.features import read_features
-from nagindex.ingest.interop import export_features, import_features, write_feature_lines, write_features
-from nagindex.index.derived import open_index
+from nagindex.index.sharded import open_index
 from nagindex.index.store import IndexStore
+from nagindex.ingest.interop import export_features, import_features, write_feature_lines, write_features
+from nagindex.sources import features as features_module
+from nagindex.sources.features import read_features
 
 SETTINGS = {"num_layers": 4, "top_k": 8, "width": 256}
 

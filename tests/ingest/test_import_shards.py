@@ -53,7 +53,8 @@ def test_import_shards_equals_one_shard(golden_dir, features, tmp_path):
     assert len(rows) == 15 and _rows(tmp_path / "many") == rows
     import numpy as np
 
-    from nagindex.index.derived import fingerprints, open_index
+    from nagindex.index.derived import fingerprints
+    from nagindex.index.sharded import open_index
 
     view = open_index(tmp_path / "many")  # --approx searches the shards' stored fingerprints of the kept rows
     assert np.array_equal(view.faiss_index().codes, fingerprints(view.codes, view.manifest["width"]))

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from nagindex.errors import InputError
 from nagindex.encode.extract import NagExtractor
-from nagindex.index.derived import open_index
+from nagindex.errors import InputError
+from nagindex.index.sharded import open_index
 from nagindex.ingest.run import ingest
-from nagindex.query.write import fetch_texts
+from nagindex.sources.fetch import fetch_texts
 
 SETTINGS = dict(top_k=8, max_length=64, backbone="m", commit_every=4)
 REPO = "hf://datasets/tiiuae/falcon-refinedweb"
@@ -147,7 +147,7 @@ def test_compressed_jsonl_on_any_fsspec_filesystem(golden_dir, extractor, tmp_pa
 
 
 def test_missing_remote_path_is_an_error(hub):
-    from nagindex.ingest.inputs import input_files, transport_error
+    from nagindex.sources.inputs import input_files, transport_error
 
     assert transport_error(TransportError()) and transport_error(TimeoutError())
     assert not transport_error(gzip.BadGzipFile()) and not transport_error(KeyError("x"))

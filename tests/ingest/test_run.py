@@ -13,7 +13,7 @@ import pytest
 
 from nagindex.errors import IndexMismatchError, InputError
 from nagindex.encode.extract import NagExtractor
-from nagindex.index.derived import open_index
+from nagindex.index.sharded import open_index
 from nagindex.ingest.run import extract_files, ingest
 from nagindex.index.store import IndexStore
 
@@ -76,7 +76,7 @@ def test_ingest_matches_reference_and_counts_rejects(extractor, corpus, golden_d
 
 def test_sources_are_absolute_so_texts_read_back_from_anywhere(extractor, corpus, tmp_path, monkeypatch):
     """An index made with a relative input path still finds its texts when used from another folder."""
-    from nagindex.query.write import fetch_texts
+    from nagindex.sources.fetch import fetch_texts
 
     monkeypatch.chdir(corpus.parent)
     ingest(["corpus"], "idx", extractor=extractor, backbone="m", **SETTINGS)
@@ -207,7 +207,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_index(extractor, corpus, gol
 ])
 def test_reject_summary_groups_by_kind(reason, kind):
     """The end-of-run summary counts kinds, not every distinct byte offset or value."""
-    from nagindex.ingest.run import reject_kind
+    from nagindex.ingest.worker import reject_kind
 
     assert reject_kind(reason) == kind
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nagindex.index.catalog import load_catalog
-from nagindex.index.derived import open_index
+from nagindex.index.sharded import open_index
 from nagindex.ingest.run import ingest
 
 SETTINGS = dict(top_k=8, max_length=64, device="cpu", commit_every=3)

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from nagindex.encode.extract import NagExtractor
 from nagindex.errors import IndexMismatchError, InputError
-from nagindex.index.derived import open_index
+from nagindex.index.sharded import open_index
 from nagindex.index.store import IndexStore
 from nagindex.ingest.run import ingest
-from tests.ingest.test_read import write_hf_folder
+from tests.sources.test_read import write_hf_folder
 
 SETTINGS = {"top_k": 8, "max_length": 64}
 ALPACA = "### Instruction:\n{{ instruction }}\n{% if input %}\n### Input:\n{{ input }}\n{% endif %}\n### Response:\n{{ output }}"
@@ -65,7 +65,7 @@ def rows_of(index_dir: Path) -> list[tuple]:
                          ids=["alpaca", "chat"])
 def test_records_encode_as_their_rendered_text(extractor, tmp_path, rows, template, texts):
     """Rendered exactly as expected, and encoded to the NAGs of that text given as a plain text field."""
-    from nagindex.ingest.read import iter_records
+    from nagindex.sources.read import iter_records
 
     records = write_jsonl(tmp_path / "records.jsonl", rows)
     assert [d.text for d in iter_records(records, id_field="id", text_template=template)] == texts
@@ -163,7 +163,7 @@ def test_an_append_with_another_template_or_none_is_refused(extractor, tmp_path)
 def test_texts_read_back_are_the_rendered_texts(extractor, golden_dir, tmp_path):
     """``--with-text`` (and so decontamination, which reads texts the same way) renders the manifest's template."""
     from nagindex.query.run import query
-    from nagindex.query.write import fetch_texts, text_options
+    from nagindex.sources.fetch import fetch_texts, text_options
 
     records = write_jsonl(tmp_path / "chat.jsonl", [{"id": "bad"}, *CHAT_ROWS])
     ingest([records], tmp_path / "idx", text_template=CHAT, extractor=extractor, backbone="m", **SETTINGS)

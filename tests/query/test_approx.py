@@ -7,17 +7,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from nagindex.errors import NagIndexError
-from nagindex.index.derived import open_index
+from nagindex.index.sharded import open_index
 from nagindex.ingest.interop import import_features, write_features
 from nagindex.query import approx
+from nagindex.query.quota import Quota
 from nagindex.query.request import TargetRequest
 from nagindex.query.run import query
-from nagindex.query.select import Quota
 
 
 def fast_profiles(pool):
-    from nagindex.ingest.features import read_features
     from nagindex.query.profile import count_profile
+    from nagindex.sources.features import read_features
 
     codes = np.stack([rec[1] for rec in read_features([pool / "target.jsonl"], "fwd_up", num_layers=4, top_k=8,
                                                       width=64)])

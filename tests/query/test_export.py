@@ -9,10 +9,10 @@ from click.testing import CliRunner
 
 import nagindex
 from nagindex.cli import main
-from nagindex.index.derived import open_index
-from nagindex.ingest.features import read_features
+from nagindex.index.sharded import open_index
 from nagindex.query.profile import count_profile
 from nagindex.query.score import score_codes
+from nagindex.sources.features import read_features
 from tests.query import pools
 
 

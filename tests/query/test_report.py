@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from nagindex.cli import main
 from nagindex.errors import NagIndexError
-from nagindex.query.report import collect, jaccard_matrix, shared_share, write_report
+from nagindex.query.report import collect, jaccard_matrix, shared_share
+from nagindex.query.report_page import write_report
 from nagindex.query.request import TargetRequest
 from nagindex.query.run import query
 

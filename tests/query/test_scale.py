@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nagindex.errors import NagIndexError
-from nagindex.index.derived import open_index
+from nagindex.index.sharded import open_index
 from nagindex.query import approx
 from nagindex.query.request import TargetRequest
 from nagindex.query.run import query
@@ -72,9 +72,9 @@ def test_every_query_form_is_the_same_on_any_number_of_shards(data, form, tmp_pa
 
 def _full_sort(index: Path, target: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Docids, similarity and tokens of the whole pool in rank order: an independent full sort."""
-    from nagindex.ingest.features import read_features
     from nagindex.query.profile import count_profile
     from nagindex.query.score import score_codes
+    from nagindex.sources.features import read_features
 
     view = open_index(index)
     codes = np.stack([r[1] for r in read_features([target], "fwd_up", **pools.SHAPE)])

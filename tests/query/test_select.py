@@ -7,11 +7,10 @@ import pytest
 
 from nagindex.errors import NagIndexError
 from nagindex.query.profile import count_profile
+from nagindex.query.quota import Quota, split_integer
 from nagindex.query.score import score_codes
-from nagindex.query.select import (
-    Quota, combine_quality, fraction_budget, paper_mixture, rank_order, select, select_budget, select_k,
-    select_with_quality, split_integer, top_rows, union_mixture,
-)
+from nagindex.query.select import (combine_quality, fraction_budget, paper_mixture, rank_order, select, select_budget,
+                                   select_k, select_with_quality, top_rows, union_mixture)
 
 
 def full_sort(key, docids) -> list[int]:

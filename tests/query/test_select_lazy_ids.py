@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from nagindex.index.derived import DocidColumn
-from nagindex.query.select import Quota, rank_order, select, select_with_quality, top_rows
+from nagindex.query.quota import Quota
+from nagindex.query.select import rank_order, select, select_with_quality, top_rows
 
 
 def column(ids: list[str]) -> DocidColumn:

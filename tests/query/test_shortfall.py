@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nagindex.index import clusters as cl
-from nagindex.index.derived import open_index
+from nagindex.index.sharded import open_index
 from nagindex.query.rank import _round_robin
 from nagindex.query.request import TargetRequest
 from nagindex.query.run import query

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from nagindex.errors import InputError, NagIndexError
-from nagindex.query import sources as S
 from nagindex.query import target as T
+from nagindex.sources import datasets as S
 
 
 @pytest.fixture(autouse=True)

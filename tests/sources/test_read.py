@@ -13,9 +13,9 @@ import zstandard
 
 from nagindex.data import Document, Reject
 from nagindex.errors import InputError
-from nagindex.ingest import inputs
-from nagindex.ingest.inputs import input_files
-from nagindex.ingest.read import iter_records
+from nagindex.sources import inputs
+from nagindex.sources.inputs import input_files
+from nagindex.sources.read import iter_records
 
 ROWS = [{"docid": f"d{i}", "doc": f"text number {i}", "n": i + 1} for i in range(10)]
 
@@ -213,7 +213,7 @@ def test_auto_text_field_takes_doc_then_text_then_content(tmp_path):
     import pyarrow.parquet as pq
 
     from nagindex.data import Document
-    from nagindex.ingest.read import iter_records
+    from nagindex.sources.read import iter_records
 
     (tmp_path / "a.jsonl").write_text('{"id": 1, "text": "from text"}\n{"doc": "from doc", "text": "no"}\n'
                                       '{"content": "from content"}\n{"body": "none"}\n')

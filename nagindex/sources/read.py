@@ -30,9 +30,9 @@ from typing import Any, BinaryIO
 
 from nagindex.data import Document, Reject
 from nagindex.errors import InputError
-from nagindex.ingest.inputs import (READ_CHUNK, SUFFIX_KINDS, InputFile, input_files, network_error, parquet_file,
-                                    transport_error)
-from nagindex.ingest.render import TEMPLATE_OPTION, compile_text_template
+from nagindex.sources.inputs import (READ_CHUNK, SUFFIX_KINDS, InputFile, input_files, network_error, parquet_file,
+                                     transport_error)
+from nagindex.sources.render import TEMPLATE_OPTION, compile_text_template
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Fields:
     ``id="auto"`` the first of ``AUTO_ID_FIELDS`` (none: ids are ``<source>:<position>``).
     ``usage``, when given, counts which fields were used (the ingest summary reports it).
     ``template``, when given, is the Jinja source a record's text is rendered with, its fields as
-    variables (``--text-template``, ``ingest.render``); ``text`` is then not read.
+    variables (``--text-template``, ``render``); ``text`` is then not read.
     """
 
     text: str

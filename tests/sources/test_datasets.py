@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import nagindex.query.sources as S
+import nagindex.sources.datasets as S
 from nagindex.errors import NagIndexError
 
 pytest.importorskip("datasets")

@@ -23,8 +23,8 @@ import numpy as np
 
 from nagindex.data import Reject
 from nagindex.errors import InputError
-from nagindex.ingest.inputs import InputFile, input_files, network_error
-from nagindex.ingest.read import open_binary, open_parquet, stream_errors
+from nagindex.sources.inputs import InputFile, input_files, network_error
+from nagindex.sources.read import open_binary, open_parquet, stream_errors
 
 logger = logging.getLogger(__name__)
 

@@ -95,7 +95,7 @@ class Pool:
         returns the similarity, the score of ``nagindex score``)."""
         from nagindex.query.scan import ScorePlan
 
-        self.fleet.map("score", ScorePlan(profile[None], tuple(range(len(profile)))))
+        self.fleet.score(ScorePlan(profile[None], tuple(range(len(profile)))))
         self._scored = True
 
     def fetch(self, rows: np.ndarray) -> tuple[dict[int, str], dict[int, float]]:
@@ -104,7 +104,7 @@ class Pool:
             raise NagIndexError("Pool.fetch needs a profile: call score() first")
         wanted = np.unique(np.asarray(rows, np.int64))
         by_part = [wanted[self.part[wanted] == i] for i in range(len(self.fleet.parts))]
-        answers = self.fleet.each("fetch", [(self.row[w], True) for w in by_part])
+        answers = self.fleet.fetch([self.row[w] for w in by_part], True)
         texts: dict[int, str] = {}
         sims: dict[int, float] = {}
         for w, got in zip(by_part, answers):

@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -69,6 +70,8 @@ TEXT_SETTINGS = ("text_template",)
 _REQUIRED = ("neuron_type", "num_layers", "width", "top_k")
 #: path -> [env, refcount, handles (None until opened), open transactions]; LMDB allows one env per path per process
 _ENVS: dict[str, list[Any]] = {}
+#: guards ``_ENVS``: two threads opening one path at once would open its environment twice, which deadlocks LMDB
+_ENVS_LOCK = threading.RLock()
 _DAMAGED = "is damaged and cannot be trusted: move it aside and ingest again into a new --index"
 #: what to do about an LMDB error, by exception class name (lmdb is imported lazily)
 _ADVICE = {
@@ -128,15 +131,16 @@ def _open_env(path: Path) -> Any:
     import lmdb
 
     key = str(path.resolve())
-    if key in _ENVS:
-        _ENVS[key][1] += 1
-        return _ENVS[key][0]
-    writable = os.access(path, os.W_OK)  # read-only media: no writer can exist, so no lock either
-    with _store_errors(path):
-        env = lmdb.open(key, map_size=_MAP_SIZE, max_dbs=len(_DBS), subdir=True, create=False,
-                        readonly=not writable, lock=writable, readahead=False)
-    _ENVS[key] = [env, 1, None, 0]
-    return env
+    with _ENVS_LOCK:
+        if key in _ENVS:
+            _ENVS[key][1] += 1
+            return _ENVS[key][0]
+        writable = os.access(path, os.W_OK)  # read-only media: no writer can exist, so no lock either
+        with _store_errors(path):
+            env = lmdb.open(key, map_size=_MAP_SIZE, max_dbs=len(_DBS), subdir=True, create=False,
+                            readonly=not writable, lock=writable, readahead=False)
+        _ENVS[key] = [env, 1, None, 0]
+        return env
 
 
 def _entry(env: Any) -> list[Any]:
@@ -145,11 +149,12 @@ def _entry(env: Any) -> list[Any]:
 
 def _handles(env: Any) -> dict[str, Any]:
     """Sub-database handles, opened once per environment (opening may wait for a writer's commit)."""
-    entry = _entry(env)
-    if entry[2] is None:
-        with _store_errors(Path(env.path())):
-            entry[2] = {name: env.open_db(name.encode(), create=False) for name in _DBS}
-    return entry[2]
+    with _ENVS_LOCK:
+        entry = _entry(env)
+        if entry[2] is None:
+            with _store_errors(Path(env.path())):
+                entry[2] = {name: env.open_db(name.encode(), create=False) for name in _DBS}
+        return entry[2]
 
 
 def _set_map_size(env: Any, size: int) -> None:
@@ -178,22 +183,25 @@ def _transaction(env: Any, write: bool = False) -> Iterator[Any]:
     except lmdb.MapResizedError:
         _set_map_size(env, 0)
         txn = env.begin(write=write)
-    entry = _entry(env)
-    entry[3] += 1
+    with _ENVS_LOCK:
+        entry = _entry(env)
+        entry[3] += 1
     try:
         with txn as active:
             yield active
     finally:
-        entry[3] -= 1
+        with _ENVS_LOCK:
+            entry[3] -= 1
 
 
 def _release_env(env: Any) -> None:
-    for key, entry in list(_ENVS.items()):
-        if entry[0] is env:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del _ENVS[key]
-                env.close()
+    with _ENVS_LOCK:
+        for key, entry in list(_ENVS.items()):
+            if entry[0] is env:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del _ENVS[key]
+                    env.close()
 
 
 def _initialise(path: Path, manifest: dict[str, Any]) -> None:

@@ -60,7 +60,7 @@ def approx_radii(fleet: Any, profiles: np.ndarray, kept: np.ndarray, quota: Any,
         log.info("approx: %d candidates would be the whole index of %d docs; scoring it exactly", want, visible)
         return None
     queries = query_fingerprints(profiles, manifest)
-    hist = np.sum(fleet.map("hamming_histogram", queries), axis=0)  # (P, 4097)
+    hist = np.sum(fleet.hamming_histogram(queries), axis=0)  # (P, 4097)
     radii = np.argmax(np.cumsum(hist, axis=1) >= want, axis=1)
     log.info("approx: Hamming radii %s hold the %d nearest fingerprints of each target", radii.tolist(), want)
     return queries, radii

@@ -55,7 +55,7 @@ def score_all(targets: TargetLike | Sequence[TargetLike], index_dir: str | os.Pa
         plan = ScorePlan(profiles, tuple(int(x) for x in kept), power,
                          device if str(device).startswith("cuda") else "cpu")
         with timer("score"):
-            fleet.map("score", plan)
+            fleet.score(plan)
         out.parent.mkdir(parents=True, exist_ok=True)
         with timer("write"), atomic_path(out) as tmp:
             schema = pa.schema([("docid", pa.large_string()), ("token_count", pa.int64())]

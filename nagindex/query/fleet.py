@@ -1,21 +1,33 @@
-"""Where a query's shard scans run: in this process one after another, or one Ray actor per shard.
+"""Where a query's shard scans run: in this process one after another, or in one Ray actor per shard.
 
-A fleet has one method, ``map(name, *args)``: call ``ShardScan.<name>(*args)`` on every
-shard and return the answers in shard order (``rank.py`` drives the rounds through it), plus
-``each(name, args_per_part)`` for calls whose arguments differ per shard, and ``close()``.
+A query is a *session*: on every shard it has its own ``scan.ShardScan`` (scratch, scores,
+exclusions, sample keys), and nothing of it is shared with another query but the shard's
+read-only memory maps. A fleet is one query's sessions on every shard. Its steps are the
+methods of ``Fleet`` (``score``, ``histogram``, ``candidates``...): each runs the ``ShardScan``
+method of the same name on every shard and returns the answers in shard order (``rank.py``
+drives the rounds through them); ``close()`` ends the query's sessions and frees their scratch.
 
 ``LocalFleet``: the shards are scanned one after another in this process (each scan
 already uses every core: the numba kernels are parallel), so memory is one shard's block
-at a time.
+at a time. Any number of local fleets run at once, each with its own scans.
 
 ``RayFleet`` (``--ray-address``): one actor per shard, named after the shard's path, so a
 later query in any process finds it with its memory maps open and its pages warm; it is
-placed on the node the catalog records for the shard (a node-local shard) and exits after
-``NAGINDEX_ACTOR_IDLE`` seconds without a call (default 900). The shards answer each
-round in parallel. An actor that dies (a lost node, an OOM kill) is started again and the
-query's earlier rounds are replayed on it (they are deterministic); a shard still
-unreachable after ``RETRIES`` attempts fails the query naming the shard: never a
-selection from the shards that happened to answer.
+placed on the node the catalog records for the shard (a node-local shard). An actor
+serves any number of queries at once (``ShardActor``: one session per query id, calls of
+different sessions run concurrently, a session's own calls in order). The coordinator holds a
+*lease* on its sessions, renewed every third of ``NAGINDEX_SESSION_LEASE`` seconds (default
+60): a coordinator that dies stops renewing, and its sessions end there, scratch freed. An
+actor exits after ``NAGINDEX_ACTOR_IDLE`` seconds (default 900) with no session and no call
+running.
+
+Recovery is re-execution: the coordinator keeps every state-changing step it sent a shard
+(its plan and each decision after it: combine ranges, sample moments, exclusions; every
+``ShardScan`` step not marked ``readonly``). An actor that dies (a lost node, an OOM kill),
+or a session that ended under a live coordinator, is opened again and those steps are
+replayed in order before the call is sent again: they are deterministic, so the query goes
+on exactly as if nothing happened. A shard still unreachable after ``RETRIES`` attempts
+fails the query naming the shard: never a selection from the shards that happened to answer.
 """
 from __future__ import annotations
 
@@ -23,7 +35,9 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +45,70 @@ import numpy as np
 
 from nagindex.cluster import connect
 from nagindex.errors import NagIndexError
+from nagindex.query.scan import ShardScan, is_readonly
 
 logger = logging.getLogger(__name__)
 
 RETRIES = 3
-#: calls that set a scan's state for the rest of the query: replayed on a restarted actor
-STATEFUL = ("open", "score", "combine")
 
 
-class LocalFleet:
+class SessionGone(NagIndexError):
+    """A shard actor has no session of this query (it expired, or the actor was started anew)."""
+
+
+class Fleet:
+    """One query's sessions on every shard of an index: each step runs on every shard, answers in
+    shard order. ``specs`` describe the shards (``index.sharded.shard_specs``)."""
+
+    specs: list[dict[str, Any]]
+
+    def _run(self, step: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``ShardScan.<step>(*args[i])`` on shard ``i``, for every shard."""
+        raise NotImplementedError
+
+    def _all(self, step: str, *args: Any) -> list[Any]:
+        return self._run(step, [args] * len(self.specs))
+
+    def describe(self) -> list[dict[str, Any]]:
+        return self._all("describe")
+
+    def hamming_histogram(self, queries: np.ndarray) -> list[np.ndarray]:
+        return self._all("hamming_histogram", queries)
+
+    def score(self, plan: Any) -> list[dict[str, Any]]:
+        return self._all("score", plan)
+
+    def combine(self, dist_range: np.ndarray, q_range: tuple[float, float]) -> list[dict[str, Any]]:
+        return self._all("combine", dist_range, q_range)
+
+    def sample(self, means: np.ndarray, sds: np.ndarray, temperature: float, seed: int) -> list[dict[str, Any]]:
+        return self._all("sample", means, sds, temperature, seed)
+
+    def stats(self) -> list[dict[str, Any]]:
+        return self._all("stats")
+
+    def histogram(self, binnings: list[Any]) -> list[Any]:
+        return self._all("histogram", binnings)
+
+    def candidates(self, target: int, binning: Any, cut: int, need: Any) -> list[Any]:
+        return self._all("candidates", target, binning, cut, need)
+
+    def fetch(self, rows: Sequence[np.ndarray], with_text: bool) -> list[dict[str, Any]]:
+        """Shard ``i`` fetches ``rows[i]``."""
+        return self._run("fetch", [(r, with_text) for r in rows])
+
+    def exclude(self, rows: Sequence[np.ndarray]) -> None:
+        """Shard ``i`` takes ``rows[i]`` out of this query."""
+        self._run("exclude", [(r,) for r in rows])
+
+    def contamination(self, rows: Sequence[np.ndarray], benchmarks: Any) -> list[Any]:
+        return self._run("contamination", [(r, benchmarks) for r in rows])
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class LocalFleet(Fleet):
     """Every shard scanned in this process, one after another: ``parts`` are ``ShardScan``s (or
     ``scan.ArrayPart``s), ``specs`` name them (``shard_specs``)."""
 
@@ -48,86 +117,184 @@ class LocalFleet:
 
     @classmethod
     def open(cls, specs: Sequence[dict[str, Any]]) -> LocalFleet:
-        from nagindex.query.scan import ShardScan
+        return cls([ShardScan(s["path"], s["hidden"], s["part"], s.get("rows")) for s in specs], specs)
 
-        return cls([ShardScan(s["path"], s["hidden"], s["part"]) for s in specs], specs)
-
-    def map(self, name: str, *args: Any) -> list[Any]:
-        return [_call(part, spec, name, args) for part, spec in zip(self.parts, self.specs)]
-
-    def each(self, name: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
-        return [_call(part, spec, name, a) for part, spec, a in zip(self.parts, self.specs, args)]
+    def _run(self, step: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return [_call(part, spec, step, a) for part, spec, a in zip(self.parts, self.specs, args)]
 
     def close(self) -> None:
         for part in self.parts:
             part.close()
 
 
-def _call(part: Any, spec: dict[str, Any], name: str, args: tuple[Any, ...]) -> Any:
+def _call(scan: Any, spec: dict[str, Any], step: str, args: tuple[Any, ...]) -> Any:
     try:
-        return getattr(part, name)(*args)
+        return getattr(scan, step)(*args)
     except NagIndexError as exc:
         if spec["name"] is None:  # a one-folder index: the error names it already
             raise
         raise type(exc)(f"shard {spec['name']}: {exc}") from None
 
 
+def lease_seconds() -> float:
+    """How long a shard actor keeps a session whose coordinator stopped renewing it."""
+    return float(os.environ.get("NAGINDEX_SESSION_LEASE", "60"))
+
+
+@dataclass
+class _Session:
+    scan: ShardScan
+    lease: float
+    seen: float = field(default_factory=time.monotonic)
+    running: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one query's calls, in order
+
+
 class ShardActor:
-    """A ``ShardScan`` living in a Ray actor (wrapped by ``ray.remote`` in ``RayFleet``)."""
+    """One shard's query sessions in a Ray actor (wrapped by ``ray.remote`` in ``RayFleet``).
+
+    Sessions share the shard's open snapshot (reopened for a new session when the shard's derived
+    files changed); each holds its own ``ShardScan``. A session ends when its query closes it, or
+    when no call runs in it and its coordinator has not renewed it for its lease. The actor exits
+    after ``idle_seconds`` with no session and no call running.
+    """
 
     def __init__(self, path: str, part: int, idle_seconds: float) -> None:
-        self.path, self.part, self.scan, self.stamp = path, part, None, None
-        self.last = time.monotonic()
-        self.idle = idle_seconds
+        from nagindex.query.scratch import sweep
+
+        self.path, self.part, self.idle = path, part, idle_seconds
+        self._sessions: dict[str, _Session] = {}
+        self._views: dict[tuple[Any, Any], Any] = {}
+        self._lock = threading.Lock()
+        self._running = 0
+        self._last = time.monotonic()
+        sweep()  # what an actor of this machine killed with kill -9 left
         threading.Thread(target=self._watch, daemon=True).start()
+
+    def open(self, qid: str, hidden: np.ndarray, rows: int | None, lease: float) -> int:
+        """Start (or start again, empty) query ``qid``'s session; returns the actor's process id."""
+        view = self._view(rows)
+        scan = ShardScan(self.path, hidden, self.part, view=view)
+        with self._lock:
+            old = self._sessions.pop(qid, None)
+            self._sessions[qid] = _Session(scan, lease)
+            self._last = time.monotonic()
+        if old is not None:
+            old.scan.close()
+        return os.getpid()
+
+    def _view(self, rows: int | None) -> Any:
+        """The shard's snapshot, opened again when its derived files changed since it was opened."""
+        from nagindex.index.derived import open_shard
+
+        info = Path(self.path) / "index_info.json"
+        key = (info.stat().st_mtime_ns if info.exists() else None, rows)
+        with self._lock:
+            view = self._views.get(key)
+        if view is None:
+            view = open_shard(self.path, rows=rows)
+            with self._lock:
+                self._views = {key: view}  # older snapshots live on in the sessions that use them
+        return view
+
+    def call(self, qid: str, step: str, *args: Any) -> Any:
+        """Run ``ShardScan.<step>(*args)`` in session ``qid``."""
+        if step.startswith("_") or not callable(getattr(ShardScan, step, None)):
+            raise NagIndexError(f"no query step {step!r}")
+        with self._lock:
+            session = self._sessions.get(qid)
+            if session is None:
+                raise SessionGone(f"query {qid} has no session on this shard actor")
+            session.running += 1
+            self._running += 1
+        try:
+            with session.lock:
+                return getattr(session.scan, step)(*args)
+        finally:
+            with self._lock:
+                session.running -= 1
+                self._running -= 1
+                session.seen = self._last = time.monotonic()
+
+    def renew(self, qid: str) -> bool:
+        """The coordinator of ``qid`` is alive; False when the session is gone (the next call replays)."""
+        with self._lock:
+            session = self._sessions.get(qid)
+            if session is not None:
+                session.seen = time.monotonic()
+            return session is not None
+
+    def end(self, qid: str) -> None:
+        """Query ``qid`` ended: drop its session and scratch."""
+        with self._lock:
+            session = self._sessions.pop(qid, None)
+            self._last = time.monotonic()
+        if session is not None:
+            with session.lock:
+                session.scan.close()
+
+    def sessions(self) -> list[str]:
+        """The query ids with a session here."""
+        with self._lock:
+            return list(self._sessions)
+
+    def _expire(self) -> bool:
+        """End the sessions whose lease ran out; True when the actor has been idle past ``idle``."""
+        now = time.monotonic()
+        with self._lock:
+            gone = [q for q, s in self._sessions.items() if not s.running and now - s.seen > s.lease]
+            ended = [self._sessions.pop(q) for q in gone]
+            idle = not self._sessions and not self._running and now - self._last > self.idle
+        for qid, session in zip(gone, ended):
+            logger.warning("query %s: its coordinator stopped renewing its session for %.0f s: session ended",
+                           qid, session.lease)
+            session.scan.close()
+        return idle
 
     def _watch(self) -> None:
         while True:
-            time.sleep(min(self.idle, 30.0))
-            if time.monotonic() - self.last > self.idle:
-                os._exit(0)  # idle: give the node's memory back (the name is free for the next query)
+            with self._lock:  # leases come from each query's coordinator, not from this process's env
+                shortest = min((s.lease for s in self._sessions.values()), default=self.idle)
+            time.sleep(max(0.05, min(5.0, self.idle / 4, shortest / 4)))
+            if self._expire():
+                self._exit()
+                return
 
-    def open(self, hidden: np.ndarray) -> int:
-        """(Re)open the shard when its derived files changed since the last query; set its hidden rows."""
-        from nagindex.query.scan import ShardScan
-
-        info = Path(self.path) / "index_info.json"
-        stamp = info.stat().st_mtime_ns if info.exists() else None
-        if self.scan is None or stamp != self.stamp:
-            if self.scan is not None:
-                self.scan.close()
-            self.scan, self.stamp = ShardScan(self.path, hidden, self.part), stamp
-        self.scan.hidden = np.asarray(hidden, np.int64)
-        return os.getpid()
-
-    def call(self, name: str, *args: Any) -> Any:
-        self.last = time.monotonic()
-        try:
-            return getattr(self.scan, name)(*args)
-        finally:
-            self.last = time.monotonic()
+    def _exit(self) -> None:
+        os._exit(0)  # idle: give the node's memory back (the name is free for the next query)
 
 
-class RayFleet:
-    """One named Ray actor per shard; rounds answered in parallel; lost actors restarted and replayed."""
+class RayFleet(Fleet):
+    """One query's sessions on one named Ray actor per shard; rounds answered in parallel; lost actors
+    and lost sessions rebuilt by replaying the query's state-changing steps."""
 
     def __init__(self, specs: Sequence[dict[str, Any]], address: str, idle_seconds: float | None = None,
                  gpus: float = 0.0) -> None:
         self.ray = ray = connect(address)
         self.specs = list(specs)
+        self.qid = uuid.uuid4().hex
+        self.lease = lease_seconds()
         self.idle = float(idle_seconds if idle_seconds is not None else os.environ.get("NAGINDEX_ACTOR_IDLE", "900"))
         self.gpus = gpus  # --device cuda: each actor holds this much of a GPU (Ray sets its CUDA_VISIBLE_DEVICES)
         self._remote = ray.remote(num_cpus=0)(ShardActor)
+        #: per shard, the state-changing steps sent so far, in order: what a rebuilt session replays
         self._log: list[list[tuple[str, tuple[Any, ...]]]] = [[] for _ in self.specs]
         self.actors = [self._actor(i) for i in range(len(self.specs))]
-        self.each("open", [(s["hidden"],) for s in self.specs])
+        self._stop = threading.Event()
+        try:
+            for i, ref in enumerate([self._open(i) for i in range(len(self.specs))]):
+                self._get(i, ref, "open", ())
+        except BaseException:
+            self.close()
+            raise
+        threading.Thread(target=self._renew, daemon=True).start()
 
     def _actor(self, i: int) -> Any:
         spec = self.specs[i]
         kind = "gpu" if self.gpus else "cpu"
         options: dict[str, Any] = {"name": f"nagindex-scan:{kind}:{Path(spec['path']).resolve()}",
-                                   "namespace": "nagindex", "num_gpus": self.gpus,
-                                   "lifetime": "detached", "get_if_exists": True, "max_concurrency": 1}
+                                   "namespace": "nagindex", "num_gpus": self.gpus, "lifetime": "detached",
+                                   "get_if_exists": True, "max_concurrency": 64}
         node = _node_id(self.ray, spec.get("node_ip"))
         if node is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -135,33 +302,41 @@ class RayFleet:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
         return self._remote.options(**options).remote(spec["path"], spec["part"], self.idle)
 
-    def _submit(self, i: int, name: str, args: tuple[Any, ...]) -> Any:
-        actor = self.actors[i]
-        return actor.open.remote(*args) if name == "open" else actor.call.remote(name, *args)
+    def _open(self, i: int) -> Any:
+        spec = self.specs[i]
+        return self.actors[i].open.remote(self.qid, spec["hidden"], spec.get("rows"), self.lease)
 
-    def each(self, name: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
-        refs = [self._submit(i, name, a) for i, a in enumerate(args)]
-        out = []
-        for i, (ref, a) in enumerate(zip(refs, args)):
-            out.append(self._get(i, ref, name, a))
-            if name in STATEFUL:
-                self._log[i] = [e for e in self._log[i] if name != "open" or e[0] != "open"] + [(name, a)]
+    def _renew(self) -> None:
+        """The lease: tell every actor this query's coordinator is alive, until the query ends."""
+        while not self._stop.wait(self.lease / 3):
+            for actor in self.actors:
+                actor.renew.remote(self.qid)
+
+    def _run(self, step: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        refs = [actor.call.remote(self.qid, step, *a) for actor, a in zip(self.actors, args)]
+        out = [self._get(i, ref, step, a) for i, (ref, a) in enumerate(zip(refs, args))]
+        if not is_readonly(step):
+            for i, a in enumerate(args):
+                self._log[i].append((step, a))
         return out
 
-    def map(self, name: str, *args: Any) -> list[Any]:
-        return self.each(name, [args] * len(self.specs))
-
-    def _get(self, i: int, ref: Any, name: str, args: tuple[Any, ...]) -> Any:
+    def _get(self, i: int, ref: Any, step: str, args: tuple[Any, ...]) -> Any:
         ray, spec = self.ray, self.specs[i]
         for attempt in range(RETRIES + 1):
             try:
-                if ref is None:  # the actor was lost: a new one, the query's state replayed, the call again
+                if ref is None:  # the actor or the session was lost: open it again, replay, call again
                     self.actors[i] = self._actor(i)
+                    ray.get(self._open(i))
                     for past, past_args in self._log[i]:
-                        ray.get(self._submit(i, past, past_args))
-                    ref = self._submit(i, name, args)
+                        ray.get(self.actors[i].call.remote(self.qid, past, *past_args))
+                    ref = self._open(i) if step == "open" else self.actors[i].call.remote(self.qid, step, *args)
                 return ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, SessionGone) and attempt < RETRIES:
+                    logger.warning("shard %s: session of query %s ended there; opening it again and replaying "
+                                   "%d step(s)", spec["name"], self.qid, len(self._log[i]))
+                    ref = None
+                    continue
                 if isinstance(exc.cause, NagIndexError):
                     raise type(exc.cause)(f"shard {spec['name'] or spec['path']}: {exc.cause}") from None
                 raise
@@ -170,17 +345,20 @@ class RayFleet:
                     raise NagIndexError(f"shard {spec['name'] or ''} ({spec['path']}) could not be reached on Ray after "
                                         f"{RETRIES + 1} attempts ({type(exc).__name__}): the query is stopped rather "
                                         "than answered from the other shards") from exc
-                logger.warning("shard %s: actor lost (%s); starting it again and replaying %d round(s)",
+                logger.warning("shard %s: actor lost (%s); starting it again and replaying %d step(s)",
                                spec["name"], type(exc).__name__, len(self._log[i]))
                 ref = None
-        raise AssertionError("unreachable")
+        raise NagIndexError(f"shard {spec['name'] or spec['path']}: the session of query {self.qid} kept ending")
 
     def close(self) -> None:
-        """End the query: the actors drop its scratch and stay, warm, for the next one."""
-        try:
-            self.map("close")
-        except NagIndexError:
-            logger.warning("a shard actor was lost while closing the query; nothing to clean up there")
+        """End the query: the actors drop its sessions and scratch and stay, warm, for the next one."""
+        self._stop.set()
+        for actor in self.actors:
+            try:
+                self.ray.get(actor.end.remote(self.qid), timeout=self.lease)
+            except Exception as exc:  # noqa: BLE001 - a lost actor has nothing left to free
+                logger.warning("a shard actor was lost while closing query %s (%s); its session ends with it",
+                               self.qid, type(exc).__name__)
 
 
 def _node_id(ray: Any, ip: str | None) -> str | None:
@@ -194,9 +372,9 @@ def _node_id(ray: Any, ip: str | None) -> str | None:
     return None
 
 
-def open_fleet(index_dir: str | os.PathLike, ray_address: str | None = None, device: str = "cpu") -> Any:
-    """The fleet of the index's shards: ``RayFleet`` with ``ray_address`` (actors on GPUs for a ``cuda``
-    device: a whole one each where the cluster has one per shard, else shares), else ``LocalFleet``."""
+def open_fleet(index_dir: str | os.PathLike, ray_address: str | None = None, device: str = "cpu") -> Fleet:
+    """A new query's fleet over the index's shards: ``RayFleet`` with ``ray_address`` (actors on GPUs for a
+    ``cuda`` device: a whole one each where the cluster has one per shard, else shares), else ``LocalFleet``."""
     from nagindex.index.sharded import shard_specs
 
     specs = shard_specs(index_dir)

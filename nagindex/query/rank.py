@@ -96,12 +96,12 @@ def score_pool(fleet: Any, plan: ScorePlan | None) -> Pool:
     """Rounds 1 and 2: every shard scans its codes; with a quality file, keys are then combined
     with the global distance and quality ranges (spec sec. 4's min-max over the pool); with
     ``plan.sample``, replaced by Gumbel-perturbed standardised keys (``sample.py``)."""
-    merged = _merge(fleet.map("score", plan))
+    merged = _merge(fleet.score(plan))
     if plan is not None and plan.quality is not None:
         if merged["rows"] == 0:
             raise NagIndexError("no index document has a quality value (check --quality-file ids)")
         ranges = np.stack([merged["dist_lo"], merged["dist_hi"]], axis=1)
-        merged = _merge(fleet.map("combine", ranges, (merged["q_lo"], merged["q_hi"])))
+        merged = _merge(fleet.combine(ranges, (merged["q_lo"], merged["q_hi"])))
     pool = _pool(merged)
     if plan is not None and plan.sample is not None:
         from nagindex.query.sample import histogram_moments
@@ -111,7 +111,7 @@ def score_pool(fleet: Any, plan: ScorePlan | None) -> Pool:
         moments = [histogram_moments(h[0], b.lo, b.bins, b.width) if h is not None else (0.0, 0.0)
                    for h, b in zip(ranking._hist, ranking.binnings)]
         temperature, seed = plan.sample
-        pool = _pool(_merge(fleet.map("sample", np.array([m for m, _ in moments]), np.array([s for _, s in moments]),
+        pool = _pool(_merge(fleet.sample(np.array([m for m, _ in moments]), np.array([s for _, s in moments]),
                                       temperature, seed)))
     return pool
 
@@ -139,7 +139,7 @@ class Ranking:
         want = [b if t in targets and self._hist[t] is None else None for t, b in enumerate(self.binnings)]
         if not any(b is not None for b in want):
             return
-        for answer in self.fleet.map("histogram", want):
+        for answer in self.fleet.histogram(want):
             for t, h in enumerate(answer):
                 if h is None:
                     continue
@@ -167,7 +167,7 @@ class Ranking:
             before = int(spent[cut - 1]) if cut else 0
             need = Need(rows=limit - before) if rows is not None else Need(tokens=limit - before)
         binning = self.binnings[t]
-        parts = self.fleet.map("candidates", t, binning, min(cut, binning.bins), need)
+        parts = self.fleet.candidates(t, binning, min(cut, binning.bins), need)
         return rank_table(pa.concat_tables(parts))
 
 
@@ -363,6 +363,6 @@ def select(fleet: Any, plan: ScorePlan, quota: Quota, weights: Sequence[float], 
         if not len(bad):
             break
         parts = bad >> ROW_BITS
-        fleet.each("exclude", [(bad[parts == spec["part"]] & ((1 << ROW_BITS) - 1),) for spec in fleet.specs])
-        pool = _pool(_merge(fleet.map("stats")))
+        fleet.exclude([bad[parts == spec["part"]] & ((1 << ROW_BITS) - 1) for spec in fleet.specs])
+        pool = _pool(_merge(fleet.stats()))
     return Picked(part=ids >> ROW_BITS, row=ids & ((1 << ROW_BITS) - 1), target=target, exhausted=exhausted), pool

@@ -301,7 +301,7 @@ def _checker(fleet: Any, benchmarks: Any, removed: list[Any]) -> Any:
 
     def check(ids: np.ndarray) -> list[int]:
         parts, rows = ids >> ROW_BITS, ids & ((1 << ROW_BITS) - 1)
-        answers = fleet.each("contamination", [(rows[parts == spec["part"]], benchmarks) for spec in fleet.specs])
+        answers = fleet.contamination([rows[parts == spec["part"]] for spec in fleet.specs], benchmarks)
         bad = []
         for spec, found in zip(fleet.specs, answers):
             for row, docid, example, words in found:
@@ -330,7 +330,7 @@ def profile_targets(fleet: Any, targets: Sequence[TargetRequest], index_dir: str
     ``(P, L', width)`` and, per target, ``(codes, examples used)``: what every scoring needs."""
     from nagindex.query.profile import count_profile, resolve_layers
 
-    described = fleet.map("describe")
+    described = fleet.describe()
     manifest = described[0]["manifest"]
     visible = sum(d["visible_rows"] for d in described)
     if visible == 0:
@@ -433,8 +433,7 @@ def _columns(fleet: Any, picked: Any, names: list[str], with_text: bool, quality
     n, p = len(picked), len(names)
     by_part = np.argsort(picked.part, kind="stable")  # selection positions grouped by part, in part order
     bounds = np.searchsorted(picked.part[by_part], [spec["part"] for spec in fleet.specs] + [np.iinfo(np.int64).max])
-    args = [(picked.row[by_part[bounds[i]:bounds[i + 1]]], with_text) for i in range(len(fleet.specs))]
-    answers = fleet.each("fetch", args)
+    answers = fleet.fetch([picked.row[by_part[bounds[i]:bounds[i + 1]]] for i in range(len(fleet.specs))], with_text)
     to_order = np.empty(n, np.int64)
     to_order[by_part] = np.arange(n)  # selection position -> position in the parts' concatenation
     take = numeric_array(to_order)

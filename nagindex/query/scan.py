@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,19 @@ class Need:
         return table.slice(0, int(np.searchsorted(spent, self.tokens, side="right")) + 1)
 
 
+def readonly(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a ``ShardScan`` step that changes nothing a later step reads. Every other step is part of
+    a query's state: a lost shard actor is rebuilt by replaying those (``fleet.RayFleet``), so a new
+    step is replayed unless it says it need not be."""
+    method.readonly = True  # type: ignore[attr-defined]
+    return method
+
+
+def is_readonly(step: str) -> bool:
+    """Whether ``ShardScan.<step>`` leaves the query's state as it was (``readonly``)."""
+    return getattr(getattr(ShardScan, step), "readonly", False)
+
+
 def rank_table(table: Any) -> Any:
     """``table`` (columns key, docid, ...) sorted by ``(key, docid)``; docids compare as UTF-8 bytes,
     which is Python's ``str`` order."""
@@ -159,13 +172,14 @@ class ShardScan:
     """The query side of one store folder: its derived snapshot minus the rows ``hidden`` elsewhere."""
 
     def __init__(self, path: str | os.PathLike, hidden: np.ndarray | None = None, part: int = 0,
-                 scratch_root: str | None = None) -> None:
+                 rows: int | None = None, view: Any = None) -> None:
         from nagindex.index.derived import open_shard
 
         self.path, self.part = Path(path), part
-        self.view = open_shard(path)
+        #: ``rows``: only the shard's first rows take part (its last reconciled state while it appends);
+        #: ``view``: an already open snapshot, shared by the sessions of one actor
+        self.view = view if view is not None else open_shard(path, rows=rows)
         self.hidden = np.zeros(0, np.int64) if hidden is None else np.asarray(hidden, np.int64)
-        self._scratch_root = scratch_root or os.environ.get("NAGINDEX_SCRATCH") or None
         self._dir: Path | None = None
         self._sums: np.ndarray | None = None  # (P, n) int32 raw sums, or float64 similarities
         self._combined: np.ndarray | None = None  # (P, n) float64 quality-combined keys
@@ -174,16 +188,19 @@ class ShardScan:
         self.plan: ScorePlan | None = None
         self._norm = np.zeros(0)
         self._exact = True
-        self._group_lookup: Any = None  # Arrow table docid -> group (--group-by COLUMN)
+        self._group_of: np.ndarray | None = None  # (n,) int32 index into _group_names (--group-by COLUMN)
+        self._group_names: Any = None
 
     def __len__(self) -> int:
         return len(self.view)
 
+    @readonly
     def describe(self) -> dict[str, Any]:
         """The shard's manifest and its visible rows (hidden ones left out), before any scoring."""
         return {"manifest": self.view.manifest, "visible_rows": len(self.view) - len(self.hidden)}
 
     # ------------------------------------------------------------ round 0 (--approx)
+    @readonly
     def hamming_histogram(self, queries: np.ndarray) -> np.ndarray:
         """``(Q, 4097)`` counts of visible documents per Hamming distance to each query fingerprint."""
         hist = np.zeros((len(queries), HAMMING_BINS), dtype=np.int64)
@@ -212,11 +229,7 @@ class ShardScan:
         n, p = len(self.view), scorer.num_profiles
         wide = len(plan.layers) * shape[2] * int(np.max(plan.profiles, initial=0)) >= 2**31
         self._sums = self._scratch("sums", (p, n), (np.int64 if wide else np.int32) if self._exact else np.float64)
-        if plan.quality is not None:
-            self._quality = self._scratch("quality", (n,), np.float64)
-            self._join_quality(plan.quality)
-        if plan.groups is not None and plan.groups.by not in ("source", "docid-prefix"):
-            self._group_lookup = _first_per_id(Path(plan.groups.file), plan.groups.id_field, plan.groups.by, False)
+        self._align_side_files(plan)
         codes = self.view.codes
         for lo, hi, take in self._blocks(CODE_BLOCK):
             if plan.approx is not None:
@@ -240,22 +253,33 @@ class ShardScan:
                 out[:, where] = values
         return self.stats()
 
-    def _join_quality(self, spec: QualitySpec) -> None:
-        """Each row's quality value (NaN where the file has none), joined on docid; the first of repeated ids wins."""
+    def _align_side_files(self, plan: ScorePlan) -> None:
+        """The quality file's value (NaN where it has none) and the group file's group (``(none)``) of every
+        row, aligned once per query (``sidefile.py``: one streamed read of each file, time and memory of the
+        shard's rows), kept in the scratch: 8 bytes a row for quality, 4 for a group's dictionary index."""
         import pyarrow as pa
+        import pyarrow.compute as pc
 
-        self._quality[:] = np.nan
-        lookup = _first_per_id(Path(spec.path), spec.id_field, spec.column, True)
-        if lookup.num_rows == 0:
+        from nagindex.query.sidefile import DocidLookup, keyed_batches
+
+        column = plan.groups is not None and plan.groups.by not in ("source", "docid-prefix")
+        if plan.quality is None and not column:
             return
-        for lo in range(0, len(self.view), SCRATCH_BLOCK):
-            hi = min(len(self.view), lo + SCRATCH_BLOCK)
-            block = pa.table({"docid": self.view.docids.arrow().slice(lo, hi - lo),
-                              "row": pa.array(np.arange(lo, hi, dtype=np.int64))})
-            joined = block.join(lookup, "docid", join_type="inner")
-            rows = joined.column("row").to_numpy()
-            self._quality[rows] = joined.column("value").to_numpy(zero_copy_only=False)
+        lookup, n = DocidLookup(self.view.docids.arrow()), len(self.view)
+        if plan.quality is not None:
+            spec = plan.quality
+            values = lookup.align(keyed_batches(Path(spec.path), spec.id_field, spec.column, True), True)
+            self._quality = self._scratch("quality", (n,), np.float64)
+            self._quality[:] = pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False)
+        if column:
+            spec = plan.groups
+            values = lookup.align(keyed_batches(Path(spec.file), spec.id_field, spec.by, False), False)
+            groups = pc.fill_null(values, "(none)").dictionary_encode()
+            self._group_of = self._scratch("groups", (n,), np.int32)
+            self._group_of[:] = groups.indices.to_numpy(zero_copy_only=False)
+            self._group_names = pa.array(groups.dictionary, pa.string())
 
+    @readonly
     def stats(self) -> dict[str, Any]:
         """Visible rows and tokens; per target, eligible rows and tokens and the key range
         (and, before ``combine``, the distance and quality ranges a quality file needs)."""
@@ -317,6 +341,7 @@ class ShardScan:
         return self.stats()
 
     # ------------------------------------------------------------ round 3
+    @readonly
     def histogram(self, binnings: list[Binning | None]) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Per target with a binning: eligible rows and their tokens per bin (int64 each)."""
         out = [None if b is None else (np.zeros(b.bins, np.int64), np.zeros(b.bins, np.int64)) for b in binnings]
@@ -333,6 +358,7 @@ class ShardScan:
         return out
 
     # ------------------------------------------------------------ round 4
+    @readonly
     def candidates(self, target: int, binning: Binning, cut: int, need: Need | None) -> Any:
         """Arrow table (part, row, key, tokens, docid): every eligible row in a bin before ``cut``, and the
         rows of bin ``cut`` in ranking order, as far as ``need`` reaches (all of them without ``need``)."""
@@ -391,11 +417,10 @@ class ShardScan:
             return pa.array(self.view.sources, pa.string()).take(numeric_array(ids))
         if by == "docid-prefix":
             return pc.cast(pc.replace_substring_regex(docids, pattern="-[^-]*$", replacement=""), pa.string())
-        joined = pa.table({"docid": docids, "i": pa.array(np.arange(len(rows)))}).join(
-            self._group_lookup, "docid", join_type="left outer").sort_by("i")
-        return pc.fill_null(pc.cast(joined.column("value"), pa.string()), "(none)").combine_chunks()
+        return self._group_names.take(numeric_array(np.asarray(self._group_of[np.asarray(rows, np.int64)], np.int64)))
 
     # ------------------------------------------------------------ round 5
+    @readonly
     def fetch(self, rows: np.ndarray, with_text: bool = False) -> dict[str, Any]:
         """The output columns of ``rows`` (in the given order): ``docid`` (Arrow strings), ``source_id`` into
         ``sources``, ``similarity`` and ``combined`` per target ``(P, m)``, ``token_count``, ``position`` and,
@@ -422,6 +447,7 @@ class ShardScan:
                                       **text_options(view.manifest), states=self._source_states())
         return out
 
+    @readonly
     def export(self, names: list[str]) -> Any:
         """Every visible row's ``docid``, ``token_count`` and ``score_<name>`` per target (the similarity), as
         Arrow record batches of ``SCRATCH_BLOCK`` rows, in row order (``nagindex score``)."""
@@ -443,6 +469,7 @@ class ShardScan:
         """Take ``rows`` out of this query (decontamination): they count nowhere from now on."""
         self._sums[:, np.sort(np.asarray(rows, np.int64))] = -1 if self._exact else np.nan
 
+    @readonly
     def contamination(self, rows: np.ndarray, benchmarks: Any) -> list[tuple[int, str, int, str]]:
         """``(row, docid, example index, the shared words)`` for each of ``rows`` whose text shares a run of
         words with a benchmark example (``decontam.Benchmarks``); texts read back as ``fetch`` reads them."""
@@ -512,31 +539,19 @@ class ShardScan:
     # ------------------------------------------------------------ scratch
     def _scratch(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix=f"nagindex-scan-{self.part}-", dir=self._scratch_root))
+            from nagindex.query.scratch import new_scratch
+
+            self._dir = new_scratch(f"scan-{self.part}")
         if int(np.prod(shape)) == 0:
             return np.zeros(shape, dtype=dtype)
         return np.lib.format.open_memmap(self._dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
 
     def close(self) -> None:
         """Drop the scratch of the last query (its files go at once; the shard's maps stay open)."""
-        self._sums = self._combined = self._quality = self._sampled = None
+        self._sums = self._combined = self._quality = self._sampled = self._group_of = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-
-
-def _first_per_id(path: Path, id_field: str, column: str, numeric: bool) -> Any:
-    """Arrow table ``docid, value`` of a per-document file, the first row of a repeated id winning."""
-    import pyarrow as pa
-
-    from nagindex.sources.records import read_keyed_values
-
-    ids, values = read_keyed_values(path, id_field, column, numeric)
-    if len(ids) == 0:
-        return pa.table({"docid": ids, "value": values})
-    first = pa.table({"docid": ids, "i": pa.array(np.arange(len(ids)))}).group_by("docid").aggregate([("i", "min")])
-    keep = first.column("i_min")
-    return pa.table({"docid": ids.take(keep), "value": values.take(keep)})
 
 
 def _minmax(x: np.ndarray, lo: float, hi: float) -> np.ndarray:

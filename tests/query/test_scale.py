@@ -162,54 +162,39 @@ def test_cuda_without_a_gpu_says_so(data):
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
 
-def _kill(ray, actor) -> None:
-    """Kill a shard actor and wait until it is dead (``ray.kill`` returns before it is)."""
-    ray.kill(actor, no_restart=True)
-    for _ in range(100):
-        try:
-            ray.get(actor.call.remote("describe"), timeout=10)
-        except ray.exceptions.RayActorError:
-            return
-    raise AssertionError("the actor did not die")
-
-
-def test_ray_actors_give_the_same_selection_and_survive_a_lost_actor(data, ray_cluster, monkeypatch):
-    from nagindex.query import fleet
-
+def test_ray_actors_give_the_same_selection(data, ray_cluster):
     forms = _forms(data)
     for form in ("paper", "quality_mix", "union_k"):
         local = query(*forms[form][:1], data["idx7"], **forms[form][1]).table
         assert query(*forms[form][:1], data["idx7"], ray_address="local", **forms[form][1]).table.equals(local)
-    # an actor killed between rounds is started again, the rounds it held are replayed
-    real_each, killed = fleet.RayFleet.each, []
-
-    def each(self, name, args):
-        if name == "histogram" and not killed:
-            _kill(ray_cluster, self.actors[1])
-            killed.append(1)
-        return real_each(self, name, args)
-
-    monkeypatch.setattr(fleet.RayFleet, "each", each)
-    again = query(*forms["paper"][:1], data["idx7"], ray_address="local", **forms["paper"][1]).table
-    assert killed and again.equals(query(*forms["paper"][:1], data["idx7"], **forms["paper"][1]).table)
 
 
 def test_ray_shard_that_cannot_be_reached_fails_the_query(data, ray_cluster, monkeypatch):
+    """Shard 1's actor is lost after scoring, and so is every actor started in its place."""
     from nagindex.query import fleet
+    from tests.query.test_sessions import _kill
 
-    real_submit = fleet.RayFleet._submit
+    real_run, real_actor, lost = fleet.RayFleet._run, fleet.RayFleet._actor, []
 
-    def submit(self, i, name, args):
-        if name == "histogram" and i == 1:
-            _kill(ray_cluster, self.actors[i])  # dies on every attempt
-        return real_submit(self, i, name, args)
+    def run(self, name, args):
+        if name == "histogram" and not lost:
+            _kill(ray_cluster, self.actors[1])
+            lost.append(1)
+        return real_run(self, name, args)
 
-    monkeypatch.setattr(fleet.RayFleet, "_submit", submit)
+    def actor(self, i):
+        handle = real_actor(self, i)
+        if lost and i == 1:
+            _kill(ray_cluster, handle)
+        return handle
+
+    monkeypatch.setattr(fleet.RayFleet, "_run", run)
+    monkeypatch.setattr(fleet.RayFleet, "_actor", actor)
     with pytest.raises(NagIndexError, match="shard shard-0000.* could not be reached on Ray after 4 attempts"):
         query([TargetRequest("features", str(data["alpha"]))], data["idx7"], k=5, ray_address="local")
 

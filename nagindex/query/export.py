@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from nagindex.errors import NagIndexError
 from nagindex.fsio import atomic_path
 from nagindex.progress import StageTimer
-from nagindex.query.request import TargetLike, as_targets
+from nagindex.query.request import TargetLike
 
 
 @dataclass
@@ -35,25 +35,23 @@ def score_all(targets: TargetLike | Sequence[TargetLike], index_dir: str | os.Pa
 
     from nagindex.index.sharded import shard_specs
     from nagindex.query.fleet import LocalFleet
-    from nagindex.query.run import _input_paths, profile_targets
+    from nagindex.query.run import profile_targets
     from nagindex.query.scan import ScorePlan
+    from nagindex.query.spec import QuerySpec
     from nagindex.query.write import check_output
 
-    targets = as_targets(targets)
-    if not targets:
-        raise NagIndexError("no target: give --target NAME, --target-file PATH or --target-features PATH")
-    out = check_output(out, _input_paths(targets))
+    spec = QuerySpec.of(targets, index_dir, out=out, layers=layers, power=power, max_examples=max_examples,
+                        example_seed=example_seed, device=device)
+    out = check_output(out, spec.input_paths())
     timer = StageTimer()
     fleet = LocalFleet.open(shard_specs(index_dir))
-    names = [t.display for t in targets]
+    names = [t.display for t in spec.targets]
     if len(set(names)) < len(names):
         raise NagIndexError(f"targets {names}: each needs its own name for its score column")
     rows = 0
     try:
-        _, _, kept, profiles, _ = profile_targets(fleet, targets, index_dir, layers, max_examples, example_seed,
-                                                  device, [], timer)
-        plan = ScorePlan(profiles, tuple(int(x) for x in kept), power,
-                         device if str(device).startswith("cuda") else "cpu")
+        _, _, kept, profiles, _ = profile_targets(fleet, spec, [], timer)
+        plan = ScorePlan(profiles, tuple(int(x) for x in kept), power, spec.scoring_device)
         with timer("score"):
             fleet.score(plan)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from nagindex.errors import InputError
 

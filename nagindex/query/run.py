@@ -19,9 +19,10 @@ import numpy as np
 
 from nagindex.errors import InputError, NagIndexError
 from nagindex.progress import StageTimer
-from nagindex.query.request import MODES, TargetLike, TargetRequest, as_targets
+from nagindex.query.request import TargetLike, TargetRequest
 
 if TYPE_CHECKING:
+    from nagindex.query.spec import QuerySpec
     from nagindex.query.target import TargetSet
 
 log = logging.getLogger(__name__)
@@ -49,167 +50,96 @@ class QueryResult:
         return self.table.num_rows
 
 
-def query(
-    targets: TargetLike | Sequence[TargetLike],
-    index_dir: str | os.PathLike = "idx",
-    *,
-    k: int | None = None,
-    fraction: float | None = None,
-    tokens: int | None = None,
-    mode: str = "paper",
-    dedup: bool = False,
-    layers: Any = None,
-    power: float = 1.0,
-    quality_file: str | os.PathLike | None = None,
-    quality_col: str | None = None,
-    quality_id_field: str = "docid",
-    invert_quality: bool = False,
-    approx: bool = False,
-    out: str | os.PathLike | None = None,
-    with_text: bool = False,
-    max_examples: int | None = None,
-    example_seed: int = 0,
-    device: str = "auto",
-    ray_address: str | None = None,
-    sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    decontaminate: bool | None = None,
-    decontaminate_against: str | Sequence[str] | None = None,
-    ngram: int = 13,
-    group_by: str | None = None,
-    group_file: str | os.PathLike | None = None,
-    max_group_share: float | None = None,
-    group_quota: str | os.PathLike | Mapping[str, float] | None = None,
-    one_per_cluster: bool = False,
-) -> QueryResult:
+def query(targets: TargetLike | Sequence[TargetLike], index_dir: str | os.PathLike = "idx",
+          **options: Any) -> QueryResult:
     """Select documents of the index for one target or a mixture of targets.
 
-    ``targets``: a registered name (``"arc_challenge"``, ``"mmlu:2"`` with a weight), a
-    mapping (``{"file": "mine.jsonl", "filter": {"dataset": "chem"}, "weight": 2}``,
-    ``{"features": "target_features.jsonl"}``), a ``TargetRequest``, or a list of them.
+    ``options`` are ``QuerySpec``'s fields (``spec.py`` documents each): one quota (``k``, ``tokens`` or
+    ``fraction``), ``mode``/``dedup`` for several targets, ``out``, ``with_text``, scoring, quality,
+    sampling, decontamination, group caps and ``one_per_cluster``. ``query(t, idx, k=10)`` is
+    ``execute(QuerySpec.of(t, idx, k=10))``.
 
-    One target: rank by NAG distance (ties by docid) and keep the top ``k``, or
-    the ranked prefix within a token budget (``tokens``, or ``fraction`` of the
-    index's tokens). Several targets: ``mode="paper"`` gives each its weighted
-    share and concatenates (duplicates kept unless ``dedup``); ``mode="union"``
-    takes turns with no duplicates. ``quality_file`` adds a quality column to
-    the distance (spec sec. 4); ``approx`` scores only FAISS binary candidates.
-    ``max_examples`` profiles a random sample of each target's examples drawn
-    with ``example_seed`` (``target.sample_examples``); the manifest records both.
-
-    The selection is exact at any number of shards (``query/rank.py``): the same
-    rows, in the same order, as a one-shard index of the same documents. ``device``
-    ``cuda``/``cuda:N`` also scores on that GPU (torch); ``ray_address`` scores each
-    shard in its own Ray actor (``"local"``, ``"auto"`` or ``ray://host:port``).
-
-    ``sample``: soft selection, Gumbel-top-k with probability ``exp(z / temperature)``, ``z`` the
-    score standardised over the pool, noise a hash of (``seed``, target, docid): see ``sample.py``.
-
-    Decontamination (``decontam.py``), on by default for registry targets (``decontaminate=False``
-    turns it off): no selected document shares an ``ngram``-word run with any evaluation example of the
-    target benchmarks, or of ``decontaminate_against`` (names, or one comma-separated string; these
-    also guard ``file``/``features`` targets). Removed documents free their budget for the next ones
-    and are listed in ``<out>.contamination.parquet`` and ``QueryResult.contamination``.
-
-    Group caps: ``group_by`` (``"source"``, ``"docid-prefix"`` or a column of ``group_file``, default the
-    quality file, joined on ``quality_id_field``) with ``max_group_share`` (no group takes more than that
-    share of a target's tokens, or documents for ``k``) and/or ``group_quota`` (a mapping or YAML/JSON file
-    of group -> share); the budget is still met from the other groups.
-
-    ``one_per_cluster``: keep only the best-ranked document of each near-duplicate cluster (the clusters
-    ``nagindex cluster`` stored, ``index/clusters.py``): per target, and across targets in a union mixture;
-    the budget is still met from the next documents.
+    The selection is exact at any number of shards (``query/rank.py``): the same rows, in the same
+    order, as a one-shard index of the same documents, alone or with any number of queries at once.
     """
+    from nagindex.query.spec import QuerySpec
+
+    return execute(QuerySpec.of(targets, index_dir, **options))
+
+
+def execute(spec: QuerySpec) -> QueryResult:
+    """Run one validated selection request: target -> profile -> score -> select -> write."""
     from nagindex.query import rank
-    from nagindex.query import select as sel
     from nagindex.query.fleet import open_fleet
     from nagindex.query.scan import QualitySpec, ScorePlan
     from nagindex.query.write import texts_needed_by
     from nagindex.sources.fetch import SourceTextError
 
-    targets = as_targets(targets)
-    if mode not in MODES:
-        raise NagIndexError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
-    if not targets:
-        raise NagIndexError("no target: give --target NAME, --target-file PATH or --target-features PATH")
-    quota = sel.Quota(k=k, tokens=tokens, fraction=fraction)
-    if sample and not (np.isfinite(temperature) and temperature > 0):
-        raise NagIndexError(f"--temperature must be a positive number, got {temperature}")
-    if quality_file is not None and not quality_col:
-        raise NagIndexError("--quality-file needs --quality-col")
-    if out is not None:
+    quota = spec.quota
+    if spec.out is not None:
         from nagindex.query.write import check_output
 
-        check_output(out, _input_paths(targets, quality_file))
+        check_output(spec.out, spec.input_paths())
     timer = StageTimer()
     notes: list[str] = []
-    guard = guarded_benchmarks(targets, decontaminate, decontaminate_against)
-    caps, groups = _caps(group_by, group_file or quality_file, quality_id_field, max_group_share, group_quota, mode,
-                         len(targets), one_per_cluster, index_dir)
+    guard = guarded_benchmarks(spec.targets, spec.decontaminate, spec.decontaminate_against)
+    caps, groups = _caps(spec)
     clusters = None
-    if one_per_cluster:
+    if spec.one_per_cluster:
         from nagindex.index.clusters import require_clusters
 
-        info = require_clusters(index_dir)
+        info = require_clusters(spec.index_dir)
         clusters = {"radius": info["radius"], "method": info["method"]}
-    fleet = open_fleet(index_dir, ray_address, device)
+    fleet = open_fleet(spec.index_dir, spec.ray_address, spec.device)
     try:
-        manifest, visible, kept, profiles, encoded = profile_targets(
-            fleet, targets, index_dir, layers, max_examples, example_seed, device, notes, timer)
+        manifest, visible, kept, profiles, encoded = profile_targets(fleet, spec, notes, timer)
         check, removed, decontamination = None, [], None
         if guard:
             from nagindex.query.decontam import load_benchmarks
 
             with timer("benchmarks"):
-                benchmarks, read = load_benchmarks(guard, ngram)
+                benchmarks, read = load_benchmarks(guard, spec.ngram)
             check = _checker(fleet, benchmarks, removed)
-            decontamination = {"benchmarks": guard, "read": read, "ngram": ngram}
+            decontamination = {"benchmarks": guard, "read": read, "ngram": spec.ngram}
         with timer("score"):
             candidates = None
-            if approx:
+            if spec.approx:
                 from nagindex.query.approx import approx_radii
 
                 candidates = approx_radii(fleet, profiles, kept, quota, manifest, visible)
-            quality = None if quality_file is None else QualitySpec(str(quality_file), quality_col, quality_id_field,
-                                                                    invert_quality)
-            plan = ScorePlan(profiles, tuple(int(x) for x in kept), power,
-                             device if str(device).startswith("cuda") else "cpu", candidates, quality,
-                             (float(temperature), int(seed)) if sample else None, groups, one_per_cluster)
-            picked, pool = rank.select(fleet, plan, quota, [t.weight for t in targets], mode, dedup, check, caps)
+            quality = None if spec.quality_file is None else QualitySpec(
+                str(spec.quality_file), spec.quality_col, spec.quality_id_field, spec.invert_quality)
+            plan = ScorePlan(profiles, tuple(int(x) for x in kept), spec.power, spec.scoring_device, candidates,
+                             quality, (float(spec.temperature), int(spec.seed)) if spec.sample else None, groups,
+                             spec.one_per_cluster)
+            picked, pool = rank.select(fleet, plan, quota, spec.weights, spec.mode, spec.dedup, check, caps)
         contamination = None
         if decontamination is not None:
             contamination = _contamination_table(removed, benchmarks)
             decontamination["removed"] = contamination.num_rows
-            notes.append(f"decontamination: {contamination.num_rows:,} document(s) shared a {ngram}-word run with "
-                         f"the evaluation data of {', '.join(guard)} ({', '.join(read)}) and were left out")
+            notes.append(f"decontamination: {contamination.num_rows:,} document(s) shared a {spec.ngram}-word run "
+                         f"with the evaluation data of {', '.join(guard)} ({', '.join(read)}) and were left out")
         with timer("select"):
-            names = [t.display for t in targets]
-            columns = _columns(fleet, picked, names, with_text, quality is not None)
+            names = [t.display for t in spec.targets]
+            columns = _columns(fleet, picked, names, spec.with_text, quality is not None)
         table = _table(columns)
         if picked.exhausted:
-            notes.append(_shortfall_note(quota, pool, group_by is not None, one_per_cluster, table.num_rows,
-                                         int(np.asarray(columns["token_count"]).sum())))
+            notes.append(_shortfall_note(quota, pool, spec.group_by is not None, spec.one_per_cluster,
+                                         table.num_rows, int(np.asarray(columns["token_count"]).sum())))
         result = QueryResult(out=None, targets=names, table=table, exhausted=picked.exhausted,
                              tokens=int(np.asarray(columns["token_count"]).sum()), pool_docs=pool.visible_rows,
                              pool_tokens=pool.visible_tokens, notes=notes, layers=kept, profiles=profiles,
                              examples=[n for _, n in encoded], contamination=contamination)
-        if out is not None:
+        if spec.out is not None:
             with timer("write"):
-                sampling = {"max_examples": max_examples, "example_seed": example_seed,
-                            "sample": {"temperature": temperature, "seed": seed} if sample else None,
-                            "decontamination": decontamination,
-                            "group_caps": None if group_by is None else {"group_by": group_by, "max_group_share":
-                                                                         max_group_share, "quotas": dict(caps.quotas)},
-                            "one_per_cluster": clusters}
                 if contamination is not None:
                     from nagindex.query.decontam import contamination_path
                     from nagindex.query.write import write_table
 
-                    write_table(contamination_path(out), contamination)
-                result.out = _write(result, out, quota, mode, dedup, power, approx, targets, sampling, index_dir)
+                    write_table(contamination_path(spec.out), contamination)
+                result.out = _write(result, spec, decontamination, caps, clusters)
     except SourceTextError as exc:  # say what needed the texts, and which switch does without them
-        raise InputError(texts_needed_by(exc, with_text, guard)) from None
+        raise InputError(texts_needed_by(exc, spec.with_text, guard)) from None
     finally:
         fleet.close()
     result.timings = timer.summary()
@@ -235,29 +165,20 @@ def _shortfall_note(quota: Any, pool: Any, group_caps: bool, one_per_cluster: bo
             f"of the {asked} asked")
 
 
-def _caps(group_by: str | None, group_file: Any, id_field: str, share: float | None, quota: Any, mode: str,
-          n_targets: int, one_per_cluster: bool, index_dir: str | os.PathLike) -> tuple[Any, Any]:
+def _caps(spec: QuerySpec) -> tuple[Any, Any]:
     """``(rank.Caps, scan.GroupSpec)`` of the group-cap options (``GroupSpec`` None without ``group_by``),
     or ``(None, None)`` with neither ``group_by`` nor ``one_per_cluster``. Quota keys are resolved to the
     index's groups here, before any scoring (``query/groups.py``)."""
     from nagindex.query.rank import Caps
     from nagindex.query.scan import GroupSpec
 
-    if group_by is None:
-        if share is not None or quota is not None:
-            raise NagIndexError("--max-group-share / --group-quota need --group-by source|docid-prefix|COLUMN")
-        return (Caps(one_per_cluster=True), None) if one_per_cluster else (None, None)
-    if share is None and quota is None:
-        raise NagIndexError("--group-by needs --max-group-share F or --group-quota FILE")
-    if mode == "union" and n_targets > 1:
-        raise NagIndexError("group caps apply to single targets and paper mixtures, not --mode union")
-    if share is not None and not 0 < share <= 1:
-        raise NagIndexError(f"--max-group-share must be in (0, 1], got {share}")
-    if group_by not in ("source", "docid-prefix") and group_file is None:
-        raise NagIndexError(f"--group-by {group_by}: a column needs --group-file (or --quality-file) holding it")
-    quotas = _group_quota(quota, index_dir, group_by, group_file, id_field) if quota is not None else {}
-    spec = GroupSpec(group_by, None if group_file is None else str(group_file), id_field)
-    return Caps(share, quotas, one_per_cluster), spec
+    if spec.group_by is None:
+        return (Caps(one_per_cluster=True), None) if spec.one_per_cluster else (None, None)
+    quotas = {} if spec.group_quota is None else _group_quota(spec.group_quota, spec.index_dir, spec.group_by,
+                                                             spec.groups_file, spec.quality_id_field)
+    groups = GroupSpec(spec.group_by, None if spec.groups_file is None else str(spec.groups_file),
+                       spec.quality_id_field)
+    return Caps(spec.max_group_share, quotas, spec.one_per_cluster), groups
 
 
 def _group_quota(quota: Any, index_dir: str | os.PathLike, group_by: str, group_file: Any,
@@ -323,8 +244,7 @@ def _contamination_table(removed: list[Any], benchmarks: Any) -> Any:
                      "ngram": pa.array([w for _, _, w in removed], pa.string())})
 
 
-def profile_targets(fleet: Any, targets: Sequence[TargetRequest], index_dir: str | os.PathLike, layers: Any,
-                    max_examples: int | None, example_seed: int, device: str, notes: list[str],
+def profile_targets(fleet: Any, spec: QuerySpec, notes: list[str],
                     timer: StageTimer) -> tuple[dict[str, Any], int, np.ndarray, np.ndarray, list[Any]]:
     """The index's manifest and visible documents, the kept layers, the targets' count profiles
     ``(P, L', width)`` and, per target, ``(codes, examples used)``: what every scoring needs."""
@@ -334,11 +254,11 @@ def profile_targets(fleet: Any, targets: Sequence[TargetRequest], index_dir: str
     manifest = described[0]["manifest"]
     visible = sum(d["visible_rows"] for d in described)
     if visible == 0:
-        raise NagIndexError(f"index {index_dir} holds no documents")
+        raise NagIndexError(f"index {spec.index_dir} holds no documents")
     with timer("target"):
-        encoded = [_target_codes(t, Path(index_dir), manifest, max_examples, example_seed, device, notes)
-                   for t in targets]
-    kept = resolve_layers(layers, manifest["num_layers"])
+        encoded = [_target_codes(t, Path(spec.index_dir), manifest, spec.max_examples, spec.example_seed,
+                                 spec.device, notes) for t in spec.targets]
+    kept = resolve_layers(spec.layers, manifest["num_layers"])
     with timer("profile"):
         profiles = np.stack([count_profile(c, manifest["width"], kept) for c, _ in encoded])
     return manifest, visible, kept, profiles, encoded
@@ -364,16 +284,13 @@ def mix(mixture: str | os.PathLike | Mapping[str, Any] | Any, index_dir: str | o
                  mode=mixture.mode, dedup=mixture.dedup, **options)
 
 
-def _input_paths(targets: Sequence[TargetRequest], quality_file: Any = None) -> list[str]:
-    """The files a query reads besides the index: target files, feature files, the quality file."""
-    return [t.value for t in targets if t.kind != "name"] + ([str(quality_file)] if quality_file else [])
-
-
 def default_output(targets: Sequence[TargetRequest], stem: str | None = None) -> str:
     """``<targets>.parquet`` in the working folder (``arc_challenge.parquet``), or
     ``<targets>.selection.parquet`` where the plain name is a target file of the query itself."""
     stem = stem or "+".join(t.display for t in targets) or "selection"
-    inputs = {Path(p).resolve() for p in _input_paths(targets)}
+    from nagindex.query.spec import input_paths
+
+    inputs = {Path(p).resolve() for p in input_paths(targets)}
     return f"{stem}.parquet" if Path(f"{stem}.parquet").resolve() not in inputs else f"{stem}.selection.parquet"
 
 
@@ -483,20 +400,25 @@ def _table(columns: dict[str, Any]) -> Any:
     return pa.table({name: arrow_column(v) for name, v in columns.items()})
 
 
-def _write(result: QueryResult, out: str | os.PathLike, quota: Any, mode: str, dedup: bool, power: float,
-           approx: bool, targets: Sequence[TargetRequest], sampling: dict[str, Any],
-           index_dir: str | os.PathLike) -> Path:
+def _write(result: QueryResult, spec: QuerySpec, decontamination: dict[str, Any] | None, caps: Any,
+           clusters: dict[str, Any] | None) -> Path:
     from nagindex import __version__
     from nagindex.query.write import write_selection
 
     manifest = {
         "nagindex_version": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "index": str(Path(index_dir).resolve()), "index_rows": result.pool_docs,
+        "index": str(Path(spec.index_dir).resolve()), "index_rows": result.pool_docs,
         "targets": [{"kind": t.kind, "value": t.value, "weight": t.weight, "filters": dict(t.filters),
-                     "label": t.display, "examples": n} for t, n in zip(targets, result.examples)],
-        **sampling,
-        "quota": {k: v for k, v in vars(quota).items() if v is not None}, "mode": mode, "dedup": dedup,
-        "power": power, "layers": [int(x) for x in result.layers], "approx": approx,
+                     "label": t.display, "examples": n} for t, n in zip(spec.targets, result.examples)],
+        "max_examples": spec.max_examples, "example_seed": spec.example_seed,
+        "sample": {"temperature": spec.temperature, "seed": spec.seed} if spec.sample else None,
+        "decontamination": decontamination,
+        "group_caps": None if spec.group_by is None else {"group_by": spec.group_by,
+                                                          "max_group_share": spec.max_group_share,
+                                                          "quotas": dict(caps.quotas)},
+        "one_per_cluster": clusters,
+        "quota": {k: v for k, v in vars(spec.quota).items() if v is not None}, "mode": spec.mode,
+        "dedup": spec.dedup, "power": spec.power, "layers": [int(x) for x in result.layers], "approx": spec.approx,
         "rows": len(result), "tokens": result.tokens, "notes": result.notes,
     }
-    return write_selection(out, result.table, manifest)
+    return write_selection(spec.out, result.table, manifest)

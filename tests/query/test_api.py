@@ -50,3 +50,27 @@ def test_targets_as_strings_and_mappings():
         as_targets(["arc_challenge", {"weight": 2}])
     with pytest.raises(InputError, match=r"field '\[0\].weight': expected a number > 0"):
         as_targets([{"name": "mmlu", "weight": 0}])
+
+
+def test_a_query_spec_is_validated_once_before_any_work(tmp_path):
+    """Every query option reaches the engine as one ``QuerySpec``: unknown options, a missing or double quota
+    and options that make no sense together are refused before the index is even opened."""
+    from nagindex.errors import NagIndexError
+    from nagindex.query.run import query
+    from nagindex.query.spec import QuerySpec
+
+    missing = tmp_path / "no-index"  # never opened: every error below comes first
+    spec = QuerySpec.of("arc_challenge:2", missing, k=5, max_group_share=None)
+    assert spec.targets[0].weight == 2.0 and spec.quota.k == 5 and spec.scoring_device == "cpu"
+    for options, message in [({"k": 5, "topk": 3}, "unknown query option.*topk"),
+                             ({"k": 5, "fraction": 0.1}, "exactly one of k, tokens, fraction"),
+                             ({}, "exactly one of k, tokens, fraction"),
+                             ({"k": 5, "mode": "mixed"}, "mode 'mixed'"),
+                             ({"k": 5, "sample": True, "temperature": 0}, "temperature must be a positive"),
+                             ({"k": 5, "quality_file": "q.jsonl"}, "needs --quality-col"),
+                             ({"k": 5, "max_group_share": 0.2}, "need --group-by"),
+                             ({"k": 5, "group_by": "lang", "max_group_share": 0.2}, "a column needs --group-file")]:
+        with pytest.raises(NagIndexError, match=message):
+            query("arc_challenge", missing, **options)
+    with pytest.raises(NagIndexError, match="no target"):
+        query([], missing, k=5)

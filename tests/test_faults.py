@@ -317,7 +317,7 @@ def test_a_lost_ray_worker_is_an_error_and_the_same_command_resumes(golden_dir, 
     corpus = _corpus(golden_dir, tmp_path)
     kw = dict(backbone=str(golden_dir / "model"), top_k=8, max_length=64, commit_every=4, device="cpu",
               ray_address="local", ray_workers=1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with monkeypatch.context() as m:
             m.setattr(distributed, "_EncodeWorker", DiesOnSecondWindow)

@@ -256,13 +256,16 @@ def _run_ray(catalog: Any, jobs: list[tuple[int, list[Any]]], address: str, gpus
              options: dict[str, Any]) -> list[dict[str, Any]]:
     """One Ray task per shard with work, scheduled where the cluster has room (a GPU each where it has them).
 
-    A task whose worker dies is retried by Ray; the retry resumes the shard from its last commit.
+    A task whose worker dies is retried by Ray; the retry resumes the shard from its last commit. A cluster
+    lost mid-run is an error naming it within ``cluster.connect_timeout()`` seconds, not a wait for Ray.
     """
-    from nagindex.cluster import connect
+    from nagindex.cluster import ClusterWatch, connect
 
     if not jobs:
         return []
     ray = connect(address)
+    kept = "every shard keeps what it committed: run the same command again to resume"
+    watch = ClusterWatch(ray, address, kept)
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= len(jobs) else 0.0
     task = ray.remote(num_gpus=gpus, max_retries=3, retry_exceptions=False)(_ingest_shard)
@@ -271,13 +274,15 @@ def _run_ray(catalog: Any, jobs: list[tuple[int, list[Any]]], address: str, gpus
     results = []
     for i, ref in refs.items():
         try:
-            results.append(ray.get(ref))
+            results.append(watch.get(ref))
             catalog.shards[i]["node_ip"] = results[-1]["node_ip"]
         except ray.exceptions.RayError as exc:
             if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, NagIndexError):
                 raise exc.cause from None
-            raise NagIndexError(f"shard {catalog.shards[i]['name']} could not be ingested on Ray ({exc}); every "
-                                "shard keeps what it committed: run the same command again to resume") from exc
+            if watch.gone():
+                raise watch.lost(f"Ray says: {exc}") from exc
+            raise NagIndexError(f"shard {catalog.shards[i]['name']} could not be ingested on Ray ({exc}); "
+                                f"{kept}") from exc
     return results
 
 

@@ -21,7 +21,7 @@ def test_ray_ingest_equals_local(golden_dir, tmp_path, tiny_backbone):
     corpus.write_text("".join(json.dumps({"docid": r["docid"], "doc": r["doc"]}) + "\n" for r in rows)
                       + json.dumps({"docid": "pool_00", "doc": "duplicate id in another window"}) + "\n")
     model = str(golden_dir / "model")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         res = ingest([corpus], tmp_path / "ray", backbone=model, top_k=8, max_length=64, commit_every=4,
                      device="cpu", ray_address="local", ray_workers=2)

@@ -120,7 +120,7 @@ def test_ray_sharded_ingest_equals_one_shard(golden_dir, corpus, tmp_path):
     ingest([corpus], tmp_path / "one", backbone=model, **SETTINGS)
     target = {"features": str(golden_dir / "features_fwd_up_only/target/target.jsonl")}
     expected = query(target, tmp_path / "one", fraction=0.4, with_text=True).table
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         res = ingest([corpus], tmp_path / "ray", backbone=model, shards=3, ray_address="local", **SETTINGS)
         # each shard scored by its own actor, on the node the catalog records; texts read there

@@ -62,6 +62,7 @@ def connect(address: str) -> Any:
     target = _resolve(address)
     _await_port(target, address, deadline, bound)
     if "://" not in target:
+        _enable_token_if_available()
         _check_gcs(target, address, deadline, bound)
     ray.init(address=address, **_INIT)
     return ray
@@ -82,8 +83,6 @@ def _resolve(address: str) -> str:
                                 "`ray start` cluster runs here): start one (`ray start --head`), give its "
                                 "address, or use --ray-address local for a private cluster on this "
                                 "machine") from None
-        if not env:  # as ray.init("auto") does for a cluster it found itself: send the token if there is one
-            _enable_token_if_available()
         return found
     if "://" in address:
         return address
@@ -94,8 +93,10 @@ def _resolve(address: str) -> str:
 
 
 def _enable_token_if_available() -> None:
-    """Ray >= 2.52 turns token authentication on for an ``auto`` cluster when a token exists; probing that
-    cluster before ``ray.init`` must send the same token. Older Rays have no token authentication."""
+    """Send this machine's Ray token (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN``) to a cluster joined by address,
+    unless ``RAY_AUTH_MODE`` says otherwise: ``ray start`` turns authentication on wherever a token exists
+    (Ray >= 2.52), while ``ray.init(address)`` sends one only for ``auto``. A cluster without authentication
+    ignores the token, so a team's ``ray start --head`` works either way. Older Rays have no tokens."""
     try:
         from ray._private.authentication.authentication_token_setup import \
             maybe_enable_token_auth_if_token_available

@@ -12,14 +12,10 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +24,7 @@ import pytest
 
 from nagindex.index.sharded import open_index
 from nagindex.ingest.run import ingest
+from tests.raycluster import free_port, kill_head, ray_head
 
 pytest.importorskip("ray")
 
@@ -85,12 +82,6 @@ main(sys.argv[3:], prog_name="nagindex")
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """This environment without Ray's pointers to a cluster or token, a home of its own (a private
     cluster writes its token to ~/.ray) and the short connect bound."""
@@ -106,39 +97,6 @@ def _connect(address: str, env: dict[str, str], *, no_running_gcs: bool = False)
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {**json.loads(proc.stdout.splitlines()[-1]), "stderr": proc.stderr}
-
-
-@contextmanager
-def _ray_head(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``ray start --head --block`` on ports of its own, in its own process group (killed with it, never
-    ``ray stop``, which stops every cluster on the machine); yields its address and process."""
-    port = _free_port()
-    temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    log = temp / "head.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-                                 "--port", str(port), "--temp-dir", str(temp), "--num-cpus", "2",
-                                 "--include-dashboard", "false", "--disable-usage-stats"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while "will now block" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start failed:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}", proc
-    finally:
-        _kill(proc)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    """The head and every process it started, at once: a lost machine."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-5"])
@@ -158,7 +116,7 @@ def test_the_bound_must_be_a_positive_number_of_seconds(monkeypatch, value):
 
 @pytest.mark.parametrize("pointer", ["RAY_ADDRESS", "current-cluster file"])
 def test_local_starts_a_private_cluster_whatever_ray_last_pointed_at(tmp_path, pointer):
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     ray_tmp = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))  # Ray's default temp dir (RAY_TMPDIR/ray)
     try:
         (ray_tmp / "ray").mkdir()
@@ -175,7 +133,7 @@ def test_local_starts_a_private_cluster_whatever_ray_last_pointed_at(tmp_path, p
 
 
 def test_an_unreachable_address_fails_within_the_bound_naming_it(tmp_path):
-    port = _free_port()
+    port = free_port()
     out = _connect(f"127.0.0.1:{port}", _env(tmp_path))
     assert out["elapsed"] < BOUND + MARGIN
     assert out["error"].startswith(f"cannot reach the Ray cluster at 127.0.0.1:{port} (")
@@ -198,7 +156,7 @@ def test_auto_without_a_running_cluster_says_so(tmp_path):
 
 @pytest.mark.parametrize("pointer", ["RAY_ADDRESS", "current-cluster file"])
 def test_auto_pointed_at_a_dead_cluster_fails_within_the_bound_naming_it(tmp_path, pointer):
-    port = _free_port()
+    port = free_port()
     ray_tmp = Path(tempfile.mkdtemp(prefix="ra", dir="/tmp"))
     try:
         (ray_tmp / "ray").mkdir()
@@ -216,7 +174,7 @@ def test_auto_pointed_at_a_dead_cluster_fails_within_the_bound_naming_it(tmp_pat
 
 def test_a_wrong_token_is_one_error_naming_the_address_and_where_the_token_goes(tmp_path):
     token = secrets.token_hex(16)
-    with _ray_head(_env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)) as (address, _):
+    with ray_head(_env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)) as (address, _):
         right = _connect(address, _env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
         wrong = _connect(address, _env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16)))
         none = _connect(address, _env(tmp_path))
@@ -262,14 +220,14 @@ def test_a_head_lost_mid_ingest_fails_within_the_bound_and_local_resumes(golden_
                 *settings, "--ray-address", address]
         return subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True, **kw)
 
-    with _ray_head(env) as (address, head):
+    with ray_head(env) as (address, head):
         driver = run(address, stall)
         try:
             deadline = time.monotonic() + 240
             while not marker.exists():
                 assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()[-3000:]
                 time.sleep(0.2)
-            _kill(head)
+            kill_head(head)
             lost = time.monotonic()
             _, stderr = driver.communicate(timeout=120)
             took = time.monotonic() - lost
@@ -295,3 +253,56 @@ def test_a_head_lost_mid_ingest_fails_within_the_bound_and_local_resumes(golden_
     assert _rows(idx) == _rows(tmp_path / "one")
     if stall == "encoders":
         assert open_index(idx).docids.take(range(15)) == open_index(tmp_path / "one").docids.take(range(15))
+
+
+QUERY = """
+import sys, time
+from pathlib import Path
+from nagindex.cli import main
+from nagindex.query import rank
+
+go, marker = Path(sys.argv[1]), Path(sys.argv[2])
+histograms = rank.Ranking.histograms
+
+def after_the_scan(self, targets):  # the shards have scored; the coordinator waits until the head is gone
+    marker.touch()
+    while not go.exists():
+        time.sleep(0.05)
+    return histograms(self, targets)
+
+rank.Ranking.histograms = after_the_scan
+main(sys.argv[3:], prog_name="nagindex")
+"""
+
+
+def test_a_head_lost_mid_query_fails_within_the_bound_naming_it(tmp_path):
+    from tests.query import pools
+
+    files = pools.write_pool(tmp_path / "data", sizes=(50, 40))
+    target = pools.write_targets(tmp_path / "data")["alpha"]
+    idx = pools.build_index(files, tmp_path / "idx", 2)
+    env = _env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    go, marker = tmp_path / "go", tmp_path / "scored"
+    with ray_head(env) as (address, head):
+        driver = subprocess.Popen([sys.executable, "-c", QUERY, str(go), str(marker), "query", "--index", str(idx),
+                                   "--target-features", str(target), "--k", "5", "-o", str(tmp_path / "sel.parquet"),
+                                   "--ray-address", address], env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not marker.exists():
+                assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()[-3000:]
+                time.sleep(0.2)
+            kill_head(head)
+            lost = time.monotonic()
+            go.touch()
+            _, stderr = driver.communicate(timeout=120)
+            took = time.monotonic() - lost
+        finally:
+            driver.kill()
+    assert driver.returncode == 1, stderr[-3000:]
+    (error,) = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith(f"Error: lost the Ray cluster at {address} (GCS "), error
+    assert error.endswith("a query keeps nothing but its target cache: run it again once the cluster is back, "
+                          "or with --ray-address local"), error
+    assert took < BOUND + 3 * MARGIN, took
+    assert not (tmp_path / "sel.parquet").exists()

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from nagindex.cluster import connect
+from nagindex.cluster import ClusterWatch, connect
 from nagindex.errors import NagIndexError
 from nagindex.query.scan import ShardScan, is_readonly
 
@@ -271,6 +271,9 @@ class RayFleet(Fleet):
     def __init__(self, specs: Sequence[dict[str, Any]], address: str, idle_seconds: float | None = None,
                  gpus: float = 0.0) -> None:
         self.ray = ray = connect(address)
+        #: waits on the shards while checking the cluster is still there: a lost cluster fails within a bound
+        self.watch = ClusterWatch(ray, address, "a query keeps nothing but its target cache: run it again "
+                                                "once the cluster is back, or with --ray-address local")
         self.specs = list(specs)
         self.qid = uuid.uuid4().hex
         self.lease = lease_seconds()
@@ -326,11 +329,11 @@ class RayFleet(Fleet):
             try:
                 if ref is None:  # the actor or the session was lost: open it again, replay, call again
                     self.actors[i] = self._actor(i)
-                    ray.get(self._open(i))
+                    self.watch.get(self._open(i))
                     for past, past_args in self._log[i]:
-                        ray.get(self.actors[i].call.remote(self.qid, past, *past_args))
+                        self.watch.get(self.actors[i].call.remote(self.qid, past, *past_args))
                     ref = self._open(i) if step == "open" else self.actors[i].call.remote(self.qid, step, *args)
-                return ray.get(ref)
+                return self.watch.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, SessionGone) and attempt < RETRIES:
                     logger.warning("shard %s: session of query %s ended there; opening it again and replaying "
@@ -340,7 +343,10 @@ class RayFleet(Fleet):
                 if isinstance(exc.cause, NagIndexError):
                     raise type(exc.cause)(f"shard {spec['name'] or spec['path']}: {exc.cause}") from None
                 raise
-            except ray.exceptions.RayError as exc:  # the actor died or its node is gone
+            except ray.exceptions.RayError as exc:  # the actor died, its node is gone, or the whole cluster
+                if self.watch.gone():
+                    raise self.watch.lost(f"shard {spec['name'] or spec['path']} failed with "
+                                          f"{type(exc).__name__} while the cluster's GCS is down") from exc
                 if attempt == RETRIES:
                     raise NagIndexError(f"shard {spec['name'] or ''} ({spec['path']}) could not be reached on Ray after "
                                         f"{RETRIES + 1} attempts ({type(exc).__name__}): the query is stopped rather "

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -129,19 +128,9 @@ def test_a_touched_source_is_checked_in_place(indexed):
     assert query(target, idx, k=10, with_text=True).table.equals(before)
 
 
-def _pool_with_texts(root: Path) -> list[Path]:
-    """``pools.write_pool`` feature files that also carry each document's text (a ``doc`` field)."""
-    files = pools.write_pool(root, sizes=(40, 7, 60))
-    for path in files:
-        rows = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
-        path.write_text("".join(json.dumps({**r, "doc": f"text of {r['docid']}"}, ensure_ascii=False) + "\n"
-                                for r in rows), "utf-8")
-    return files
-
-
 def test_a_sharded_index_is_reattached_in_every_shard_and_its_catalog(tmp_path):
     corpus = tmp_path / "data"
-    files = _pool_with_texts(corpus)
+    files = pools.write_pool(corpus, sizes=(40, 7, 60), texts=lambda docid: f"text of {docid}")
     (tmp_path / "targets").mkdir()
     target = {"features": str(pools.write_targets(tmp_path / "targets")["alpha"])}
     idx = pools.build_index(files, tmp_path / "idx", shards=2)

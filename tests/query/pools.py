@@ -8,6 +8,7 @@ uneven, and with more shards than files some shards stay empty.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,10 @@ def codes_like(rng: np.random.Generator, n: int, topic: int) -> np.ndarray:
     return np.argsort(-noise, axis=2)[:, :, :top_k].astype(np.uint16)
 
 
-def write_pool(root: Path, sizes: tuple[int, ...] = (700, 60, 1500, 5, 240), seed: int = 0) -> list[Path]:
-    """Feature files of the given sizes plus ``payload.jsonl`` (token counts, some zero); returns the files."""
+def write_pool(root: Path, sizes: tuple[int, ...] = (700, 60, 1500, 5, 240), seed: int = 0,
+               texts: Callable[[str], str] | None = None) -> list[Path]:
+    """Feature files of the given sizes plus ``payload.jsonl`` (token counts, some zero); returns the files.
+    ``texts``: each record also carries ``texts(docid)`` as its ``doc`` field (``--with-text`` reads it back)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     files, payload, start = [], [], 0
@@ -48,6 +51,10 @@ def write_pool(root: Path, sizes: tuple[int, ...] = (700, 60, 1500, 5, 240), see
         codes = codes_like(rng, n, topic=f % 3)
         path = root / f"part{f}.jsonl"
         write_features(path, ids, codes)
+        if texts is not None:
+            rows = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+            path.write_text("".join(json.dumps({**r, "doc": texts(r["docid"])}, ensure_ascii=False) + "\n"
+                                    for r in rows), "utf-8")
         tokens = rng.integers(0, 400, n)
         tokens[rng.random(n) < 0.05] = 0
         payload += [{"docid": d, "token_num": int(t)} for d, t in zip(ids, tokens)]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,13 +32,22 @@ ROOT = Path(__file__).resolve().parents[2]
 def data(tmp_path_factory) -> dict[str, Path]:
     from nagindex.index.clusters import build_clusters
 
+    from nagindex.query.decontam import test_requests
+
+    (_, _, questions), = list(test_requests("arc_challenge"))
     root = tmp_path_factory.mktemp("sessions")
-    files = pools.write_pool(root / "data")
+    # every document has a text; one in 40 is an ARC-Challenge test question (decontamination removes it)
+    files = pools.write_pool(root / "data", texts=lambda docid: questions[zlib.crc32(docid.encode()) % len(questions)]
+                             if _planted(docid) else f"an ordinary passage, {docid}")
     out = dict(pools.write_targets(root / "data"))
     out["quality"] = pools.write_quality(root / "data", files)
     out["idx"] = pools.build_index(files, root / "idx3", 3)
     build_clusters(out["idx"], radius=1400, method="flat")
     return out
+
+
+def _planted(docid: str) -> bool:
+    return zlib.crc32(docid.encode()) % 40 == 0
 
 
 def _forms(d: dict[str, Path]) -> dict[str, tuple[list[TargetRequest], dict]]:
@@ -53,6 +63,7 @@ def _forms(d: dict[str, Path]) -> dict[str, tuple[list[TargetRequest], dict]]:
         "caps": ([t("alpha")], {"fraction": 0.2, "group_by": "source", "max_group_share": 0.4}),
         "cluster": ([t("beta")], {"k": 60, "one_per_cluster": True}),
         "power": ([t("alpha"), t("gamma")], {"k": 60, "power": 0.5}),
+        "decontam": ([t("alpha")], {"fraction": 0.5, "decontaminate_against": "arc_challenge", "with_text": True}),
     }
 
 
@@ -65,10 +76,16 @@ def alone(data) -> dict[str, object]:
     return {form: query(targets, data["idx"], **options).table for form, (targets, options) in _forms(data).items()}
 
 
-def test_one_per_cluster_is_really_exercised(data, alone):
+def test_every_form_really_keeps_its_state(data, alone):
+    """One per cluster changes the selection, decontamination removes planted test questions."""
     targets, options = _forms(data)["cluster"]
     plain = query(targets, data["idx"], k=60).table
     assert plain.column("docid").to_pylist() != alone["cluster"].column("docid").to_pylist()
+    targets, options = _forms(data)["decontam"]
+    res = query(targets, data["idx"], **options)
+    removed = res.contamination.column("docid").to_pylist()
+    assert len(removed) > 3 and all(_planted(d) for d in removed)
+    assert res.table.equals(alone["decontam"])
 
 
 def test_concurrent_local_queries_in_threads(data, alone):
@@ -87,7 +104,7 @@ def cluster():
 
     from nagindex.cluster import connect
 
-    with ray_head() as address:
+    with ray_head() as (address, _):
         connect(address)  # as every nagindex process joins it (token authentication where the head has it)
         try:
             yield address
@@ -142,7 +159,8 @@ def _kill(ray, actor) -> None:
 @pytest.mark.parametrize("form, step, when", [
     ("paper", "score", "after"), ("paper", "histogram", "after"), ("union", "candidates", "after"),
     ("quality", "combine", "after"), ("sample", "sample", "after"), ("caps", "candidates", "after"),
-    ("cluster", "candidates", "after"), ("paper", "fetch", "before"),
+    ("cluster", "candidates", "after"), ("decontam", "exclude", "after"), ("decontam", "contamination", "after"),
+    ("decontam", "fetch", "before"),
 ])
 def test_a_lost_actor_is_rebuilt_by_re_execution(data, alone, cluster, monkeypatch, form, step, when):
     """Kill shard 1's actor right after (or before) the first step of a kind: the query's answer is the
@@ -177,21 +195,21 @@ def test_exclusions_survive_a_lost_actor(data, cluster, monkeypatch):
     from nagindex.query.fleet import LocalFleet, RayFleet
     from nagindex.query.run import profile_targets
     from nagindex.query.scan import ScorePlan
-    from nagindex.query.quota import Quota
+    from nagindex.query.spec import QuerySpec
     from nagindex.progress import StageTimer
 
     def select(fleet, kill: bool):
-        targets = [TargetRequest("features", str(data["alpha"]))]
-        _, _, kept, profiles, _ = profile_targets(fleet, targets, data["idx"], None, None, 0, "cpu", [], StageTimer())
+        spec = QuerySpec.of([TargetRequest("features", str(data["alpha"]))], data["idx"], k=90)
+        _, _, kept, profiles, _ = profile_targets(fleet, spec, [], StageTimer())
         rounds = []
 
-        def check(ids):  # every third new id is "contaminated"
+        def check(ids):  # a third of the rows are "contaminated"
             rounds.append(len(ids))
             if kill and len(rounds) == 2:
                 _kill(ray, fleet.actors[1])
-            return np.sort(ids)[::3]
+            return ids[ids % 3 == 0]
 
-        picked, _ = rank.select(fleet, ScorePlan(profiles, tuple(int(x) for x in kept)), Quota(k=90), [1.0],
+        picked, _ = rank.select(fleet, ScorePlan(profiles, tuple(int(x) for x in kept)), spec.quota, [1.0],
                                 "paper", False, check)
         return picked, rounds
 

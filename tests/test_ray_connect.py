@@ -16,14 +16,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from nagindex.index.sharded import open_index
 from nagindex.ingest.run import ingest
+from tests.ingest.test_sharded import _rows
 from tests.raycluster import free_port, kill_head, ray_head
 
 pytest.importorskip("ray")
@@ -198,11 +199,28 @@ def _corpus(golden_dir: Path, root: Path, files: int) -> Path:
     return root
 
 
-def _rows(index_dir: Path) -> list[tuple]:
-    view = open_index(index_dir)
-    ids = view.docids.take(range(len(view)))
-    return sorted((d, np.asarray(view.codes[i]).tobytes(), int(view.token_counts[i]), int(view.positions[i]),
-                   view.sources[int(view.source_ids[i])]) for i, d in enumerate(ids))
+def _lose_head(driver: subprocess.Popen, head: subprocess.Popen, marker: Path, address: str,
+               then: Callable[[], object] = lambda: None) -> tuple[str, float]:
+    """Once ``driver`` reaches ``marker``, lose the cluster (its head and workers killed at once), then ``then()``;
+    the driver must fail with one "lost the Ray cluster" error: that line and the seconds from the loss to exit."""
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()[-3000:]
+            time.sleep(0.2)
+        kill_head(head)
+        lost = time.monotonic()
+        then()
+        _, stderr = driver.communicate(timeout=120)
+        took = time.monotonic() - lost
+    finally:
+        driver.kill()
+    assert driver.returncode == 1, stderr[-3000:]
+    (error,) = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith(f"Error: lost the Ray cluster at {address} (GCS "), error
+    print(error, f"({took:.1f} s)")
+    assert took < BOUND + 3 * MARGIN, took  # the bound, a last wait and the interpreter's exit
+    return error, took
 
 
 @pytest.mark.parametrize("stall", ["encoders", "shards"])
@@ -221,26 +239,10 @@ def test_a_head_lost_mid_ingest_fails_within_the_bound_and_local_resumes(golden_
         return subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True, **kw)
 
     with ray_head(env) as (address, head):
-        driver = run(address, stall)
-        try:
-            deadline = time.monotonic() + 240
-            while not marker.exists():
-                assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()[-3000:]
-                time.sleep(0.2)
-            kill_head(head)
-            lost = time.monotonic()
-            _, stderr = driver.communicate(timeout=120)
-            took = time.monotonic() - lost
-        finally:
-            driver.kill()
-    assert driver.returncode == 1, stderr[-3000:]
-    (error,) = [line for line in stderr.splitlines() if line.startswith("Error:")]
-    assert error.startswith(f"Error: lost the Ray cluster at {address} (GCS "), error
+        error, _ = _lose_head(run(address, stall), head, marker, address)
     kept = ("the windows committed before it are kept" if stall == "encoders"
             else "every shard keeps what it committed") + ": run the same command again to resume"
     assert error.endswith(kept), error
-    print(error, f"({took:.1f} s)")
-    assert took < BOUND + 3 * MARGIN, took  # the bound, a last wait and the interpreter's exit
     if stall == "encoders":
         assert len(open_index(idx)) == 4  # the first window
     else:
@@ -287,22 +289,7 @@ def test_a_head_lost_mid_query_fails_within_the_bound_naming_it(tmp_path):
         driver = subprocess.Popen([sys.executable, "-c", QUERY, str(go), str(marker), "query", "--index", str(idx),
                                    "--target-features", str(target), "--k", "5", "-o", str(tmp_path / "sel.parquet"),
                                    "--ray-address", address], env=env, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 240
-            while not marker.exists():
-                assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()[-3000:]
-                time.sleep(0.2)
-            kill_head(head)
-            lost = time.monotonic()
-            go.touch()
-            _, stderr = driver.communicate(timeout=120)
-            took = time.monotonic() - lost
-        finally:
-            driver.kill()
-    assert driver.returncode == 1, stderr[-3000:]
-    (error,) = [line for line in stderr.splitlines() if line.startswith("Error:")]
-    assert error.startswith(f"Error: lost the Ray cluster at {address} (GCS "), error
+        error, _ = _lose_head(driver, head, marker, address, then=go.touch)
     assert error.endswith("a query keeps nothing but its target cache: run it again once the cluster is back, "
                           "or with --ray-address local"), error
-    assert took < BOUND + 3 * MARGIN, took
     assert not (tmp_path / "sel.parquet").exists()

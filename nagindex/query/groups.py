@@ -102,13 +102,16 @@ def docid_prefixes(index_dir: str | os.PathLike, keys: list[str]) -> tuple[set[s
 
 
 def column_values(path: Path, id_field: str, column: str) -> list[str]:
-    """The distinct values of ``column`` in a group file, and ``(none)``: the groups of ``--group-by COLUMN``."""
+    """The distinct values of ``column`` in a group file, and ``(none)``: the groups of ``--group-by COLUMN``
+    (the file streamed in batches: memory of one batch and the distinct values)."""
     import pyarrow.compute as pc
 
-    from nagindex.sources.records import read_keyed_values
+    from nagindex.query.sidefile import keyed_batches
 
-    _, values = read_keyed_values(path, id_field, column, numeric=False)
-    return [v for v in pc.unique(values).to_pylist() if v is not None] + [NO_GROUP]
+    seen: dict[str, None] = {}
+    for _, values in keyed_batches(path, id_field, column, numeric=False):
+        seen.update(dict.fromkeys(v for v in pc.unique(values).to_pylist() if v is not None))
+    return [*seen, NO_GROUP]
 
 
 def _unknown(key: str, groups: list[str], where: str, group_by: str, more: bool = False) -> str:

@@ -121,13 +121,13 @@ def execute(spec: QuerySpec) -> QueryResult:
                          f"with the evaluation data of {', '.join(guard)} ({', '.join(read)}) and were left out")
         with timer("select"):
             names = [t.display for t in spec.targets]
-            columns = _columns(fleet, picked, names, spec.with_text, quality is not None)
-        table = _table(columns)
+            table = _columns(fleet, picked, names, spec.with_text, quality is not None)
+        tokens = int(table.column("token_count").to_numpy().sum())
         if picked.exhausted:
             notes.append(_shortfall_note(quota, pool, spec.group_by is not None, spec.one_per_cluster,
-                                         table.num_rows, int(np.asarray(columns["token_count"]).sum())))
+                                         table.num_rows, tokens))
         result = QueryResult(out=None, targets=names, table=table, exhausted=picked.exhausted,
-                             tokens=int(np.asarray(columns["token_count"]).sum()), pool_docs=pool.visible_rows,
+                             tokens=tokens, pool_docs=pool.visible_rows,
                              pool_tokens=pool.visible_tokens, notes=notes, layers=kept, profiles=profiles,
                              examples=[n for _, n in encoded], contamination=contamination)
         if spec.out is not None:
@@ -340,64 +340,19 @@ def feature_codes(t: TargetRequest, manifest: dict[str, Any]) -> np.ndarray:
     return np.stack(codes)
 
 
-def _columns(fleet: Any, picked: Any, names: list[str], with_text: bool, quality: bool) -> dict[str, Any]:
-    """The selection file's columns, in selection order: each shard fetches its selected rows, which are
+def _columns(fleet: Any, picked: Any, names: list[str], with_text: bool, quality: bool) -> Any:
+    """The selection file's table, in selection order: each shard fetches its selected rows, which are
     then put in order with one Arrow ``take`` (no Python object per row but the texts)."""
-    import pyarrow as pa
+    from nagindex.query.columns import selection_table
 
-    from nagindex.arrays import numeric_array
-
-    n, p = len(picked), len(names)
+    n = len(picked)
     by_part = np.argsort(picked.part, kind="stable")  # selection positions grouped by part, in part order
     bounds = np.searchsorted(picked.part[by_part], [spec["part"] for spec in fleet.specs] + [np.iinfo(np.int64).max])
     answers = fleet.fetch([picked.row[by_part[bounds[i]:bounds[i + 1]]] for i in range(len(fleet.specs))], with_text)
     to_order = np.empty(n, np.int64)
     to_order[by_part] = np.arange(n)  # selection position -> position in the parts' concatenation
-    take = numeric_array(to_order)
-
-    def gather(key: str) -> Any:
-        return pa.concat_arrays([a[key] for a in answers]).take(take)
-
-    def stack(key: str) -> np.ndarray:
-        return np.concatenate([a[key] for a in answers], axis=-1)[..., to_order]
-
-    offsets = np.cumsum([0] + [len(a["sources"]) for a in answers[:-1]])
-    source_ids = np.concatenate([a["source_id"] + off for a, off in zip(answers, offsets)])[to_order]
-    sources = pa.array([src for a in answers for src in a["sources"]], pa.string()).take(numeric_array(source_ids))
-    sims = stack("similarity").reshape(p, n)
-    target, at = picked.target, np.arange(n)
-    score = sims[target, at]
-    columns: dict[str, Any] = {"rank": np.arange(1, n + 1, dtype=np.int64), "docid": _narrow(gather("docid")),
-                               "score": score, "nag_distance": 1.0 - score, "token_count": stack("token_count"),
-                               "source": sources, "position": stack("position")}
-    if quality:
-        columns["combined_score"] = stack("combined").reshape(p, n)[target, at]
-    if p > 1:
-        columns["target"] = pa.array(names, pa.string()).take(numeric_array(target.astype(np.int64)))
-        for i, name in enumerate(names):
-            columns[f"score_{name}"] = sims[i]
-    if with_text:
-        texts = [t for a in answers for t in a["text"]]
-        columns["text"] = [texts[i] for i in to_order.tolist()]
-    return columns
-
-
-def _narrow(strings: Any) -> Any:
-    """A large_string column as ``string`` where its bytes allow (the type every selection file had)."""
-    import pyarrow as pa
-
-    try:
-        return strings.cast(pa.string())
-    except pa.ArrowInvalid:  # 2 GB of docids or more
-        return strings
-
-
-def _table(columns: dict[str, Any]) -> Any:
-    import pyarrow as pa
-
-    from nagindex.arrays import arrow_column
-
-    return pa.table({name: arrow_column(v) for name, v in columns.items()})
+    return selection_table(answers, to_order, np.arange(1, n + 1, dtype=np.int64), picked.target, names, with_text,
+                           quality)
 
 
 def _write(result: QueryResult, spec: QuerySpec, decontamination: dict[str, Any] | None, caps: Any,

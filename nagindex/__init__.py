@@ -10,6 +10,7 @@ The Python API (README, "Python API")::
     view = nagindex.open_index("idx")
     nagindex.extract(["pool.parquet"], "pool_features.jsonl")   # reference-format features
     nagindex.evaluate(["arc.parquet"], "idx", target="arc_challenge")  # vs random, held-out, proxy LMs
+    nagindex.write_training("arc.parquet", "train/", format="megatron")  # training shards, resumable
     nagindex.reattach_sources("idx", {"/data/corpus": "/mnt/corpus"})  # a moved corpus, checked record by record
 
 The functions are imported lazily so that ``import nagindex`` (and
@@ -31,6 +32,7 @@ _LAZY = {
     "mix": "nagindex.query.run:mix",
     "score": "nagindex.query.export:score_all",
     "evaluate": "nagindex.evaluate.run:evaluate",
+    "write_training": "nagindex.export.training:write_training",
     "source_states": "nagindex.ingest.relocate:source_states",
     "reattach_sources": "nagindex.ingest.relocate:reattach_sources",
 }

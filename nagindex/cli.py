@@ -583,6 +583,42 @@ def score(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ..
     click.echo(f"time: {res.timings}", err=True)
 
 
+@main.command(name="write-training")
+@click.argument("selection", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the parts and their manifest.json.")
+@click.option("--index", "index_dir", default=None, type=click.Path(exists=True),
+              help="The index the selection was made from [default: the one its manifest names].")
+@click.option("--format", "format", type=click.Choice(["parquet", "jsonl.zst", "megatron"]), default="parquet",
+              show_default=True, help="Texts (docid, text, rank), or Megatron-LM .bin/.idx token ids.")
+@click.option("--shard-size", default="512MB", show_default=True,
+              help="Bytes per part: UTF-8 text, or token ids for megatron (512MB, 1GB, 64KiB).")
+@click.option("--tokenizer", default="smollm2-135m", show_default=True,
+              help="megatron: a built-in backbone name (offline), a local HF folder or a hub id.")
+@click.option("--no-eos", "eos", flag_value=False, default=True, help="megatron: no end token after each document.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local worker processes (a group of sources each).")
+@click.option("--ray-address", default=None,
+              help="Write on Ray tasks instead: 'auto', 'local' or host:port (sources and -o on shared storage).")
+@_user_errors
+def write_training(selection: str, **kw: Any) -> None:
+    """Write the documents of a SELECTION (from `query` or `mix`) as training shards.
+
+    Texts are read back from the sources and checked as --with-text checks them; each
+    worker reads only its own sources, streaming. Kill it, run it again: it resumes.
+
+    \b
+      nagindex write-training arc.parquet -o train/ --format jsonl.zst --shard-size 1GB
+      nagindex write-training arc.parquet -o megatron/ --format megatron --workers 8
+    """
+    from nagindex.export.training import write_training as run_write
+
+    res = run_write(selection, **kw)
+    click.echo(f"{res.documents:,} documents, {res.bytes:,} bytes in {len(res.parts)} part(s) -> {res.out}"
+               + (f" ({res.skipped_tasks} task(s) already written)" if res.skipped_tasks else ""))
+    click.echo(f"time: {res.timings}", err=True)
+
+
 # ---------------------------------------------------------------- evaluate
 @main.command()
 @click.argument("selections", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))

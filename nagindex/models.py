@@ -289,6 +289,24 @@ def load_backbone(
     return Backbone(name=name, model=model, tokenizer=tokenizer, weights_sha256=sha, device=dev, dtype=torch_dtype)
 
 
+def load_tokenizer(name: str = DEFAULT_BACKBONE) -> Any:
+    """A tokenizer by the names ``load_backbone`` takes: a built-in name loads the tokenizer embedded in its
+    GGUF (offline, and without converting the weights, which a tokenizer does not need), anything else is
+    ``AutoTokenizer.from_pretrained`` (a local folder or a hub id), never with ``trust_remote_code``."""
+    from transformers import AutoTokenizer
+
+    preset = backbone_preset(name)
+    model_id = preset["model"] if preset else name
+    try:
+        if model_id in _EMBEDDED:
+            gguf = embedded_gguf(model_id)
+            return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return AutoTokenizer.from_pretrained(model_id, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise NagIndexError(f"cannot load the tokenizer {name!r}: {exc}. Use a built-in name "
+                            f"({', '.join(_EMBEDDED)}), a local HF folder, or a hub id with network access") from exc
+
+
 def _hub_weights_sha(repo_id: str) -> str:
     """Weights hash of a hub model, read from its (now cached) snapshot folder."""
     from huggingface_hub import snapshot_download

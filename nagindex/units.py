@@ -64,3 +64,18 @@ def format_count(n: int | float) -> str:
         if scaled < 1000:
             break
     return f"{sign}{scaled:.1f}".rstrip("0").rstrip(".") + suffix
+
+
+_SIZE_RE = re.compile(r"^(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[KMGT]?)(?P<binary>i?)B?$", re.IGNORECASE)
+
+
+def parse_size(value: str | int) -> int:
+    """Parse a byte size: ``512MB``, ``1.5GB``, ``64KiB``, ``4096`` (decimal K/M/G/T, binary with ``i``).
+    Rounded down to whole bytes: a file size target, unlike a budget, has no exactness to lose."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    match = _SIZE_RE.match(str(value).strip()) if not isinstance(value, bool) else None
+    if match is None or not Decimal(match["num"]) > 0:
+        raise NagIndexError(f"invalid size {value!r}: expected a positive number of bytes like 512MB, 1GB, 64KiB")
+    power = "KMGT".find(match["unit"].upper()) + 1 if match["unit"] else 0
+    return max(1, int(Decimal(match["num"]) * (1024 if match["binary"] else 1000) ** power))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nagindex.errors import NagIndexError
-from nagindex.units import format_count, parse_count
+from nagindex.units import format_count, parse_count, parse_size
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -34,3 +34,17 @@ def test_format_count(n, text):
 def test_round_trip():
     for n in (1000, 50_000, 1_500_000, 30 * 10**9):
         assert parse_count(format_count(n)) == n
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("512MB", 512_000_000), ("1.5GB", 1_500_000_000), ("64KiB", 65_536), ("4096", 4096), ("3kb", 3000),
+    ("2 GiB", 2 * 1024**3), (7, 7), ("1.5", 1),
+])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "0", "MB", "-1MB", "5XB", 0, -3, True])
+def test_parse_size_rejects(bad):
+    with pytest.raises(NagIndexError, match="invalid size"):
+        parse_size(bad)

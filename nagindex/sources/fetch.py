@@ -7,6 +7,7 @@ unchanged since the ingest and the record there carries the indexed docid.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,38 +47,49 @@ def fetch_texts(sources: Sequence[str], positions: np.ndarray, docids: Sequence[
     for i, (src, pos) in enumerate(zip(sources, positions.tolist())):
         wanted[src][pos].append(i)
     out: list[str] = [""] * len(sources)
-    fields = Fields(text_field, id_field, None, template=text_template)
     for src, rows in wanted.items():
-        try:
-            (item,) = input_files([src])
-        except (NagIndexError, ValueError, OSError) as exc:
-            raise SourceTextError(f"{src}: cannot read the source of {sum(map(len, rows.values()))} selected "
-                                  f"document(s) back ({exc}): restore it, or if it moved, re-attach it where it is "
-                                  f"now (`nagindex sources --index IDX --move {src} NEW_PATH`, or a folder of it "
-                                  "and the new folder)") from None
-        recorded = (states or {}).get(src)
-        if recorded is not None:
-            now = item.state()
-            if (recorded.get("size"), recorded.get("mtime")) != (now["size"], now["mtime"]):
-                raise SourceTextError(f"{src} changed since it was ingested (size {recorded.get('size')} -> "
-                                      f"{now['size']}, or its modification time): its records may no longer be the "
-                                      "indexed documents; if it is a copy of them, `nagindex sources --index IDX "
-                                      f"--move {src} {src}` checks every record and re-attaches it, else ingest it "
-                                      "again")
-        found: set[int] = set()
-        for rec in read_input(item, fields=fields, start=min(rows)):
-            if isinstance(rec, Document) and rec.position in rows:
-                for i in rows[rec.position]:
-                    if rec.docid != docids[i]:
-                        raise SourceTextError(f"{src}: the record at position {rec.position} is {rec.docid!r}, not "
-                                              f"the indexed {docids[i]!r}: the source changed since it was ingested "
-                                              "(ingest it again)")
-                    out[i] = rec.text
-                found.add(rec.position)
-                if len(found) == len(rows):
-                    break
-        if len(found) < len(rows):
-            missing = sorted(set(rows) - found)
-            raise SourceTextError(f"{src}: {len(missing)} indexed record(s) are no longer there (positions "
-                                  f"{missing[:3]}): the source changed since it was ingested (ingest it again)")
+        for i, text in source_texts(src, rows, docids, text_field=text_field, id_field=id_field,
+                                    text_template=text_template, recorded=(states or {}).get(src)):
+            out[i] = text
     return out
+
+
+def source_texts(src: str, rows: Mapping[int, list[int]], docids: Sequence[str], *, text_field: str,
+                 id_field: str, text_template: str | None = None,
+                 recorded: dict[str, Any] | None = None) -> Iterator[tuple[int, str]]:
+    """``(i, text)`` for the wanted records of one source, streamed in the source's order, checked as
+    ``fetch_texts`` checks them: ``rows`` maps a position to the indices ``i`` (into ``docids``) wanting it,
+    ``recorded`` is the source's ingest record (size, change stamp). A generator, so a caller writing the
+    texts out (``nagindex write-training``) holds one batch of them, not a whole source's."""
+    try:
+        (item,) = input_files([src])
+    except (NagIndexError, ValueError, OSError) as exc:
+        raise SourceTextError(f"{src}: cannot read the source of {sum(map(len, rows.values()))} selected "
+                              f"document(s) back ({exc}): restore it, or if it moved, re-attach it where it is "
+                              f"now (`nagindex sources --index IDX --move {src} NEW_PATH`, or a folder of it "
+                              "and the new folder)") from None
+    if recorded is not None:
+        now = item.state()
+        if (recorded.get("size"), recorded.get("mtime")) != (now["size"], now["mtime"]):
+            raise SourceTextError(f"{src} changed since it was ingested (size {recorded.get('size')} -> "
+                                  f"{now['size']}, or its modification time): its records may no longer be the "
+                                  "indexed documents; if it is a copy of them, `nagindex sources --index IDX "
+                                  f"--move {src} {src}` checks every record and re-attaches it, else ingest it "
+                                  "again")
+    fields = Fields(text_field, id_field, None, template=text_template)
+    found: set[int] = set()
+    for rec in read_input(item, fields=fields, start=min(rows)):
+        if isinstance(rec, Document) and rec.position in rows:
+            for i in rows[rec.position]:
+                if rec.docid != docids[i]:
+                    raise SourceTextError(f"{src}: the record at position {rec.position} is {rec.docid!r}, not "
+                                          f"the indexed {docids[i]!r}: the source changed since it was ingested "
+                                          "(ingest it again)")
+                yield i, rec.text
+            found.add(rec.position)
+            if len(found) == len(rows):
+                break
+    if len(found) < len(rows):
+        missing = sorted(set(rows) - found)
+        raise SourceTextError(f"{src}: {len(missing)} indexed record(s) are no longer there (positions "
+                              f"{missing[:3]}): the source changed since it was ingested (ingest it again)")

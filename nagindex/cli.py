@@ -373,7 +373,8 @@ def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True)),
         click.option("-o", "--output", "out", type=click.Path(),
-                     help="Selection file, .parquet or .jsonl [default: <target>.parquet]."),
+                     help="Selection file, .parquet or .jsonl [default: <target>.parquet]; a folder name (no "
+                          "suffix): each shard writes its part of the selection there (for large selections)."),
         click.option("--layers", default=None, help="Layers to score: all (default), last, first, or a list like 0,5,-1."),
         click.option("--power", default=1.0, show_default=True, help="Profile weights c^p / sum c^p."),
         click.option("--quality-file", type=click.Path(exists=True), help="parquet/jsonl with docid and a quality column."),
@@ -429,7 +430,7 @@ def _echo_result(res: Any) -> None:
 
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
-    sim = res.table.column("score").to_numpy()
+    sim = res.table.column("score").to_numpy() if res.table is not None else []  # None: written by the shards
     span = f", score {sim.min():.4f}..{sim.max():.4f}" if len(sim) else ""
     click.echo(f"selected {len(res):,} of {res.pool_docs:,} documents, {format_count(res.tokens)} of "
                f"{format_count(res.pool_tokens)} tokens{span}" + (f" -> {res.out}" if res.out else ""))

@@ -90,8 +90,8 @@ class Fleet:
     def histogram(self, binnings: list[Any]) -> list[Any]:
         return self._all("histogram", binnings)
 
-    def candidates(self, target: int, binning: Any, cut: int, need: Any) -> list[Any]:
-        return self._all("candidates", target, binning, cut, need)
+    def candidates(self, target: int, binning: Any, cut: int, need: Any, edge_only: bool = False) -> list[Any]:
+        return self._all("candidates", target, binning, cut, need, edge_only)
 
     def fetch(self, rows: Sequence[np.ndarray], with_text: bool) -> list[dict[str, Any]]:
         """Shard ``i`` fetches ``rows[i]``."""
@@ -103,6 +103,27 @@ class Fleet:
 
     def contamination(self, rows: Sequence[np.ndarray], benchmarks: Any) -> list[Any]:
         return self._run("contamination", [(r, benchmarks) for r in rows])
+
+    def choose(self, target: int, binning: Any, cut: int, edge: Sequence[np.ndarray]) -> None:
+        """Shard ``i`` chooses its rows before bin ``cut`` and ``edge[i]`` for ``target`` (``parts.py``)."""
+        self._run("choose", [(target, binning, cut, e) for e in edge])
+
+    def check_chosen(self, benchmarks: Any) -> list[list[Any]]:
+        return self._all("check_chosen", benchmarks)
+
+    def sort_chosen(self, target: int) -> list[int]:
+        return self._all("sort_chosen", target)
+
+    def chosen_keys(self, target: int, starts: Sequence[int], counts: Sequence[int]) -> list[Any]:
+        return self._run("chosen_keys", [(target, a, n) for a, n in zip(starts, counts)])
+
+    def write_chosen(self, target: int, starts: Sequence[int], ranks: Sequence[np.ndarray], paths: Sequence[str],
+                     names: list[str], with_text: bool, quality: bool) -> None:
+        self._run("write_chosen", [(target, a, r, path, names, with_text, quality)
+                                   for a, r, path in zip(starts, ranks, paths)])
+
+    def finish_part(self) -> list[Any]:
+        return self._all("finish_part")
 
     def close(self) -> None:
         raise NotImplementedError

@@ -69,6 +69,19 @@ class Caps:
                          for share in (self.quotas.get(g, self.share) for g in groups)], dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """Where a quota ends in a target's key histogram: every eligible row in a bin before ``cut`` is taken
+    (``rows`` of them, ``tokens`` in all), and of bin ``cut`` the rows ``need`` still reaches (``need`` None:
+    the quota reaches past every row, ``cut`` is ``binning.bins``)."""
+
+    binning: Binning
+    cut: int
+    need: Need | None
+    rows: int
+    tokens: int
+
+
 @dataclass
 class Picked:
     """Selected rows in selection order: ``part``, ``row`` (within the part), the choosing ``target``."""
@@ -149,6 +162,21 @@ class Ranking:
                     self._hist[t][0][:] += h[0]
                     self._hist[t][1][:] += h[1]
 
+    def threshold(self, t: int, rows: int | None = None, tokens: int | None = None) -> Threshold:
+        """Where target ``t``'s first ``rows``, or its budget prefix of ``tokens``, ends in its key histogram."""
+        self.histograms([t])
+        counts, token_sums = self._hist[t]
+        spent = np.cumsum(counts if rows is not None else token_sums)
+        limit = rows if rows is not None else tokens
+        cut = int(np.searchsorted(spent, limit, side="left" if rows is not None else "right"))
+        binning = self.binnings[t]
+        if cut >= len(spent):  # the quota reaches past every eligible row
+            return Threshold(binning, binning.bins, None, int(counts.sum()), int(token_sums.sum()))
+        before_rows, before_tokens = (int(counts[:cut].sum()), int(token_sums[:cut].sum()))
+        before = before_rows if rows is not None else before_tokens
+        need = Need(rows=limit - before) if rows is not None else Need(tokens=limit - before)
+        return Threshold(binning, cut, need, before_rows, before_tokens)
+
     def top(self, t: int, rows: int | None = None, tokens: int | None = None) -> Any:
         """Target ``t``'s best rows in ranking order: the first ``rows``, or the budget prefix's
         candidates for ``tokens`` (every row the prefix rule can take, and the one that overflows)."""
@@ -156,19 +184,8 @@ class Ranking:
 
         if self.pool.rows == 0:
             return _empty()
-        self.histograms([t])
-        counts, token_sums = self._hist[t]
-        spent = np.cumsum(counts if rows is not None else token_sums)
-        limit = rows if rows is not None else tokens
-        cut = int(np.searchsorted(spent, limit, side="left" if rows is not None else "right"))
-        if cut >= len(spent):  # the quota reaches past every eligible row
-            need = None
-        else:
-            before = int(spent[cut - 1]) if cut else 0
-            need = Need(rows=limit - before) if rows is not None else Need(tokens=limit - before)
-        binning = self.binnings[t]
-        parts = self.fleet.candidates(t, binning, min(cut, binning.bins), need)
-        return rank_table(pa.concat_tables(parts))
+        th = self.threshold(t, rows, tokens)
+        return rank_table(pa.concat_tables(self.fleet.candidates(t, th.binning, th.cut, th.need)))
 
 
 def _empty() -> Any:

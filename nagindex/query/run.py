@@ -45,9 +45,12 @@ class QueryResult:
     profiles: np.ndarray | None = None
     examples: list[dict[str, Any]] = field(default_factory=list)  # per target: examples used / available
     contamination: Any = None  # pyarrow.Table of the documents decontamination removed, or None
+    rows: int = 0  # documents selected
+    #: a selection written by the shards (``-o DIR``): its part files in ``out``; ``table`` is then None
+    parts: list[str] | None = None
 
     def __len__(self) -> int:
-        return self.table.num_rows
+        return self.rows
 
 
 def query(targets: TargetLike | Sequence[TargetLike], index_dir: str | os.PathLike = "idx",
@@ -75,11 +78,16 @@ def execute(spec: QuerySpec) -> QueryResult:
     from nagindex.query.write import texts_needed_by
     from nagindex.sources.fetch import SourceTextError
 
+    from nagindex.query.parts import check_parts_form, is_parts_output
+
     quota = spec.quota
+    parts = spec.out is not None and is_parts_output(spec.out)
     if spec.out is not None:
         from nagindex.query.write import check_output
 
-        check_output(spec.out, spec.input_paths())
+        check_output(spec.out, spec.input_paths(), folder=True)
+        if parts:
+            check_parts_form(spec)
     timer = StageTimer()
     notes: list[str] = []
     guard = guarded_benchmarks(spec.targets, spec.decontaminate, spec.decontaminate_against)
@@ -112,24 +120,34 @@ def execute(spec: QuerySpec) -> QueryResult:
             plan = ScorePlan(profiles, tuple(int(x) for x in kept), spec.power, spec.scoring_device, candidates,
                              quality, (float(spec.temperature), int(spec.seed)) if spec.sample else None, groups,
                              spec.one_per_cluster)
-            picked, pool = rank.select(fleet, plan, quota, spec.weights, spec.mode, spec.dedup, check, caps)
+            names = [t.display for t in spec.targets]
+            if parts:
+                from nagindex.query.parts import write_parts
+
+                written = write_parts(fleet, plan, spec, names, benchmarks if guard else None)
+                removed[:] = written.removed
+            else:
+                picked, pool = rank.select(fleet, plan, quota, spec.weights, spec.mode, spec.dedup, check, caps)
         contamination = None
         if decontamination is not None:
             contamination = _contamination_table(removed, benchmarks)
             decontamination["removed"] = contamination.num_rows
             notes.append(f"decontamination: {contamination.num_rows:,} document(s) shared a {spec.ngram}-word run "
                          f"with the evaluation data of {', '.join(guard)} ({', '.join(read)}) and were left out")
-        with timer("select"):
-            names = [t.display for t in spec.targets]
-            table = _columns(fleet, picked, names, spec.with_text, quality is not None)
-        tokens = int(table.column("token_count").to_numpy().sum())
-        if picked.exhausted:
-            notes.append(_shortfall_note(quota, pool, spec.group_by is not None, spec.one_per_cluster,
-                                         table.num_rows, tokens))
-        result = QueryResult(out=None, targets=names, table=table, exhausted=picked.exhausted,
-                             tokens=tokens, pool_docs=pool.visible_rows,
-                             pool_tokens=pool.visible_tokens, notes=notes, layers=kept, profiles=profiles,
-                             examples=[n for _, n in encoded], contamination=contamination)
+        if parts:
+            table, rows, tokens, exhausted, pool = None, sum(written.rows), sum(written.tokens), written.exhausted, \
+                written.pool
+        else:
+            with timer("select"):
+                table = _columns(fleet, picked, names, spec.with_text, quality is not None)
+            rows, tokens = table.num_rows, int(table.column("token_count").to_numpy().sum())
+            exhausted = picked.exhausted
+        if exhausted:
+            notes.append(_shortfall_note(quota, pool, spec.group_by is not None, spec.one_per_cluster, rows, tokens))
+        result = QueryResult(out=None, targets=names, table=table, exhausted=exhausted, tokens=tokens,
+                             pool_docs=pool.visible_rows, pool_tokens=pool.visible_tokens, notes=notes, layers=kept,
+                             profiles=profiles, examples=[n for _, n in encoded], contamination=contamination,
+                             rows=rows, parts=written.parts if parts else None)
         if spec.out is not None:
             with timer("write"):
                 if contamination is not None:
@@ -376,4 +394,9 @@ def _write(result: QueryResult, spec: QuerySpec, decontamination: dict[str, Any]
         "dedup": spec.dedup, "power": spec.power, "layers": [int(x) for x in result.layers], "approx": spec.approx,
         "rows": len(result), "tokens": result.tokens, "notes": result.notes,
     }
+    if result.parts is not None:  # the shards wrote the rows: the manifest goes beside their folder
+        from nagindex.query.write import write_manifest
+
+        write_manifest(spec.out, {**manifest, "parts": result.parts})
+        return Path(spec.out)
     return write_selection(spec.out, result.table, manifest)

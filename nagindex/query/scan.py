@@ -189,6 +189,10 @@ class ShardScan:
         self._norm = np.zeros(0)
         self._exact = True
         self._group_of: np.ndarray | None = None  # (n,) int32 index into _group_names (--group-by COLUMN)
+        self._chosen: dict[int, tuple[Binning, int, np.ndarray]] = {}  # a selection written by the shards
+        self._checked: np.ndarray | None = None  # rows whose texts decontamination has read
+        self._sorted: dict[int, Any] = {}  # per target, the chosen rows (row, key, docid) in ranking order
+        self._writer: Any = None  # the part being written: (path, its partial file, ParquetWriter or None)
         self._group_names: Any = None
 
     def __len__(self) -> int:
@@ -359,9 +363,10 @@ class ShardScan:
 
     # ------------------------------------------------------------ round 4
     @readonly
-    def candidates(self, target: int, binning: Binning, cut: int, need: Need | None) -> Any:
-        """Arrow table (part, row, key, tokens, docid): every eligible row in a bin before ``cut``, and the
-        rows of bin ``cut`` in ranking order, as far as ``need`` reaches (all of them without ``need``)."""
+    def candidates(self, target: int, binning: Binning, cut: int, need: Need | None, edge_only: bool = False) -> Any:
+        """Arrow table (part, row, key, tokens, docid): every eligible row in a bin before ``cut`` (unless
+        ``edge_only``), and the rows of bin ``cut`` in ranking order, as far as ``need`` reaches (all of them
+        without ``need``)."""
         import pyarrow as pa
 
         before, edge = [], []
@@ -372,6 +377,8 @@ class ShardScan:
             key = self.keys(t=target, lo=lo, hi=hi)[ok]
             bins = binning.of(key)
             for chosen, into in ((bins < cut, before), (bins == cut, edge)):
+                if edge_only and into is before:
+                    continue
                 rows = ok[chosen]
                 if len(rows):
                     into.append(self._table(rows + lo, key[chosen], np.asarray(tok[lo:hi])[rows]))
@@ -383,6 +390,85 @@ class ShardScan:
             ranked = rank_table(pa.concat_tables(edge))
             tables = [*before, ranked if need is None else need.cut(ranked)]
         return pa.concat_tables(tables) if tables else self._table(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+
+    # ------------------------------------------------------------ selections written by the shards (parts.py)
+    def choose(self, target: int, binning: Binning, cut: int, edge: np.ndarray) -> None:
+        """Target ``target`` takes every eligible row in a bin before ``cut`` and, of bin ``cut``, ``edge``."""
+        self._chosen[target] = (binning, cut, np.sort(np.asarray(edge, np.int64)))
+
+    def _chosen_rows(self, lo: int, hi: int, targets: Any) -> np.ndarray:
+        """Rows ``lo:hi`` that any of ``targets`` chose (``choose``), eligible still, as a boolean mask."""
+        ok = self._eligible(lo, hi)
+        mask = np.zeros(hi - lo, dtype=bool)
+        where = np.flatnonzero(ok)
+        for t in targets:
+            binning, cut, edge = self._chosen[t]
+            mask[where[binning.of(self.keys(t, lo, hi)[where]) < cut]] = True
+            a, b = np.searchsorted(edge, [lo, hi])
+            mask[edge[a:b] - lo] = True
+        return mask & ok
+
+    def check_chosen(self, benchmarks: Any) -> list[tuple[int, str, int, str]]:
+        """Decontaminate the chosen rows whose texts were not read before (``contamination``): the ones that
+        match are taken out of the query (``exclude``) and returned."""
+        if self._checked is None:
+            self._checked = self._scratch("checked", (len(self.view),), np.bool_)
+        new = []
+        for lo, hi, _ in self._blocks(SCRATCH_BLOCK):
+            rows = np.flatnonzero(self._chosen_rows(lo, hi, self._chosen) & ~self._checked[lo:hi]) + lo
+            self._checked[rows] = True
+            new.append(rows)
+        found = self.contamination(np.concatenate(new), benchmarks)
+        if found:
+            self.exclude(np.array([row for row, *_ in found], np.int64))
+        return found
+
+    def sort_chosen(self, target: int) -> int:
+        """Put target ``target``'s chosen rows in ranking order (key, docid); returns how many there are."""
+        import pyarrow as pa
+
+        tables = []
+        for lo, hi, _ in self._blocks(SCRATCH_BLOCK):
+            rows = np.flatnonzero(self._chosen_rows(lo, hi, [target]))
+            tables.append(self._table(rows + lo, self.keys(target, lo, hi)[rows], np.zeros(len(rows))))
+        ranked = rank_table(pa.concat_tables(tables)) if tables else self._table(*(np.zeros(0),) * 3)
+        self._sorted[target] = ranked.select(["row", "key", "docid"])
+        return ranked.num_rows
+
+    @readonly
+    def chosen_keys(self, target: int, start: int, n: int) -> Any:
+        """Rows ``start:start + n`` of target ``target``'s chosen rows in ranking order: Arrow (key, docid)."""
+        return self._sorted[target].select(["key", "docid"]).slice(start, n)
+
+    def write_chosen(self, target: int, start: int, ranks: np.ndarray, out: str, names: list[str],
+                     with_text: bool, quality: bool) -> None:
+        """Append target ``target``'s chosen rows ``start:start + len(ranks)``, with their global ``ranks``, to
+        this shard's part ``out`` (written to ``out.partial`` until ``finish_part``)."""
+        import pyarrow.parquet as pq
+
+        from nagindex.query.columns import selection_table
+
+        if self._writer is None:
+            self._writer = [out, f"{out}.partial", None, np.zeros(len(names), np.int64)]
+        if not len(ranks):
+            return
+        rows = self._sorted[target].column("row").slice(start, len(ranks)).to_numpy()
+        table = selection_table([self.fetch(rows, with_text)], np.arange(len(rows)), ranks,
+                                np.full(len(rows), target), names, with_text, quality)
+        if self._writer[2] is None:
+            self._writer[2] = pq.ParquetWriter(self._writer[1], table.schema)
+        self._writer[2].write_table(table)
+        self._writer[3][target] += int(table.column("token_count").to_numpy().sum())
+
+    def finish_part(self) -> np.ndarray | None:
+        """Close the part ``write_chosen`` wrote and put it in place (atomically); the tokens it holds per
+        target, None when it holds no row (no file)."""
+        writer, self._writer = self._writer, None
+        if writer is None or writer[2] is None:
+            return None
+        writer[2].close()
+        os.replace(writer[1], writer[0])
+        return writer[3]
 
     def _table(self, rows: np.ndarray, key: np.ndarray, tokens: np.ndarray) -> Any:
         import pyarrow as pa
@@ -548,7 +634,12 @@ class ShardScan:
 
     def close(self) -> None:
         """Drop the scratch of the last query (its files go at once; the shard's maps stay open)."""
-        self._sums = self._combined = self._quality = self._sampled = self._group_of = None
+        self._sums = self._combined = self._quality = self._sampled = self._group_of = self._checked = None
+        self._chosen, self._sorted = {}, {}
+        if self._writer is not None and self._writer[2] is not None:
+            self._writer[2].close()
+            Path(self._writer[1]).unlink(missing_ok=True)
+        self._writer = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -593,6 +684,7 @@ class ArrayPart(ShardScan):
         self._keys = keys
         self._exact = keys.dtype.kind in "iu"
         self._sums, self._combined, self._quality, self._sampled, self._dir = keys, None, None, None, None
+        self._group_of, self._checked, self._chosen, self._sorted, self._writer = None, None, {}, {}, None
         self.plan = None
 
     def keys(self, t: int, lo: int, hi: int) -> np.ndarray:

@@ -28,15 +28,17 @@ def texts_needed_by(error: SourceTextError, with_text: bool, decontaminated: Seq
     return f"{error}. The texts are needed by {' and by '.join(needs)}: {' and '.join(off)} to select without them"
 
 
-def check_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
-    """``out`` if a selection may be written there: a .parquet/.jsonl name that is none of ``inputs``.
+def check_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], folder: bool = False) -> Path:
+    """``out`` if a selection may be written there: a .parquet/.jsonl name (or, ``folder``, a name without a
+    suffix: the folder of a selection written by the shards) that is none of ``inputs``.
 
     Checked before any work, so a wrong ``-o`` fails at once, and a selection
     never overwrites the target file it was computed from.
     """
     path = Path(out)
-    if path.suffix not in OUTPUT_SUFFIXES:
-        raise NagIndexError(f"-o {out}: use a .parquet or .jsonl file name")
+    if path.suffix not in OUTPUT_SUFFIXES and not (folder and not path.suffix):
+        raise NagIndexError(f"-o {out}: use a .parquet or .jsonl file name" + (
+            ", or a folder name (no suffix) for a selection written by the shards" if folder else ""))
     for given in inputs:
         if Path(given).resolve() == path.resolve():
             raise NagIndexError(f"-o {out} is an input of this query ({given}): writing the selection there would "
@@ -67,9 +69,15 @@ def write_selection(out: str | os.PathLike, columns: Any, manifest: dict[str, An
                 for batch in table.to_batches(65536):
                     for row in batch.to_pylist():
                         fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_manifest(out, manifest)
+    return out
+
+
+def write_manifest(out: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """``<out>.manifest.json``: how the selection at ``out`` (a file, or the folder of its parts) was made."""
+    out = Path(out)
     with atomic_path(out.with_name(out.name + ".manifest.json")) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1, default=str))
-    return out
 
 
 def write_table(out: str | os.PathLike, table: Any) -> Path:

@@ -365,3 +365,31 @@ def test_a_killed_query_leaves_nothing_the_next_one_does_not_sweep(data, tmp_pat
     assert list(root.iterdir()) == []
     want = query([TargetRequest("features", str(data["alpha"]))], data["idx"], k=5).table.column("docid").to_pylist()
     assert again.stdout.strip() == str(want)
+
+
+@pytest.mark.parametrize("step", [None, "check_chosen", "sort_chosen", "write_chosen"])
+def test_parts_written_by_the_shards_decontaminated_with_texts_through_ray(data, alone, cluster, tmp_path,
+                                                                         monkeypatch, step):
+    """A selection written by the shards (``-o DIR``), with decontamination where the texts are and texts
+    attached, through Ray, an actor lost after each of its steps: the parts are the one file, row for row."""
+    import ray
+
+    from nagindex.query import parts
+
+    monkeypatch.setattr(parts, "MERGE_BATCH", 11)
+    real, killed = fleet_mod.RayFleet._run, []
+
+    def run(self, name, args):
+        out = real(self, name, args)
+        if name == step and not killed:
+            _kill(ray, self.actors[1])
+            killed.append(name)
+        return out
+
+    monkeypatch.setattr(fleet_mod.RayFleet, "_run", run)
+    targets, options = _forms(data)["decontam"]
+    res = query(targets, data["idx"], out=tmp_path / "sel", ray_address=cluster, **options)
+    assert pq.read_table(tmp_path / "sel").sort_by("rank").equals(alone["decontam"])
+    assert bool(killed) == (step is not None)
+    one = query(targets, data["idx"], **options).contamination
+    assert sorted(res.contamination.to_pylist(), key=str) == sorted(one.to_pylist(), key=str)

@@ -152,9 +152,12 @@ def read_selection(selection: str | os.PathLike, index_dir: str | os.PathLike | 
     from pyarrow import json as pa_json
 
     path = Path(selection)
-    if not path.is_file():
-        raise NagIndexError(f"selection {path}: no such file")
-    table = pq.read_table(path) if path.suffix == ".parquet" else pa_json.read_json(path)
+    if not path.exists():
+        raise NagIndexError(f"selection {path}: no such file or folder")
+    if path.is_dir():  # written by the shards (``query -o DIR``): its parts, in rank order
+        table = pq.read_table(path).sort_by("rank")
+    else:
+        table = pq.read_table(path) if path.suffix == ".parquet" else pa_json.read_json(path)
     missing = [c for c in SELECTION_COLUMNS if c not in table.column_names]
     if missing:
         raise NagIndexError(f"selection {path}: no column {', '.join(missing)} "
@@ -329,7 +332,8 @@ def _identity(path: Path) -> dict[str, Any]:
     """The selection a run reads: its path and content hash (a rerun on another selection must not resume)."""
     from nagindex.models import file_sha256
 
-    return {"path": str(path.resolve()), "sha256": file_sha256([path])}
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]  # a folder: the shards' parts
+    return {"path": str(path.resolve()), "sha256": file_sha256(files)}
 
 
 def _run_local(tasks: list[Task], args: tuple[Any, ...], workers: int, bar: Any) -> None:

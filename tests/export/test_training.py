@@ -139,6 +139,16 @@ def test_one_and_three_workers_write_identical_bytes(selected, tmp_path):
     assert _tree(tmp_path / "one") == _tree(tmp_path / "three")
 
 
+def test_a_selection_written_by_the_shards_gives_the_same_training_data(selected, tmp_path):
+    """``query -o DIR`` (parts written by the shards) in, the same parts out as from the one-file selection."""
+    query({"features": str(selected["data"] / "alpha.jsonl")}, selected["idx"], k=150, out=tmp_path / "sel")
+    write_training(selected["sel"], tmp_path / "from_file", format="parquet", shard_size=SHARD)
+    write_training(tmp_path / "sel", tmp_path / "from_parts", format="parquet", shard_size=SHARD)
+    file, parts = _tree(tmp_path / "from_file"), _tree(tmp_path / "from_parts")
+    differ = [k for k in file if file[k] != parts[k]]
+    assert file.keys() == parts.keys() and differ == [".done/run.json", "manifest.json"]  # they name the selection
+
+
 def test_a_changed_source_is_an_error_naming_it(selected, tmp_path):
     changed = Path(_selection(selected["sel"])[-1]["source"])
     before, st = changed.read_bytes(), os.stat(changed)

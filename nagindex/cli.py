@@ -507,8 +507,14 @@ def query(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ..
               help="multihash: multi-index hashing on 64-bit chunks (a sort join), finds every pair within 63 "
                    "bits and most beyond; flat: exhaustive FAISS range search, every pair at any radius, "
                    "quadratic in documents.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes (Ray tasks with --ray-address) sharing multihash's 64 chunk columns; the "
+                   "clusters are the same.")
+@click.option("--ray-address", default=None,
+              help="Run multihash's chunk tasks on Ray: 'auto' joins the running cluster, 'local' starts one "
+                   "here, or ray://host:port (its nodes must see the index folder).")
 @_user_errors
-def cluster(index_dir: str, radius: int | None, method: str) -> None:
+def cluster(index_dir: str, radius: int | None, method: str, workers: int, ray_address: str | None) -> None:
     """Group near-duplicate documents by their fingerprints, once; stored with the index.
 
     Two documents are near-duplicates when their fingerprints differ in at most --radius bits;
@@ -518,6 +524,7 @@ def cluster(index_dir: str, radius: int | None, method: str) -> None:
 
     \b
       nagindex cluster --index idx/
+      nagindex cluster --index idx/ --workers 8
       nagindex query --index idx/ --target arc_challenge --fraction 0.2 --one-per-cluster
     """
     from nagindex.index.clusters import DEFAULT_RADIUS, build_clusters, read_cluster_info
@@ -525,7 +532,8 @@ def cluster(index_dir: str, radius: int | None, method: str) -> None:
     stored = read_cluster_info(index_dir)
     if radius is None:
         radius = stored["radius"] if stored is not None else DEFAULT_RADIUS
-    res = build_clusters(index_dir, radius=radius, method=method, show_progress=True)
+    res = build_clusters(index_dir, radius=radius, method=method, show_progress=True, workers=workers,
+                         ray_address=ray_address)
     click.echo(f"{res.clusters:,} clusters holding {res.clustered_rows:,} of {res.rows:,} documents "
                f"(radius {res.radius}, {res.method}; {res.searched:,} documents searched, {res.pairs:,} pairs, "
                f"{res.seconds:.1f}s)")

@@ -1,6 +1,8 @@
 """A 20% selection written by the shards (``-o DIR``) against the same selection as one file (``-o FILE``, the
 anchor): the coordinator's peak anonymous memory and the wall time, for one target and for the paper mixture
-of eight, on ``tools/bench_scale.py``'s synthetic index (built once and cached there: 10M documents, 8 shards).
+of eight, on ``tools/bench_scale.py``'s synthetic index (built once and cached there: 10M documents, 8 shards),
+in process (the shards scanned in the coordinator's process: its memory is theirs too) and through Ray
+(the shards in actors of a private cluster: the coordinator's process alone).
 
 Each query runs in a fresh subprocess; its ``RssAnon`` (``/proc/<pid>/status``: not the page cache or the
 memory-mapped index) is sampled every 20 ms. The two outputs must hold the same rows (the parts sorted by rank
@@ -31,8 +33,11 @@ from nagindex.query.request import TargetRequest
 from nagindex.query.run import query
 spec = json.loads(sys.argv[1])
 targets = [TargetRequest("features", t, label=f"t{i}") for i, t in enumerate(spec["targets"])]
+if spec["ray"]:  # the shards in actors of a private cluster: this process is the coordinator alone
+    import ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 t = time.perf_counter()
-res = query(targets, spec["index"], fraction=0.2, out=spec["out"])
+res = query(targets, spec["index"], fraction=0.2, out=spec["out"], ray_address="local" if spec["ray"] else None)
 print(json.dumps({"seconds": time.perf_counter() - t, "rows": len(res), "tokens": res.tokens}))
 """
 
@@ -89,10 +94,12 @@ def main() -> None:
     data = bench_scale.build(build, work)
     targets = [str(t) for t in data["targets"]]
     rows = []
-    for name, chosen in (("1 target", targets[:1]), ("8 targets (paper)", targets)):
+    for (name, chosen), ray in ((q, r) for r in (False, True)
+                                for q in (("1 target", targets[:1]), ("8 targets (paper)", targets))):
+        name = f"{name}, {'Ray' if ray else 'in process'}"
         got = {}
         for form, out in (("file", work / "sel.parquet"), ("parts", work / "sel_parts")):
-            spec = {"targets": chosen, "index": str(data["eight"]), "out": str(out)}
+            spec = {"targets": chosen, "index": str(data["eight"]), "out": str(out), "ray": ray}
             got[form] = (*peak_anon([sys.executable, "-c", CHILD, json.dumps(spec)]), digest(out))
         (a, mem_a, dig_a), (b, mem_b, dig_b) = got["file"], got["parts"]
         if dig_a != dig_b or a["rows"] != b["rows"]:
@@ -100,7 +107,7 @@ def main() -> None:
         rows.append(f"| {name} | {a['rows']:,} | {a['seconds']:.1f} s | {b['seconds']:.1f} s | "
                     f"{b['seconds'] / a['seconds']:.2f}x | {mem_a:,.0f} MB | {mem_b:,.0f} MB | {mem_b / mem_a:.2f}x |")
     print(f"{time.strftime('%Y-%m-%d')}, {platform.node()}, {args.docs:,} documents in {args.shards} shards, "
-          "fraction 0.2, in process")
+          "fraction 0.2")
     print("| query | rows | time, one file | time, parts | ratio | coordinator peak RssAnon, one file "
           "| parts | ratio |")
     print("|---|---|---|---|---|---|---|---|")

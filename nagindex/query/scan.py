@@ -432,7 +432,11 @@ class ShardScan:
             rows = np.flatnonzero(self._chosen_rows(lo, hi, [target]))
             tables.append(self._table(rows + lo, self.keys(target, lo, hi)[rows], np.zeros(len(rows))))
         ranked = rank_table(pa.concat_tables(tables)) if tables else self._table(*(np.zeros(0),) * 3)
-        self._sorted[target] = ranked.select(["row", "key", "docid"])
+        ranked = ranked.select(["row", "key", "docid"])
+        path = self._scratch_dir() / f"sorted-{target}.arrow"  # held in the page cache, not this process's memory
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, ranked.schema) as writer:
+            writer.write_table(ranked, max_chunksize=1 << 16)
+        self._sorted[target] = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
         return ranked.num_rows
 
     @readonly
@@ -623,11 +627,16 @@ class ShardScan:
             yield lo, hi, visible
 
     # ------------------------------------------------------------ scratch
-    def _scratch(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    def _scratch_dir(self) -> Path:
+        """This session's scratch folder on this shard, made on first use (``scratch.py``)."""
         if self._dir is None:
             from nagindex.query.scratch import new_scratch
 
             self._dir = new_scratch(f"scan-{self.part}")
+        return self._dir
+
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        self._scratch_dir()
         if int(np.prod(shape)) == 0:
             return np.zeros(shape, dtype=dtype)
         return np.lib.format.open_memmap(self._dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)

@@ -378,8 +378,11 @@ class RayFleet(Fleet):
         raise NagIndexError(f"shard {spec['name'] or spec['path']}: the session of query {self.qid} kept ending")
 
     def close(self) -> None:
-        """End the query: the actors drop its sessions and scratch and stay, warm, for the next one."""
+        """End the query: the actors drop its sessions and scratch and stay, warm, for the next one (on a
+        cluster that is gone there is nothing to end: its actors went with it, their sessions too)."""
         self._stop.set()
+        if self.watch.gone():
+            return
         for actor in self.actors:
             try:
                 self.ray.get(actor.end.remote(self.qid), timeout=self.lease)

@@ -350,10 +350,12 @@ class RayFleet(Fleet):
             try:
                 if ref is None:  # the actor or the session was lost: open it again, replay, call again
                     self.actors[i] = self._actor(i)
-                    self.watch.get(self._open(i))
+                    opened = self.watch.get(self._open(i))
+                    if step == "open":
+                        return opened
                     for past, past_args in self._log[i]:
                         self.watch.get(self.actors[i].call.remote(self.qid, past, *past_args))
-                    ref = self._open(i) if step == "open" else self.actors[i].call.remote(self.qid, step, *args)
+                    ref = self.actors[i].call.remote(self.qid, step, *args)
                 return self.watch.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, SessionGone) and attempt < RETRIES:

@@ -403,7 +403,8 @@ class ShardScan:
         where = np.flatnonzero(ok)
         for t in targets:
             binning, cut, edge = self._chosen[t]
-            mask[where[binning.of(self.keys(t, lo, hi)[where]) < cut]] = True
+            if len(where):  # (an empty pool has no binning)
+                mask[where[binning.of(self.keys(t, lo, hi)[where]) < cut]] = True
             a, b = np.searchsorted(edge, [lo, hi])
             mask[edge[a:b] - lo] = True
         return mask & ok

@@ -57,3 +57,22 @@ def test_forms_that_walk_the_whole_ranking_write_one_file(data, tmp_path):  # no
             query(targets, data["idx2"], out=tmp_path / "sel", **options, **extra)
     with pytest.raises(NagIndexError, match="use a .parquet or .jsonl file name, or a folder name"):
         query(forms["k1"][0], data["idx2"], out=tmp_path / "sel.csv", k=1)
+
+
+def test_a_pool_with_no_eligible_row_chooses_nothing(data):  # noqa: F811
+    """Every row excluded (decontamination took them all): the pool has no key range, hence no binning, and a
+    shard chooses and sorts nothing instead of failing."""
+    import numpy as np
+
+    from nagindex.index.sharded import shard_specs
+    from nagindex.query.scan import ScorePlan, ShardScan
+
+    spec = shard_specs(data["idx2"])[0]
+    scan = ShardScan(spec["path"], spec["hidden"], spec["part"], spec["rows"])
+    try:
+        scan.score(ScorePlan(np.ones((1, 4, 48), np.int64), (0, 1, 2, 3)))
+        scan.exclude(np.arange(len(scan)))
+        scan.choose(0, None, 0, np.zeros(0, np.int64))
+        assert scan.sort_chosen(0) == 0 and scan.chosen_keys(0, 0, 10).num_rows == 0
+    finally:
+        scan.close()

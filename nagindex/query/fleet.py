@@ -28,6 +28,9 @@ or a session that ended under a live coordinator, is opened again and those step
 replayed in order before the call is sent again: they are deterministic, so the query goes
 on exactly as if nothing happened. A shard still unreachable after ``RETRIES`` attempts
 fails the query naming the shard: never a selection from the shards that happened to answer.
+The log keeps the steps' small arguments in memory and spills their arrays to a scratch file
+of the coordinator (``ReplayLog``): a selection written by the shards sends each shard the ranks
+of its rows (8 bytes a row), which would otherwise grow the coordinator with the selection.
 """
 from __future__ import annotations
 
@@ -50,6 +53,71 @@ from nagindex.query.scan import ShardScan, is_readonly
 logger = logging.getLogger(__name__)
 
 RETRIES = 3
+#: arrays of a logged step of at least this many bytes are spilled to the coordinator's scratch
+SPILL_BYTES = 1 << 16
+
+
+class ReplayLog:
+    """Per shard, the state-changing steps sent so far, in order: what a rebuilt session replays.
+
+    A step's arrays of ``SPILL_BYTES`` or more are appended to one scratch file per shard and kept as
+    ``(offset, dtype, shape)``; replay reads them back from the file. Memory is the small arguments only.
+    """
+
+    def __init__(self, shards: int) -> None:
+        self._steps: list[list[tuple[str, tuple[Any, ...]]]] = [[] for _ in range(shards)]
+        self._dir: Path | None = None
+
+    def count(self, shard: int) -> int:
+        return len(self._steps[shard])
+
+    def add(self, shard: int, step: str, args: tuple[Any, ...]) -> None:
+        self._steps[shard].append((step, tuple(self._spill(shard, a) for a in args)))
+
+    def steps(self, shard: int) -> Any:
+        """The shard's logged steps in order, arrays read back from the spill file."""
+        for step, args in self._steps[shard]:
+            yield step, tuple(self._load(shard, a) for a in args)
+
+    def close(self) -> None:
+        if self._dir is not None:
+            import shutil
+
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def _spill(self, shard: int, arg: Any) -> Any:
+        if isinstance(arg, list):
+            return [self._spill(shard, a) for a in arg]
+        if not isinstance(arg, np.ndarray) or arg.nbytes < SPILL_BYTES:
+            return arg
+        if self._dir is None:
+            from nagindex.query.scratch import new_scratch
+
+            self._dir = new_scratch("replay")
+        with open(self._dir / f"shard-{shard}.bin", "ab") as fh:
+            offset = fh.tell()
+            fh.write(np.ascontiguousarray(arg).tobytes())
+        return _Spilled(offset, arg.dtype.str, arg.shape)
+
+    def _load(self, shard: int, arg: Any) -> Any:
+        if isinstance(arg, list):
+            return [self._load(shard, a) for a in arg]
+        if not isinstance(arg, _Spilled):
+            return arg
+        assert self._dir is not None
+        count = int(np.prod(arg.shape))
+        return np.fromfile(self._dir / f"shard-{shard}.bin", dtype=arg.dtype, count=count,
+                           offset=arg.offset).reshape(arg.shape)
+
+
+@dataclass(frozen=True)
+class _Spilled:
+    """A logged array that lives in the replay log's spill file."""
+
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
 
 
 class SessionGone(NagIndexError):
@@ -301,8 +369,7 @@ class RayFleet(Fleet):
         self.idle = float(idle_seconds if idle_seconds is not None else os.environ.get("NAGINDEX_ACTOR_IDLE", "900"))
         self.gpus = gpus  # --device cuda: each actor holds this much of a GPU (Ray sets its CUDA_VISIBLE_DEVICES)
         self._remote = ray.remote(num_cpus=0)(ShardActor)
-        #: per shard, the state-changing steps sent so far, in order: what a rebuilt session replays
-        self._log: list[list[tuple[str, tuple[Any, ...]]]] = [[] for _ in self.specs]
+        self._log = ReplayLog(len(self.specs))
         self.actors = [self._actor(i) for i in range(len(self.specs))]
         self._stop = threading.Event()
         try:
@@ -341,7 +408,7 @@ class RayFleet(Fleet):
         out = [self._get(i, ref, step, a) for i, (ref, a) in enumerate(zip(refs, args))]
         if not is_readonly(step):
             for i, a in enumerate(args):
-                self._log[i].append((step, a))
+                self._log.add(i, step, a)
         return out
 
     def _get(self, i: int, ref: Any, step: str, args: tuple[Any, ...]) -> Any:
@@ -353,14 +420,14 @@ class RayFleet(Fleet):
                     opened = self.watch.get(self._open(i))
                     if step == "open":
                         return opened
-                    for past, past_args in self._log[i]:
+                    for past, past_args in self._log.steps(i):
                         self.watch.get(self.actors[i].call.remote(self.qid, past, *past_args))
                     ref = self.actors[i].call.remote(self.qid, step, *args)
                 return self.watch.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, SessionGone) and attempt < RETRIES:
                     logger.warning("shard %s: session of query %s ended there; opening it again and replaying "
-                                   "%d step(s)", spec["name"], self.qid, len(self._log[i]))
+                                   "%d step(s)", spec["name"], self.qid, self._log.count(i))
                     ref = None
                     continue
                 if isinstance(exc.cause, NagIndexError):
@@ -375,7 +442,7 @@ class RayFleet(Fleet):
                                         f"{RETRIES + 1} attempts ({type(exc).__name__}): the query is stopped rather "
                                         "than answered from the other shards") from exc
                 logger.warning("shard %s: actor lost (%s); starting it again and replaying %d step(s)",
-                               spec["name"], type(exc).__name__, len(self._log[i]))
+                               spec["name"], type(exc).__name__, self._log.count(i))
                 ref = None
         raise NagIndexError(f"shard {spec['name'] or spec['path']}: the session of query {self.qid} kept ending")
 
@@ -383,6 +450,7 @@ class RayFleet(Fleet):
         """End the query: the actors drop its sessions and scratch and stay, warm, for the next one (on a
         cluster that is gone there is nothing to end: its actors went with it, their sessions too)."""
         self._stop.set()
+        self._log.close()
         if self.watch.gone():
             return
         for actor in self.actors:

@@ -371,12 +371,14 @@ def test_a_killed_query_leaves_nothing_the_next_one_does_not_sweep(data, tmp_pat
 def test_parts_written_by_the_shards_decontaminated_with_texts_through_ray(data, alone, cluster, tmp_path,
                                                                          monkeypatch, step):
     """A selection written by the shards (``-o DIR``), with decontamination where the texts are and texts
-    attached, through Ray, an actor lost after each of its steps: the parts are the one file, row for row."""
+    attached, through Ray, an actor lost after each of its steps: the parts are the one file, row for row.
+    Every logged array is spilled to the coordinator's scratch, so the replay reads them back from there."""
     import ray
 
     from nagindex.query import parts
 
     monkeypatch.setattr(parts, "MERGE_BATCH", 11)
+    monkeypatch.setattr(fleet_mod, "SPILL_BYTES", 1)
     real, killed = fleet_mod.RayFleet._run, []
 
     def run(self, name, args):
@@ -393,3 +395,27 @@ def test_parts_written_by_the_shards_decontaminated_with_texts_through_ray(data,
     assert bool(killed) == (step is not None)
     one = query(targets, data["idx"], **options).contamination
     assert sorted(res.contamination.to_pylist(), key=str) == sorted(one.to_pylist(), key=str)
+
+
+def test_the_replay_log_spills_its_arrays_and_reads_them_back(tmp_path, monkeypatch):
+    """Arrays of a logged step (a shard's ranks: 8 bytes a selected row) live in a scratch file, not in the
+    coordinator's memory; replay gives them back equal, and closing the log removes the file."""
+    monkeypatch.setenv("NAGINDEX_SCRATCH", str(tmp_path))
+    log = fleet_mod.ReplayLog(2)
+    big = np.arange(fleet_mod.SPILL_BYTES, dtype=np.int64)  # 8x the threshold
+    small = np.arange(3, dtype=np.int32)
+    log.add(0, "write_chosen", (0, 5, big, "part-0", ["docid"], False, False))
+    log.add(0, "exclude", ([big[::-1].copy(), small],))
+    log.add(1, "combine", (1, small))
+    held = [a for _, args in log._steps[0] for a in args]
+    assert not any(isinstance(a, np.ndarray) and a.nbytes >= fleet_mod.SPILL_BYTES for a in held)
+    assert not isinstance(held[-1][0], np.ndarray) and held[-1][1] is small  # inside a list, too
+    (step0, args0), (step1, args1) = log.steps(0)
+    assert step0 == "write_chosen" and args0[:2] == (0, 5) and args0[3:] == ("part-0", ["docid"], False, False)
+    assert args0[2].dtype == np.int64 and np.array_equal(args0[2], big)
+    assert step1 == "exclude" and np.array_equal(args1[0][0], big[::-1]) and args1[0][1] is small
+    assert [(s, a) for s, a in log.steps(1)] == [("combine", (1, small))] and log.count(1) == 1
+    spill = next(tmp_path.glob("nagindex-scratch-*/replay-*"))
+    assert (spill / "shard-0.bin").stat().st_size == 2 * big.nbytes
+    log.close()
+    assert not spill.exists()

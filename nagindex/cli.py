@@ -148,13 +148,18 @@ def extract(inputs: tuple[str, ...], out: str, neuron_types: str, **kw: Any) -> 
               help="Extract on Ray actors: 'auto' joins the running cluster, 'local' starts one here, or ray://host:port.")
 @click.option("--ray-workers", default=2, show_default=True, help="Ray encode actors (each loads the backbone once).")
 @click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Write a sharded index: one worker per shard, each owning whole inputs (local processes, or "
-                   "Ray tasks with --ray-address). An index keeps its shard count; appends leave it out.")
+              help="Write a sharded index: one worker per shard, each owning whole inputs or parts of big ones "
+                   "(--split-size) (local processes, or Ray tasks with --ray-address). An index keeps its shard "
+                   "count; appends leave it out.")
 @click.option("--shard-root", type=click.Path(file_okay=False), default=None,
               help="Put the shards under this folder (a node's local disk) instead of inside --index.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Local shard worker processes (one model each) running at once [default: as many as the "
                    "cores and available memory allow, at most one per shard].")
+@click.option("--split-size", default="64MiB", show_default=True,
+              help="Sharded ingests: split a new input bigger than this (.parquet by row groups, uncompressed "
+                   ".jsonl by byte ranges at line starts) so that the shard workers share it; positions stay "
+                   "the whole file's. .jsonl.gz, .jsonl.zst and remote .jsonl are read whole.")
 @click.option("--ray-gpus-per-worker", type=float, default=None,
               help="GPUs per actor [default: 1 when the cluster has a GPU per worker, else 0].")
 @_user_errors

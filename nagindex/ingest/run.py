@@ -19,6 +19,7 @@ from nagindex.progress import TokenRate, progress_bar
 from nagindex.sources.inputs import input_files
 from nagindex.sources.read import Fields, read_input
 from nagindex.sources.render import check_text_template
+from nagindex.sources.split import DEFAULT_SPLIT_SIZE
 
 if TYPE_CHECKING:
     from nagindex.encode.extract import NagExtractor
@@ -49,6 +50,7 @@ def ingest(
     shards: int = 1,
     shard_root: str | os.PathLike | None = None,
     workers: int | None = None,
+    split_size: int | str | None = DEFAULT_SPLIT_SIZE,
     extractor: "NagExtractor | None" = None,
     show_progress: bool | None = None,
 ) -> IngestResult:
@@ -62,14 +64,17 @@ def ingest(
     screens and commits in input order: the index is the same as a local run's.
     ``shards`` > 1 (or an index that already has a catalog) writes a sharded index:
     one worker process (or, with ``ray_address``, one Ray task) per shard, each
-    owning whole inputs (``ingest.sharded``); ``shard_root`` puts the shards elsewhere;
+    owning whole inputs or, of a new input bigger than ``split_size`` (bytes or ``"64MiB"``; None:
+    never), some parts (``ingest.sharded``); ``shard_root`` puts the shards elsewhere;
     ``workers`` caps the local worker processes running at once (default: as many as the
     cores and available memory allow, ``ingest.sharded.default_workers``).
     ``text_template`` (Jinja, instead of ``text_field``) renders each record's text from its fields
     (``sources.render``); it is part of the index identity, like ``max_length``.
     """
     from nagindex.index.catalog import CATALOG_FILE
+    from nagindex.units import parse_size
 
+    split_size = None if split_size is None else parse_size(split_size)  # checked even where unused: a typo
     if shards > 1 or (Path(index_dir) / CATALOG_FILE).is_file():
         from nagindex.ingest.sharded import ingest_sharded
 
@@ -77,8 +82,8 @@ def ingest(
                                              text_field, text_template)
         return ingest_sharded(inputs, index_dir, shards=shards, shard_root=shard_root, ray_address=ray_address,
                               ray_gpus_per_worker=ray_gpus_per_worker, requested=requested, workers=workers,
-                              backbone=backbone, neuron_type=neuron_type, top_k=top_k, max_length=max_length,
-                              batch_size=batch_size,
+                              split_size=split_size, backbone=backbone, neuron_type=neuron_type, top_k=top_k,
+                              max_length=max_length, batch_size=batch_size,
                               commit_every=commit_every, text_field=text_field, id_field=id_field,
                               token_field=token_field, text_template=text_template, limit=limit, strict=strict,
                               device=device, dtype=dtype, trust_remote_code=trust_remote_code)

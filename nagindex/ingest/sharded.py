@@ -6,16 +6,20 @@
 The driver only assigns inputs and records them in the catalog (``index.catalog``);
 each worker reads its inputs, tokenizes, extracts and commits into its own shard
 with the one-folder ``worker.ingest_folder`` (crash-safe per window, resumable), so no text and
-no NAG passes through the driver. Inputs are whole files, assigned in input order
-to the shard with the fewest bytes so far; an input keeps its shard for ever, so
-the same command after a crash (of a worker or of the driver) resumes every shard
-where it stopped. When all shards are done, ``index.dedup.reconcile`` hides the
-later copies of ids repeated across shards, so the index holds exactly the
+no NAG passes through the driver. Inputs are assigned in input order to the shard
+with the fewest bytes so far: whole files, or, for a file bigger than ``split_size``
+(64 MiB), its parts (row groups, byte ranges at line starts: ``sources.split``), so
+the workers share one large file. An input keeps its shards and parts for ever (the
+catalog records them), so the same command after a crash (of a worker or of the
+driver) resumes every shard where it stopped. A part's records keep their positions
+in the whole file. When all shards are done, ``index.dedup.reconcile`` hides the
+later copies of ids repeated across shards (the earlier input, then the earlier
+position wins, whichever parts they were in), so the index holds exactly the
 documents, codes, token counts and positions of a one-shard ingest; until then
 queries answer from the index's last reconciled state. Locally at most ``workers``
 shard processes (one model each) run at once, by default as many as the cores and
 the available memory allow (``default_workers``).
-``nagindex import --shards`` splits reference feature files the same way
+``nagindex import --shards`` assigns reference feature files the same way, whole
 (``plan_shards``, then ``finish_shards``), importing the shards one after another.
 """
 from __future__ import annotations
@@ -23,10 +27,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from nagindex.errors import NagIndexError
+from nagindex.sources.inputs import WHOLE, InputFile, Part
+from nagindex.sources.split import DEFAULT_SPLIT_SIZE, can_split, split_input
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +43,69 @@ WORKER_OVERHEAD = 1 << 30
 DEFAULT_WEIGHTS = 1 << 30
 
 
-def assign_inputs(catalog: Any, files: Sequence[Any]) -> dict[int, list[Any]]:
-    """Record the new ``files`` in the catalog's input order, each on the least-loaded shard (by bytes,
-    ties to the lower shard); return every shard's inputs of this run, known ones on their own shard."""
-    owner = catalog.input_shards()
+def assign_inputs(catalog: Any, files: Sequence[InputFile],
+                  split_size: int | None = None) -> dict[int, list[InputFile]]:
+    """Record the new ``files`` in the catalog's input order and return every shard's inputs of this run
+    (known ones with the shards and parts recorded for them).
+
+    A new input bigger than ``split_size`` bytes (None: never) is cut into parts (``sources.split``); each
+    part (or whole input) goes to the least-loaded shard by bytes, ties to the lower shard. A shard's
+    parts of one input are one catalog entry (``"parts"``, adjacent ones merged) and one ``InputFile``, so
+    its worker keeps one resume cursor per input, as for a whole file.
+    """
+    owned: dict[str, list[dict[str, Any]]] = {}
     load = [0] * len(catalog.shards)
     for item in catalog.inputs:
+        owned.setdefault(item["key"], []).append(item)
         load[int(item["shard"])] += int(item.get("size") or 0)
-    plan: dict[int, list[Any]] = {i: [] for i in range(len(catalog.shards))}
+    plan: dict[int, list[InputFile]] = {i: [] for i in range(len(catalog.shards))}
+    whole: list[str] = []
     for f in files:
-        if f.key not in owner:
+        if f.key not in owned:
             size = int(f.state().get("size") or 0)
-            owner[f.key] = min(range(len(load)), key=lambda i: (load[i], i))
-            load[owner[f.key]] += size
-            catalog.inputs.append({"key": f.key, "shard": owner[f.key], "size": size})
-        plan[owner[f.key]].append(f)
+            split = split_size is not None and len(load) > 1 and size > split_size
+            if split and not can_split(f):
+                whole.append(f.source)
+            pieces = split_input(f, split_size, size) if split else [(WHOLE, size)]
+            owned[f.key] = _entries(f.key, pieces, load)
+            catalog.inputs.extend(owned[f.key])
+        for entry in owned[f.key]:
+            parts = entry.get("parts")
+            plan[int(entry["shard"])].append(f if parts is None else
+                                             replace(f, parts=tuple(Part(*p) for p in parts)))
+    if whole:
+        log.info("%d input(s) over the split size are read whole by one worker each (gzip, zstd and remote "
+                 ".jsonl cannot be split): %s", len(whole), ", ".join(whole[:3]) + (" ..." * (len(whole) > 3)))
     return plan
 
 
+def _entries(key: str, pieces: list[tuple[Part, int]], load: list[int]) -> list[dict[str, Any]]:
+    """The catalog entries of one new input: its ``pieces`` (``(part, bytes)`` in file order) each on the
+    least-loaded shard (``load`` is updated), one entry per shard with its parts, in order of their first."""
+    entries: dict[int, dict[str, Any]] = {}
+    for part, nbytes in pieces:
+        shard = min(range(len(load)), key=lambda i: (load[i], i))
+        load[shard] += nbytes
+        entry = entries.setdefault(shard, {"key": key, "shard": shard, "size": 0, "parts": []})
+        entry["size"] += nbytes
+        last = entry["parts"][-1] if entry["parts"] else None
+        if last is not None and last[1] == part.start:  # adjacent: one range
+            last[1], last[3] = part.stop, part.end
+        else:
+            entry["parts"].append(part.to_json())
+    for entry in entries.values():
+        if entry["parts"] == [WHOLE.to_json()]:  # all of it: a whole input, as before splitting
+            del entry["parts"]
+    return list(entries.values())
+
+
 def plan_shards(index_dir: Path, shards: int, shard_root: str | os.PathLike | None,
-                files: Sequence[Any]) -> tuple[Any, dict[int, list[Any]]]:
+                files: Sequence[Any], split_size: int | None = None) -> tuple[Any, dict[int, list[Any]]]:
     """The index's catalog (created with ``shards`` shards if absent) and every shard's ``files``.
 
-    Shared by sharded ingest and import, so both split inputs the same way. The assignment is saved
-    before any shard is written: a rerun after a crash makes the same one, whatever the entry point.
+    Shared by sharded ingest and import, so both assign inputs the same way (only ingest splits big
+    ones: ``split_size``). The assignment is saved before any shard is written: a rerun after a crash
+    makes the same one, whatever the entry point.
     """
     from nagindex.index.catalog import load_catalog, new_catalog
     from nagindex.index.store import STORE_DIR
@@ -73,7 +119,7 @@ def plan_shards(index_dir: Path, shards: int, shard_root: str | os.PathLike | No
     elif shards not in (1, len(catalog.shards)):
         raise NagIndexError(f"index {index_dir} has {len(catalog.shards)} shards; --shards {shards} cannot "
                             "change that (leave it out to append)")
-    plan = assign_inputs(catalog, files)
+    plan = assign_inputs(catalog, files, split_size)
     catalog.save()
     return catalog, plan
 
@@ -133,12 +179,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.PathLike, *, shards: int,
                    shard_root: str | os.PathLike | None = None, ray_address: str | None = None,
                    ray_gpus_per_worker: float | None = None, requested: dict[str, Any] | None = None,
-                   workers: int | None = None, **options: Any) -> Any:
+                   workers: int | None = None, split_size: int | None = DEFAULT_SPLIT_SIZE,
+                   **options: Any) -> Any:
     """``ingest`` into a sharded index: one worker per shard, then cross-shard deduplication.
 
     ``requested`` (the settings ``ingest`` was given) is checked against the catalog's identity before
     any input is assigned: a shard with no store yet would otherwise take other settings unchecked.
     ``workers``: local worker processes at once (default ``default_workers``); Ray places its tasks itself.
+    ``split_size``: new inputs bigger than this many bytes are split (``assign_inputs``); None: never.
     """
     from nagindex.index.catalog import load_catalog
     from nagindex.ingest.worker import IngestResult
@@ -154,7 +202,7 @@ def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.Path
     existing = load_catalog(index_dir)
     if existing is not None and existing.identity and requested:
         existing.check_identity(requested, "this ingest")
-    catalog, plan = plan_shards(index_dir, shards, shard_root, input_files(inputs))
+    catalog, plan = plan_shards(index_dir, shards, shard_root, input_files(inputs), split_size)
     jobs = [(i, files) for i, files in plan.items() if files]
     results = _run_ray(catalog, jobs, ray_address, ray_gpus_per_worker, options) if ray_address \
         else _run_local(catalog, jobs, options, workers or default_workers(len(jobs), str(options.get("backbone"))))

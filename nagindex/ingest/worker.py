@@ -28,7 +28,7 @@ from nagindex.data import Cursor, Document, Reject, Window
 from nagindex.encode import encoder as enc
 from nagindex.errors import InputError, NagIndexError
 from nagindex.progress import StageTimer, TokenRate, progress_bar
-from nagindex.sources.inputs import InputFile, input_files, parquet_file
+from nagindex.sources.inputs import WHOLE, InputFile, input_files, parquet_file
 from nagindex.sources.read import FieldUsage, Fields, read_input
 from nagindex.sources.render import check_text_template
 
@@ -118,7 +118,8 @@ def estimate_records(files: Sequence[InputFile], starts: dict[str, int]) -> int 
     """Cheap total for the progress bar's ETA (parquet metadata, .jsonl sizes); None if unknown.
 
     A .jsonl is not read through (that would be a second pass over the corpus before any work): its
-    lines are its size over the bytes per line of its first MiB, exact when it is no longer.
+    lines are its size over the bytes per line of its first MiB, exact when it is no longer. A split
+    input's parts count their own records (the last part's end is the file's estimate).
     """
     sample = 1 << 20
     total = 0
@@ -138,7 +139,8 @@ def estimate_records(files: Sequence[InputFile], starts: dict[str, int]) -> int 
             n = 1
         else:
             return None
-        total += max(n - starts.get(item.key, 0), 0)
+        start = starts.get(item.key, 0)  # a split input's parts: the records of each from there on
+        total += sum(max((n if p.end is None else p.end) - max(p.first, start), 0) for p in item.parts or (WHOLE,))
     return total
 
 

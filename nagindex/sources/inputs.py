@@ -11,7 +11,9 @@ turning the rest of a file into a reject.
 
 Each input gets a stable ``key`` (absolute path or full URL) that the store's
 progress table and the index's ``sources`` use, so resume and text read-back
-work from any working folder.
+work from any working folder. A sharded ingest may hand a worker only some
+``parts`` of a big input (``sources.split``): its records keep the positions they
+have in the whole file, so the index is the one a whole-file read gives.
 """
 from __future__ import annotations
 
@@ -38,6 +40,29 @@ _REMOTE_BLOCK = 8 << 20  # bytes per remote range request
 
 
 @dataclass(frozen=True, slots=True)
+class Part:
+    """A contiguous piece of one input for one shard worker (``sources.split``): bytes ``[start, stop)`` of
+    an uncompressed .jsonl (cut at line starts) or row groups ``[start, stop)`` of a .parquet.
+
+    ``first`` is the position (line or row in the whole file) of its first record and ``end`` the position
+    after its last, so a worker resuming at a position skips whole parts. The last part of a file is open
+    (``stop`` and ``end`` None: to the end of the file), so lines appended to a .jsonl are still read.
+    """
+
+    start: int
+    stop: int | None
+    first: int
+    end: int | None
+
+    def to_json(self) -> list[int | None]:
+        return [self.start, self.stop, self.first, self.end]
+
+
+#: the one part of an input read whole
+WHOLE = Part(0, None, 0, None)
+
+
+@dataclass(frozen=True, slots=True)
 class InputFile:
     """One concrete source: a file, or an HF ``save_to_disk`` folder.
 
@@ -45,6 +70,7 @@ class InputFile:
     ``source`` is the path as the user gave it (joined with the relative path
     inside a walked folder) and is what rejects and generated docids show.
     ``name`` is the path relative to the walked folder (the docid of a .txt doc).
+    ``parts``: the pieces of it to read, in file order (a sharded ingest's split input); None: all of it.
     """
 
     key: str
@@ -53,11 +79,13 @@ class InputFile:
     source: str
     name: str
     fs: Any = None  # the fsspec filesystem of a remote input (``path`` is then its path there); None: local
+    parts: tuple[Part, ...] | None = None
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, Any]:
         """This source as JSON, to hand it to a shard worker process as the driver found it."""
         return {"key": self.key, "path": self.path.as_posix(), "kind": self.kind, "source": self.source,
-                "name": self.name, "remote": self.fs is not None}
+                "name": self.name, "remote": self.fs is not None,
+                "parts": None if self.parts is None else [p.to_json() for p in self.parts]}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> "InputFile":
@@ -66,7 +94,9 @@ class InputFile:
             import fsspec
 
             fs = fsspec.core.url_to_fs(value["key"])[0]
-        return cls(value["key"], Path(value["path"]), value["kind"], value["source"], value["name"], fs)
+        parts = value.get("parts")
+        return cls(value["key"], Path(value["path"]), value["kind"], value["source"], value["name"], fs,
+                   None if parts is None else tuple(Part(*p) for p in parts))
 
     def open(self) -> BinaryIO:
         """The file's raw bytes, local or remote."""

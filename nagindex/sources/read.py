@@ -13,6 +13,8 @@ memory stays flat whatever the file size.
 Positions are 0-based line numbers (jsonl, blank lines counted and skipped) or
 row numbers (parquet; for an HF ``save_to_disk`` folder, rows counted across its
 ``data-*.arrow`` files in order). ``start_positions[key] = p`` resumes at ``p``.
+An input given with ``parts`` (a sharded ingest's split input, ``sources.split``) yields the
+records of those parts only, each at its position in the whole file.
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ from typing import Any, BinaryIO
 
 from nagindex.data import Document, Reject
 from nagindex.errors import InputError
-from nagindex.sources.inputs import (READ_CHUNK, SUFFIX_KINDS, InputFile, input_files, network_error, parquet_file,
-                                     transport_error)
+from nagindex.sources.inputs import (READ_CHUNK, SUFFIX_KINDS, WHOLE, InputFile, input_files, network_error,
+                                     parquet_file, transport_error)
 from nagindex.sources.render import TEMPLATE_OPTION, compile_text_template
 
 logger = logging.getLogger(__name__)
@@ -272,21 +274,29 @@ def stream_errors() -> tuple[type[BaseException], ...]:
 
 
 def _read_jsonl(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
-    with open_binary(item) as fh:
-        lines_read = 0
-        try:
-            for raw in fh:
-                position, lines_read = lines_read, lines_read + 1
-                if position < start:
-                    continue
-                line = raw.rstrip(b"\r\n")
-                if not line.strip():
-                    continue
-                yield _parse_line(line, item.source, position, fields)
-        except stream_errors() as exc:
-            if network_error(item, exc):
-                raise
-            yield Reject(item.source, max(lines_read, start), f"corrupt or truncated file from here on: {exc}")
+    """Lines of the whole file, or of its ``parts`` (byte ranges of an uncompressed file, each sought to)."""
+    for part in item.parts or (WHOLE,):
+        if part.end is not None and part.end <= start:
+            continue  # read through before a resume: not even opened
+        with open_binary(item) as fh:
+            if part.start:
+                fh.seek(part.start)
+            offset, position = part.start, part.first
+            try:
+                for raw in fh:
+                    if part.stop is not None and offset >= part.stop:
+                        break
+                    offset, position = offset + len(raw), position + 1
+                    if position <= start:
+                        continue
+                    line = raw.rstrip(b"\r\n")
+                    if not line.strip():
+                        continue
+                    yield _parse_line(line, item.source, position - 1, fields)
+            except stream_errors() as exc:
+                if network_error(item, exc):
+                    raise
+                yield Reject(item.source, max(position, start), f"corrupt or truncated file from here on: {exc}")
 
 
 def _parse_line(line: bytes, source: str, position: int, fields: Fields) -> Document | Reject:
@@ -375,23 +385,24 @@ def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Docum
         if fields.template is None and fields.text not in columns:
             yield Reject(item.source, None, f"missing text field {fields.text!r} (columns: {pf.schema_arrow.names})")
             return
-        first = 0
-        for group in range(pf.num_row_groups):
-            rows = pf.metadata.row_group(group).num_rows
-            if first + rows <= start:  # skip whole row groups without decoding them
-                first += rows
-                continue
-            try:
-                for batch in pf.iter_batches(batch_size=8192, row_groups=[group], columns=columns):
-                    skip = max(0, start - first)
-                    yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id,
-                                              pf.schema_arrow.names)
-                    first += batch.num_rows
-            except (pa.ArrowException, OSError, ValueError) as exc:
-                if network_error(item, exc):
-                    raise
-                yield Reject(item.source, first, f"corrupt parquet data from here on: {exc}")
-                return
+        for part in item.parts or (WHOLE,):
+            first = part.first
+            for group in range(part.start, pf.num_row_groups if part.stop is None else part.stop):
+                rows = pf.metadata.row_group(group).num_rows
+                if first + rows <= start:  # skip whole row groups without decoding them
+                    first += rows
+                    continue
+                try:
+                    for batch in pf.iter_batches(batch_size=8192, row_groups=[group], columns=columns):
+                        skip = max(0, start - first)
+                        yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id,
+                                                  pf.schema_arrow.names)
+                        first += batch.num_rows
+                except (pa.ArrowException, OSError, ValueError) as exc:
+                    if network_error(item, exc):
+                        raise
+                    yield Reject(item.source, first, f"corrupt parquet data from here on: {exc}")
+                    break  # the rest of this part; a file read whole has one part
 
 
 def arrow_batches(path: Path) -> Iterator[Any]:

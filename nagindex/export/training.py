@@ -3,7 +3,8 @@
 The work is split by source, not by rank. Rank order across output files would make every part read from
 nearly every source (a selection takes a slice of each file), so a corpus would be read once per part;
 grouped by source, each source is read once, in its own order, by one task. So: the selection's sources,
-ordered by their best rank, are packed into tasks of about one part's size (``plan_tasks``); a task reads
+ordered by their best rank, are packed into tasks of about one part's size (``plan.plan_tasks``, two streamed
+passes over the selection: the coordinator never holds its rows); a task reads its rows from the plan, then
 only its sources, streaming, a batch of texts at a time, checks every text as ``--with-text`` does
 (``sources.fetch.source_texts``) and writes its parts ``part-<task>-<k>`` of about ``shard_size`` bytes.
 Within a part documents follow their source's order, each with its ``rank`` (parquet, JSONL); the manifest
@@ -29,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from nagindex.errors import NagIndexError
+from nagindex.export.plan import SELECTION_COLUMNS, Task, plan_tasks, remove_plan, selection_batches
 from nagindex.export.writers import BATCH_BYTES, FORMATS, PartWriter, TokenEncoder, TrainingDoc
 from nagindex.fsio import TMP_SUFFIX, atomic_path
 from nagindex.progress import StageTimer, progress_bar
 
 DONE = ".done"
-SELECTION_COLUMNS = ("rank", "docid", "source", "position", "token_count")
 
 
 @dataclass(frozen=True)
@@ -67,19 +68,6 @@ class TrainingSpec:
 
 
 @dataclass
-class Task:
-    """One unit of work: ``sources`` and the selected rows from them, ordered by source then position
-    (``source_ids`` index ``sources``)."""
-
-    number: int
-    sources: list[str]
-    source_ids: np.ndarray
-    positions: np.ndarray
-    ranks: np.ndarray
-    docids: list[str]
-
-
-@dataclass
 class TrainingOutput:
     """What ``write_training`` wrote: the parts in order (``manifest.json`` beside them lists them too)."""
 
@@ -107,12 +95,12 @@ def write_training(selection: str | os.PathLike, out: str | os.PathLike, *, inde
     timer = StageTimer()
     out = Path(out)
     with timer("plan"):
-        table, index_dir = read_selection(selection, index_dir)
+        index_dir = selection_index(Path(selection), index_dir)
         text_opts, states = index_sources(index_dir)
     with _writing(out):
         _claim(out, {**spec.signature(), "selection": _identity(Path(selection))})
         with timer("plan"):
-            tasks = plan_tasks(table, spec)
+            tasks = plan_tasks(Path(selection), out, spec.shard_bytes, spec.writer.bytes_per_token)
         return _run(tasks, spec, out, (text_opts, states), workers, ray_address, timer,
                     {"selection": str(Path(selection).resolve()), "index": str(Path(index_dir).resolve())})
 
@@ -121,8 +109,8 @@ def _run(tasks: list[Task], spec: TrainingSpec, out: Path, sources: tuple[dict[s
          workers: int, ray_address: str | None, timer: StageTimer, inputs: dict[str, str]) -> TrainingOutput:
     """Run the tasks not done yet, then write the manifest of every part."""
     pending = [t for t in tasks if not (out / DONE / f"{t.number:05d}.json").is_file()]
-    bar = progress_bar(total=sum(len(t.docids) for t in tasks), desc="write-training", unit="doc")
-    bar.update(sum(len(t.docids) for t in tasks) - sum(len(t.docids) for t in pending))
+    bar = progress_bar(total=sum(t.documents for t in tasks), desc="write-training", unit="doc")
+    bar.update(sum(t.documents for t in tasks) - sum(t.documents for t in pending))
     try:
         with timer("write"):
             args = (spec, str(out), *sources)
@@ -131,7 +119,7 @@ def _run(tasks: list[Task], spec: TrainingSpec, out: Path, sources: tuple[dict[s
             elif workers == 1 or len(pending) <= 1:
                 for task in pending:
                     write_task(task, *args)
-                    bar.update(len(task.docids))
+                    bar.update(task.documents)
             else:
                 _run_local(pending, args, workers, bar)
     finally:
@@ -141,33 +129,23 @@ def _run(tasks: list[Task], spec: TrainingSpec, out: Path, sources: tuple[dict[s
                 "bytes": sum(p["bytes"] for p in parts), "parts": parts}
     with atomic_path(out / "manifest.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    remove_plan(out)
     return TrainingOutput(out, parts, manifest["documents"], manifest["bytes"], timer.summary(),
                           len(tasks) - len(pending))
 
 
-def read_selection(selection: str | os.PathLike, index_dir: str | os.PathLike | None) -> tuple[Any, str]:
-    """The selection's ``SELECTION_COLUMNS`` (an Arrow table) and the index to read texts from: ``index_dir``,
-    else the one its manifest (``<selection>.manifest.json``) names."""
-    import pyarrow.parquet as pq
-    from pyarrow import json as pa_json
-
-    path = Path(selection)
+def selection_index(path: Path, index_dir: str | os.PathLike | None) -> str:
+    """The index to read the texts of the selection ``path`` from: ``index_dir``, else the one its manifest
+    (``<selection>.manifest.json``) names."""
     if not path.exists():
         raise NagIndexError(f"selection {path}: no such file or folder")
-    if path.is_dir():  # written by the shards (``query -o DIR``): its parts, in rank order
-        table = pq.read_table(path).sort_by("rank")
-    else:
-        table = pq.read_table(path) if path.suffix == ".parquet" else pa_json.read_json(path)
-    missing = [c for c in SELECTION_COLUMNS if c not in table.column_names]
-    if missing:
-        raise NagIndexError(f"selection {path}: no column {', '.join(missing)} "
-                            "(a file `nagindex query` wrote has them)")
+    next(selection_batches(path, SELECTION_COLUMNS), None)  # its columns, checked before anything is written
     if index_dir is None:
         side = path.with_name(path.name + ".manifest.json")
         index_dir = json.loads(side.read_text("utf-8")).get("index") if side.is_file() else None
         if not index_dir:
             raise NagIndexError(f"selection {path}: its manifest names no index; pass --index")
-    return table.select(list(SELECTION_COLUMNS)), str(index_dir)
+    return str(index_dir)
 
 
 def index_sources(index_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -189,40 +167,6 @@ def index_sources(index_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     return text_options(open_shard(specs[0]["path"], rows=specs[0]["rows"]).manifest), states
 
 
-def plan_tasks(table: Any, spec: TrainingSpec) -> list[Task]:
-    """The selection's sources in order of their best rank, packed in that order into tasks of about one
-    part (estimated from ``token_count``); each task's rows ordered by source, then position."""
-    import pyarrow.compute as pc
-
-    encoded = pc.dictionary_encode(table["source"]).combine_chunks()
-    names = encoded.dictionary.to_pylist()
-    src = encoded.indices.to_numpy().astype(np.int64)
-    ranks = table["rank"].to_numpy().astype(np.int64)
-    positions = table["position"].to_numpy().astype(np.int64)
-    estimate = np.bincount(src, table["token_count"].to_numpy().astype(np.float64) * spec.writer.bytes_per_token,
-                           minlength=len(names))
-    best = np.full(len(names), np.iinfo(np.int64).max)
-    np.minimum.at(best, src, ranks)
-    groups: list[list[int]] = []
-    size = 0.0
-    for s in np.argsort(best, kind="stable").tolist():
-        if not groups or size >= spec.shard_bytes:
-            groups.append([])
-            size = 0.0
-        groups[-1].append(s)
-        size += estimate[s]
-    order = np.lexsort((positions, src))
-    starts = np.searchsorted(src[order], np.arange(len(names) + 1))
-    docids = table["docid"]
-    tasks = []
-    for number, group in enumerate(groups):
-        rows = np.concatenate([order[starts[s]:starts[s + 1]] for s in group])
-        local = np.repeat(np.arange(len(group)), [starts[s + 1] - starts[s] for s in group])
-        tasks.append(Task(number, [names[s] for s in group], local, positions[rows], ranks[rows],
-                          docids.take(rows).to_pylist()))
-    return tasks
-
-
 def write_task(task: Task, spec: TrainingSpec, out: str, text_opts: dict[str, Any],
                states: dict[str, dict[str, Any]]) -> None:
     """Write one task's parts, from its first part not yet marked done; then mark the task done."""
@@ -232,22 +176,23 @@ def write_task(task: Task, spec: TrainingSpec, out: str, text_opts: dict[str, An
     while (marker := done / f"{task.number:05d}-{len(parts):05d}.json").is_file():
         parts.append(json.loads(marker.read_text("utf-8")))
     first = parts[-1]["rows"][1] if parts else 0
+    source_ids, positions, ranks, docids = task.rows()
     encoder = _encoder(spec.tokenizer, spec.eos) if spec.writer.tokenized else None
     writer: PartWriter | None = None
     try:
-        for batch in _text_batches(task, first, text_opts, states):
+        for batch in _text_batches(task.sources, source_ids, positions, docids, first, text_opts, states):
             tokens = encoder.encode([t for _, t in batch]) if encoder else [None] * len(batch)
             for (j, text), ids in zip(batch, tokens):
                 size = ids.nbytes if ids is not None else len(text.encode("utf-8"))
                 if writer is None:
                     writer = spec.writer(out_dir / f"part-{task.number:05d}-{len(parts):05d}",
                                          encoder.dtype if encoder else None)
-                writer.add(TrainingDoc(task.docids[j], text, int(task.ranks[j]), ids, size))
+                writer.add(TrainingDoc(docids[j], text, int(ranks[j]), ids, size))
                 if writer.bytes >= spec.shard_bytes:
                     parts.append(_commit(writer, task.number, len(parts), first, j + 1, done))
                     writer, first = None, j + 1
         if writer is not None:
-            parts.append(_commit(writer, task.number, len(parts), first, len(task.docids), done))
+            parts.append(_commit(writer, task.number, len(parts), first, len(docids), done))
             writer = None
     finally:
         if writer is not None:
@@ -262,21 +207,22 @@ def _encoder(name: str, eos: bool) -> TokenEncoder:
     return TokenEncoder(name, eos)
 
 
-def _text_batches(task: Task, first: int, text_opts: dict[str, Any],
-                  states: dict[str, dict[str, Any]]) -> Iterator[list[tuple[int, str]]]:
-    """``(row, text)`` of the task's rows from ``first`` on, in order, a batch of about ``BATCH_BYTES`` at a
-    time; each source streamed once (``source_texts``), from the first position still wanted."""
+def _text_batches(sources: list[str], source_ids: np.ndarray, positions: np.ndarray, docids: list[str], first: int,
+                  text_opts: dict[str, Any], states: dict[str, dict[str, Any]]) -> Iterator[list[tuple[int, str]]]:
+    """``(row, text)`` of a task's rows (``Task.rows``) from ``first`` on, in order, a batch of about
+    ``BATCH_BYTES`` at a time; each source streamed once (``source_texts``), from the first position still
+    wanted."""
     from nagindex.sources.fetch import source_texts
 
     batch: list[tuple[int, str]] = []
     size = 0
-    bounds = np.searchsorted(task.source_ids, np.arange(len(task.sources) + 1))
-    for s, src in enumerate(task.sources):
+    bounds = np.searchsorted(source_ids, np.arange(len(sources) + 1))
+    for s, src in enumerate(sources):
         lo, hi = max(bounds[s], first), bounds[s + 1]
         if lo >= hi:
             continue
-        rows = {int(p): [j] for j, p in zip(range(lo, hi), task.positions[lo:hi].tolist())}
-        for j, text in source_texts(src, rows, task.docids, recorded=states.get(src), **text_opts):
+        rows = {int(p): [j] for j, p in zip(range(lo, hi), positions[lo:hi].tolist())}
+        for j, text in source_texts(src, rows, docids, recorded=states.get(src), **text_opts):
             batch.append((j, text))
             size += len(text)
             if size >= BATCH_BYTES:
@@ -346,7 +292,7 @@ def _run_local(tasks: list[Task], args: tuple[Any, ...], workers: int, bar: Any)
         try:
             for task, future in zip(tasks, futures):
                 future.result()
-                bar.update(len(task.docids))
+                bar.update(task.documents)
         finally:  # an error or Ctrl-C: start no queued task
             for future in futures:
                 future.cancel()
@@ -370,4 +316,4 @@ def _run_ray(tasks: list[Task], args: tuple[Any, ...], address: str, bar: Any) -
             if watch.gone():
                 raise watch.lost(f"Ray says: {exc}") from exc
             raise NagIndexError(f"task {task.number} ({task.sources[0]}...) failed on Ray ({exc}); {kept}") from exc
-        bar.update(len(task.docids))
+        bar.update(task.documents)

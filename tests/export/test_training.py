@@ -114,7 +114,7 @@ def test_megatron_round_trip_gives_each_document_s_tokens_and_eos(selected, gold
     assert [p["files"] for p in parts] == [[f"{p['name']}.bin", f"{p['name']}.idx"] for p in parts]
     for part in parts:
         got += _read_megatron(out / part["name"])
-    order = _order(selected["sel"])
+    order = _order(selected["sel"], tmp_path / "plan")
     assert len(got) == res.documents == 150
     for ids, docid in zip(got, order):
         assert ids.tolist() == tok(_text(docid))["input_ids"] + [tok.eos_token_id]
@@ -124,12 +124,12 @@ def test_megatron_round_trip_gives_each_document_s_tokens_and_eos(selected, gold
     assert no_eos.bytes == res.bytes - 150 * 2
 
 
-def _order(sel: Path) -> list[str]:
+def _order(sel: Path, scratch: Path) -> list[str]:
     """The docids in the order a Megatron run writes them: task by task (``plan_tasks``)."""
-    from nagindex.export.training import TrainingSpec, plan_tasks, read_selection
+    from nagindex.export.plan import plan_tasks
+    from nagindex.export.writers import FORMATS
 
-    table, _ = read_selection(sel, None)
-    return [d for t in plan_tasks(table, TrainingSpec("megatron", 2000)) for d in t.docids]
+    return [d for t in plan_tasks(sel, scratch, 2000, FORMATS["megatron"].bytes_per_token) for d in t.rows()[3]]
 
 
 def test_one_and_three_workers_write_identical_bytes(selected, tmp_path):
@@ -245,3 +245,27 @@ def test_the_embedded_smollm2_tokenizer_works_offline(monkeypatch):
     enc = TokenEncoder("smollm2-135m")
     assert [ids.tolist() for ids in enc.encode(["hello world", ""])] == [[28120, 905, 2], [2]]
     assert enc.dtype == np.uint16
+
+
+def test_the_plan_streams_the_selection_and_leaves_nothing(selected, tmp_path, monkeypatch):
+    """Planned a few rows at a time, flushed to the task files after every batch, the parts are the same
+    bytes; what goes to a worker is the task's sources and a file name, never its rows; a plan a killed run
+    left half written is started over; the finished run leaves no plan behind."""
+    import dataclasses
+
+    from nagindex.export import plan
+
+    whole = write_training(selected["sel"], tmp_path / "whole", format="parquet", shard_size=SHARD)
+    assert not (tmp_path / "whole" / ".done" / plan.PLAN).exists()
+    monkeypatch.setattr(plan, "PLAN_BATCH", 7)
+    monkeypatch.setattr(plan, "FLUSH_BYTES", 1)
+    half = tmp_path / "streamed" / ".done" / plan.PLAN
+    half.mkdir(parents=True)
+    (half / "task-00000.rows").write_bytes(b"\1" * 100)  # what a kill in the middle of planning leaves
+    tasks = plan.plan_tasks(selected["sel"], tmp_path / "tasks", 3000, 1.0)
+    assert [f.name for f in dataclasses.fields(plan.Task)] == ["number", "sources", "documents", "plan"]
+    rows = [t.rows() for t in tasks]
+    assert sum(t.documents for t in tasks) == sum(len(r[3]) for r in rows) == 150
+    assert sorted(d for r in rows for d in r[3]) == sorted(r["docid"] for r in _selection(selected["sel"]))
+    res = write_training(selected["sel"], tmp_path / "streamed", format="parquet", shard_size=SHARD)
+    assert res.parts == whole.parts and _tree(tmp_path / "streamed") == _tree(tmp_path / "whole")

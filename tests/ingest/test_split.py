@@ -87,6 +87,22 @@ def test_split_inputs_over_3_shards_equal_a_one_shard_ingest(golden_dir, corpus,
     assert len(read) == 2 and read[0] == read[1] and len(read[0]) == len(qa)
 
 
+def test_ray_shard_tasks_read_their_parts(golden_dir, corpus, tmp_path):
+    """Ray tasks get their parts with their inputs (``InputFile.to_json``): the index of one local writer."""
+    ray = pytest.importorskip("ray")
+    model = str(golden_dir / "model")
+    ingest([corpus], tmp_path / "one", backbone=model, **SETTINGS)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = ingest([corpus], tmp_path / "ray", backbone=model, shards=3, split_size=SPLIT, ray_address="local",
+                     **SETTINGS)
+    finally:
+        ray.shutdown()
+    assert sum("parts" in e for e in load_catalog(tmp_path / "ray").inputs) == 6
+    assert _rows(tmp_path / "ray") == _rows(tmp_path / "one")
+    assert res.rows == 99 and res.hidden + res.reject_reasons["duplicate id"] == 3
+
+
 def test_the_plan_is_recorded_once_and_balances_parts(corpus, tmp_path):
     """Parts go one by one to the least-loaded shard; a shard's adjacent parts are one range; an input
     already planned keeps its plan (a resumed or appended ingest never re-splits it)."""

@@ -74,8 +74,8 @@ def assign_inputs(catalog: Any, files: Sequence[InputFile],
             plan[int(entry["shard"])].append(f if parts is None else
                                              replace(f, parts=tuple(Part(*p) for p in parts)))
     if whole:
-        log.info("%d input(s) over the split size are read whole by one worker each (gzip, zstd and remote "
-                 ".jsonl cannot be split): %s", len(whole), ", ".join(whole[:3]) + (" ..." * (len(whole) > 3)))
+        log.warning("%d input(s) over the split size are read whole by one worker each (gzip, zstd and remote "
+                    ".jsonl cannot be split): %s", len(whole), ", ".join(whole[:3]) + (" ..." * (len(whole) > 3)))
     return plan
 
 

@@ -186,3 +186,20 @@ def test_kill_9_mid_part_then_resume(golden_dir, tmp_path):
     assert load_catalog(tmp_path / "idx").inputs == catalog.inputs
     ingest([root], tmp_path / "one", backbone=model, **SETTINGS)
     assert _rows(tmp_path / "idx") == _rows(tmp_path / "one")
+
+
+def test_compressed_inputs_are_read_whole_and_said_so_once(corpus, tmp_path, caplog):
+    import gzip
+    import logging
+
+    raw = (corpus / "big.jsonl").read_bytes()
+    for i in range(2):
+        (tmp_path / f"c{i}.jsonl.gz").write_bytes(gzip.compress(raw, compresslevel=0))  # bigger than SPLIT
+    catalog = new_catalog(tmp_path / "idx", 2)
+    with caplog.at_level(logging.WARNING, logger="nagindex.ingest.sharded"):
+        plan = assign_inputs(catalog, input_files([tmp_path / "c0.jsonl.gz", tmp_path / "c1.jsonl.gz"]), SPLIT)
+    assert [[f.parts for f in files] for files in plan.values()] == [[None], [None]]
+    assert [e.get("parts") for e in catalog.inputs] == [None, None]
+    assert [r.getMessage() for r in caplog.records] == [
+        "2 input(s) over the split size are read whole by one worker each (gzip, zstd and remote .jsonl cannot be "
+        f"split): {tmp_path / 'c0.jsonl.gz'}, {tmp_path / 'c1.jsonl.gz'}"]

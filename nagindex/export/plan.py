@@ -149,10 +149,8 @@ def _partition(selection: Path, folder: Path, where: dict[str, int], task_of: np
         lo = 0
         for hi in bounds.tolist():
             pick = order[lo:hi]
-            encoded = [docid.encode("utf-8") for docid in ids.take(pick).to_pylist()]
             part = rows[pick]
-            part["idlen"] = [len(e) for e in encoded]
-            blob = b"".join(encoded)
+            part["idlen"], blob = _utf8(ids.take(pick))
             buffers.setdefault(int(task[pick[0]]), []).append((part, blob))
             held += part.nbytes + len(blob)
             lo = hi
@@ -160,6 +158,19 @@ def _partition(selection: Path, folder: Path, where: dict[str, int], task_of: np
             _flush(folder, buffers)
             held = 0
     _flush(folder, buffers)
+
+
+def _utf8(strings: Any) -> tuple[np.ndarray, bytes]:
+    """Each string's UTF-8 length and all of them back to back, read from the Arrow buffers (no Python
+    string per row)."""
+    import pyarrow as pa
+
+    if not pa.types.is_large_string(strings.type):
+        strings = strings.cast(pa.large_string())
+    _, offsets, data = strings.buffers()
+    offs = np.frombuffer(offsets, np.int64)[strings.offset:strings.offset + len(strings) + 1]
+    blob = memoryview(data)[offs[0]:offs[-1]].tobytes() if data is not None else b""
+    return np.diff(offs), blob
 
 
 def _flush(folder: Path, buffers: dict[int, list[tuple[np.ndarray, bytes]]]) -> None:

@@ -78,7 +78,7 @@ def source_texts(src: str, rows: Mapping[int, list[int]], docids: Sequence[str],
                                   "again")
     fields = Fields(text_field, id_field, None, template=text_template)
     found: set[int] = set()
-    for rec in read_input(item, fields=fields, start=min(rows)):
+    for rec in read_input(item, fields=fields, start=min(rows), only=np.array(sorted(rows), np.int64)):
         if isinstance(rec, Document) and rec.position in rows:
             for i in rows[rec.position]:
                 if rec.docid != docids[i]:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from nagindex.data import Document, Reject
 from nagindex.errors import InputError
 from nagindex.sources.inputs import (READ_CHUNK, SUFFIX_KINDS, WHOLE, InputFile, input_files, network_error,
@@ -134,15 +136,20 @@ def iter_records(
         yield from read_input(item, fields=fields, start=starts.get(item.key, 0))
 
 
-def read_input(item: InputFile, *, fields: Fields | None = None, start: int = 0) -> Iterator[Document | Reject]:
-    """Read one source from ``start``; any I/O or format error becomes a file-level ``Reject``."""
+def read_input(item: InputFile, *, fields: Fields | None = None, start: int = 0,
+               only: np.ndarray | None = None) -> Iterator[Document | Reject]:
+    """Read one source from ``start``; any I/O or format error becomes a file-level ``Reject``.
+
+    ``only``: sorted positions; the records elsewhere are skipped without being parsed or decoded (reading
+    texts back for a sparse selection: a JSON line not wanted is never parsed, a row group with no wanted row
+    never decoded), and their faults are not reported."""
     fields = fields or Fields("doc", "docid", None)
     reader = _READERS.get(item.kind)
     if reader is None:
         yield Reject(item.source, None, f"unsupported file type (expected one of: {_supported()})")
         return
     try:
-        yield from reader(item, fields, start)
+        yield from reader(item, fields, start, only)
     except Exception as exc:  # noqa: BLE001 - sorted below, re-raised unless it is I/O
         if item.fs is not None and transport_error(exc):  # stop; what was committed stays, the rerun resumes
             raise InputError(f"{item.source}: cannot read: {exc}; run the same command again to resume") from exc
@@ -273,8 +280,9 @@ def stream_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def _read_jsonl(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
+def _read_jsonl(item: InputFile, fields: Fields, start: int, only: np.ndarray | None) -> Iterator[Document | Reject]:
     """Lines of the whole file, or of its ``parts`` (byte ranges of an uncompressed file, each sought to)."""
+    wanted = None if only is None else set(only.tolist())
     for part in item.parts or (WHOLE,):
         if part.end is not None and part.end <= start:
             continue  # read through before a resume: not even opened
@@ -287,7 +295,7 @@ def _read_jsonl(item: InputFile, fields: Fields, start: int) -> Iterator[Documen
                     if part.stop is not None and offset >= part.stop:
                         break
                     offset, position = offset + len(raw), position + 1
-                    if position <= start:
+                    if position <= start or (wanted is not None and position - 1 not in wanted):
                         continue
                     line = raw.rstrip(b"\r\n")
                     if not line.strip():
@@ -314,8 +322,8 @@ def _parse_line(line: bytes, source: str, position: int, fields: Fields) -> Docu
 
 
 # ---------------------------------------------------------------- txt
-def _read_txt(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
-    if start > 0:
+def _read_txt(item: InputFile, fields: Fields, start: int, only: np.ndarray | None) -> Iterator[Document | Reject]:
+    if start > 0 or (only is not None and 0 not in only):
         return
     if fields.template is not None:
         yield Reject(item.source, None, f"a .txt file is one plain text, with no fields for {TEMPLATE_OPTION}")
@@ -343,11 +351,17 @@ def _columns(names: Iterable[str], fields: Fields) -> tuple[list[str], bool]:
 
 
 def _rows_of_batch(batch: Any, item: InputFile, first: int, fields: Fields, has_id: bool,
-                   schema: Sequence[str]) -> Iterator[Document | Reject]:
-    """Documents of a record batch read with only the wanted columns; ``schema`` names all of the file's."""
+                   schema: Sequence[str], only: np.ndarray | None) -> Iterator[Document | Reject]:
+    """Documents of a record batch read with only the wanted columns; ``schema`` names all of the file's;
+    ``only``: the positions wanted (``read_input``)."""
+    positions: Sequence[int] = range(first, first + batch.num_rows)
+    if only is not None:
+        lo, hi = np.searchsorted(only, [first, first + batch.num_rows])
+        keep = only[lo:hi] - first
+        batch, positions = batch.take(keep), (keep + first).tolist()
     if fields.template is not None:  # whole rows as Python dicts, to render; the column path below is untouched
-        for i, row in enumerate(batch.to_pylist()):
-            yield make_record(row, item.source, first + i, fields)
+        for pos, row in zip(positions, batch.to_pylist()):
+            yield make_record(row, item.source, pos, fields)
         return
     names = batch.schema.names
     n = batch.num_rows
@@ -355,8 +369,8 @@ def _rows_of_batch(batch: Any, item: InputFile, first: int, fields: Fields, has_
     ids = batch.column(names.index(fields.id)).to_pylist() if has_id else [None] * n
     toks = batch.column(names.index(fields.token)).to_pylist() if fields.token in names else [None] * n
     fields.note(schema, has_id, n)
-    for i in range(n):
-        yield make_record(None, item.source, first + i, fields, text=text[i], docid=ids[i], tokens=toks[i])
+    for i, pos in enumerate(positions):
+        yield make_record(None, item.source, pos, fields, text=text[i], docid=ids[i], tokens=toks[i])
 
 
 def open_parquet(item: InputFile, stack: ExitStack) -> tuple[Any, str | None]:
@@ -372,7 +386,7 @@ def open_parquet(item: InputFile, stack: ExitStack) -> tuple[Any, str | None]:
         return None, f"not a readable parquet file: {exc}"
 
 
-def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
+def _read_parquet(item: InputFile, fields: Fields, start: int, only: np.ndarray | None) -> Iterator[Document | Reject]:
     import pyarrow as pa
 
     with ExitStack() as stack:
@@ -389,14 +403,14 @@ def _read_parquet(item: InputFile, fields: Fields, start: int) -> Iterator[Docum
             first = part.first
             for group in range(part.start, pf.num_row_groups if part.stop is None else part.stop):
                 rows = pf.metadata.row_group(group).num_rows
-                if first + rows <= start:  # skip whole row groups without decoding them
+                if first + rows <= start or not _wants(only, first, first + rows):  # skipped, never decoded
                     first += rows
                     continue
                 try:
                     for batch in pf.iter_batches(batch_size=8192, row_groups=[group], columns=columns):
                         skip = max(0, start - first)
                         yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id,
-                                                  pf.schema_arrow.names)
+                                                  pf.schema_arrow.names, only)
                         first += batch.num_rows
                 except (pa.ArrowException, OSError, ValueError) as exc:
                     if network_error(item, exc):
@@ -429,7 +443,7 @@ def hf_data_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("data-*.arrow"))
 
 
-def _read_hf(item: InputFile, fields: Fields, start: int) -> Iterator[Document | Reject]:
+def _read_hf(item: InputFile, fields: Fields, start: int, only: np.ndarray | None) -> Iterator[Document | Reject]:
     import pyarrow as pa
 
     try:
@@ -445,7 +459,7 @@ def _read_hf(item: InputFile, fields: Fields, start: int) -> Iterator[Document |
         try:
             for batch in arrow_batches(path):
                 n = batch.num_rows
-                if first + n <= start:  # memory-mapped: skipping costs no decoding
+                if first + n <= start or not _wants(only, first, first + n):  # memory-mapped: skipping is free
                     first += n
                     continue
                 fields = fields.resolve(batch.schema.names)
@@ -454,14 +468,23 @@ def _read_hf(item: InputFile, fields: Fields, start: int) -> Iterator[Document |
                     yield Reject(item.source, first, f"missing text field {fields.text!r} (in {path.name})")
                     return
                 skip = max(0, start - first)
-                yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id, batch.schema.names)
+                yield from _rows_of_batch(batch.slice(skip), item, first + skip, fields, has_id, batch.schema.names,
+                                          only)
                 first += n
         except (pa.ArrowException, OSError, ValueError) as exc:
             yield Reject(item.source, first, f"unreadable arrow data from here on ({path.name}): {exc}")
             return
 
 
-_READERS: dict[str, Callable[[InputFile, Fields, int], Iterator[Document | Reject]]] = {
+def _wants(only: np.ndarray | None, lo: int, hi: int) -> bool:
+    """Whether positions ``lo:hi`` hold a wanted one (all do when there is no ``only``)."""
+    if only is None:
+        return True
+    at = int(np.searchsorted(only, lo))
+    return at < len(only) and only[at] < hi
+
+
+_READERS: dict[str, Callable[[InputFile, Fields, int, np.ndarray | None], Iterator[Document | Reject]]] = {
     "jsonl": _read_jsonl,
     "jsonl.gz": _read_jsonl,
     "jsonl.zst": _read_jsonl,

@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -222,3 +223,41 @@ def test_auto_text_field_takes_doc_then_text_then_content(tmp_path):
     texts = [r.text for r in recs if isinstance(r, Document)]
     assert texts == ["from text", "from doc", "from content", "parquet content"]
     assert [r.reason for r in recs if not isinstance(r, Document)] == ["missing text field 'doc'"]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "jsonl.zst", "parquet", "hf", "template"])
+def test_only_the_wanted_positions_are_read(tmp_path: Path, monkeypatch, kind: str) -> None:
+    """``read_input(only=...)`` (reading texts back for a sparse selection) gives exactly the wanted records of
+    a full read, never parses an unwanted JSON line (a broken one there is not even seen) and never decodes
+    a row group without a wanted row."""
+    from nagindex.sources.read import Fields, read_input
+
+    rows = [dict(r, doc=f"{r['doc']} {r['n']}") for r in ROWS]
+    if kind.startswith("jsonl") or kind == "template":
+        data = jsonl_bytes(rows[:4]) + b"{not json\n" + jsonl_bytes(rows[4:])  # line 4 is broken
+        path = tmp_path / f"c.{'jsonl' if kind == 'template' else kind}"
+        path.write_bytes(zstandard.ZstdCompressor().compress(data) if kind.endswith("zst") else data)
+    elif kind == "parquet":
+        path = tmp_path / "c.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=3)
+    else:
+        path = write_hf_folder(tmp_path / "ds", [pa.Table.from_pylist(rows[:5]), pa.Table.from_pylist(rows[5:])])
+    fields = Fields("doc", "docid", None, template="{docid}: {doc}" if kind == "template" else None)
+    (item,) = input_files(path)
+    every = {r.position: r for r in read_input(item, fields=fields)}
+    asked: list[int] = []
+    real = pq.ParquetFile.iter_batches
+
+    def spy(self, *args, row_groups=None, **kwargs):
+        asked.extend(row_groups)
+        return real(self, *args, row_groups=row_groups, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    only = np.array([1, 2, 8] if kind != "parquet" else [1, 2, 9], np.int64)
+    got = docs(read_input(item, fields=fields, start=1, only=only))
+    lines = kind.startswith("jsonl") or kind == "template"
+    want = [every[p] for p in only.tolist()]  # (a JSON file's positions are its line numbers)
+    assert [(d.position, d.docid, d.text) for d in got] == [(d.position, d.docid, d.text) for d in want]
+    assert isinstance(every[4], Reject) == lines  # the broken line, in a full read
+    if kind == "parquet":
+        assert asked == [0, 3]  # rows 0-2 (1, 2 wanted) and 9; groups 1 and 2 never decoded

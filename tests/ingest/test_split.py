@@ -68,6 +68,14 @@ def test_split_inputs_over_3_shards_equal_a_one_shard_ingest(golden_dir, corpus,
                     "reason": "malformed JSON: Expecting value at column 25"}]
     assert [r for r in _rejects(tmp_path / "many") if r["reason"] != "duplicate id"] == \
         [r for r in _rejects(tmp_path / "one") if r["reason"] != "duplicate id"]
+    from click.testing import CliRunner
+
+    from nagindex.cli import main
+
+    info = CliRunner().invoke(main, ["info", "--index", str(tmp_path / "many")]).output
+    shards = [x.split() for x in info.splitlines() if x.startswith("shard-")]
+    assert [(x[0], x[4], x[5]) for x in shards] == [(f"shard-0000{i}", "2", "complete") for i in range(3)]  # parts
+    # of 2 inputs each: one entry and one resume cursor per input
     again = ingest([corpus], tmp_path / "many", backbone=model, split_size=SPLIT, **SETTINGS)  # nothing new
     assert (again.added, again.rows, load_catalog(tmp_path / "many").inputs) == (0, 99, catalog.inputs)
 

@@ -16,6 +16,8 @@ the index:
   searches it memory-mapped with FAISS's exhaustive Hamming k-NN, the very search
   ``IndexBinaryFlat`` runs (``FingerprintIndex``). An index derived before it holds
   ``fingerprints.faiss`` instead: read as it is, copied over by the next derive.
+- ``neuron_counts.i64`` per layer, how many rows hold each neuron (``neuron_stats.py``: the pool
+  statistics of ``--weighting``), rewritten from the old counts plus the new rows'.
 - ``index_info.json`` written last (``fsio.atomic_path``): its ``rows`` is the
   only count readers trust. Bytes past it (a derive killed or out of disk
   mid-way) are cut off by the next ``sync_derived``.
@@ -50,6 +52,7 @@ import numpy as np
 
 from nagindex.errors import NagIndexError
 from nagindex.fsio import DiskFullError, atomic_path, disk_full, disk_full_error, remove_stale_temps
+from nagindex.index.neuron_stats import COUNTS_FILE, count_neurons, prefix_counts, write_counts
 from nagindex.index.store import STORE_DIR, IndexStore, StoreSnapshot
 
 logger = logging.getLogger(__name__)
@@ -141,7 +144,7 @@ def _repair(directory: Path, rows: int, manifest: dict[str, Any]) -> int:
         if rows:
             logger.warning("derived files in %s are incomplete; rebuilding them from the store", directory)
         # the old count first: a reader opening mid-rebuild must see no rows, not it over the new files
-        for name in [INFO_FILE, *sizes, DOCID_BYTES]:
+        for name in [INFO_FILE, *sizes, DOCID_BYTES, COUNTS_FILE]:
             (directory / name).unlink(missing_ok=True)
         (directory / DOCID_OFFSETS).write_bytes(np.zeros(1, "<u8").tobytes())
         return 0
@@ -184,7 +187,8 @@ def sync_derived(index_dir: str | os.PathLike, progress: Callable[[int, int], No
     started = time.perf_counter()
     with open(directory / "derive.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one derive at a time; readers never take it
-        remove_stale_temps(directory, [FAISS_FILE, LEGACY_FAISS_FILE, SOURCES_FILE, INFO_FILE])  # left by a kill -9
+        # left by a kill -9
+        remove_stale_temps(directory, [FAISS_FILE, LEGACY_FAISS_FILE, SOURCES_FILE, INFO_FILE, COUNTS_FILE])
         with IndexStore.open(directory) as store, store.snapshot() as snap:
             manifest = snap.manifest()
             info = _read_info(directory)
@@ -194,7 +198,8 @@ def sync_derived(index_dir: str | os.PathLike, progress: Callable[[int, int], No
             derived, total = (info["rows"] if same else 0), manifest["rows"]
             with _derive_disk_errors(directory, _space_needed(manifest, total - derived)):
                 rows = _extend(directory, snap, manifest, derived, progress)
-                files = [f for f, _ in ROW_FILES.values()] + [DOCID_OFFSETS, DOCID_BYTES, FAISS_FILE, SOURCES_FILE]
+                files = [f for f, _ in ROW_FILES.values()] + [DOCID_OFFSETS, DOCID_BYTES, FAISS_FILE, SOURCES_FILE,
+                                                              COUNTS_FILE]
                 info = {"rows": total, "store_rows": total, "derived_new_rows": total - rows,
                         "build_seconds": round(time.perf_counter() - started, 3),
                         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -210,6 +215,7 @@ def _extend(directory: Path, snap: StoreSnapshot, manifest: dict[str, Any], rows
     """Append the rows past ``rows`` (once repaired) to every derived file; return the rows kept by the repair."""
     _migrate(directory, rows)
     rows = _repair(directory, rows, manifest)
+    counts = prefix_counts(directory, manifest, rows)  # an index derived before neuron_counts.i64: counted once
     total = manifest["rows"]
     with ExitStack() as files:
         handles = {n: files.enter_context(open(directory / f, "ab")) for n, (f, _) in ROW_FILES.items()}
@@ -221,6 +227,7 @@ def _extend(directory: Path, snap: StoreSnapshot, manifest: dict[str, Any], rows
             for name, fh in handles.items():
                 fh.write(np.ascontiguousarray(getattr(chunk, name)).tobytes())
             fp_fh.write(fingerprints(chunk.codes, manifest["width"]).tobytes())
+            counts += count_neurons(chunk.codes, manifest["width"])
             off_fh.write((chunk.docid_offsets[1:].astype("<u8") + np.uint64(base)).tobytes())
             blob_fh.write(chunk.docid_bytes)
             base += len(chunk.docid_bytes)
@@ -230,6 +237,7 @@ def _extend(directory: Path, snap: StoreSnapshot, manifest: dict[str, Any], rows
             fh.flush()
             os.fsync(fh.fileno())
     _write_json(directory / SOURCES_FILE, snap.sources())
+    write_counts(directory, total, counts)
     return rows
 
 

@@ -27,8 +27,8 @@ class ScoreExport:
 
 
 def score_all(targets: TargetLike | Sequence[TargetLike], index_dir: str | os.PathLike = "idx", *,
-              out: str | os.PathLike, layers: Any = None, power: float = 1.0, max_examples: int | None = None,
-              example_seed: int = 0, device: str = "auto") -> ScoreExport:
+              out: str | os.PathLike, layers: Any = None, power: float = 1.0, weighting: str = "none",
+              max_examples: int | None = None, example_seed: int = 0, device: str = "auto") -> ScoreExport:
     """Write ``docid, token_count, score_<target>...`` (the similarity to each target) for every document
     of the index to ``out`` (``.parquet`` or ``.jsonl``). Targets and options as for ``query``."""
     import pyarrow as pa
@@ -38,10 +38,11 @@ def score_all(targets: TargetLike | Sequence[TargetLike], index_dir: str | os.Pa
     from nagindex.query.run import profile_targets
     from nagindex.query.scan import ScorePlan
     from nagindex.query.spec import QuerySpec
+    from nagindex.query.weighting import target_weights
     from nagindex.query.write import check_output
 
-    spec = QuerySpec.of(targets, index_dir, out=out, layers=layers, power=power, max_examples=max_examples,
-                        example_seed=example_seed, device=device)
+    spec = QuerySpec.of(targets, index_dir, out=out, layers=layers, power=power, weighting=weighting,
+                        max_examples=max_examples, example_seed=example_seed, device=device)
     out = check_output(out, spec.input_paths())
     timer = StageTimer()
     fleet = LocalFleet.open(shard_specs(index_dir))
@@ -50,8 +51,9 @@ def score_all(targets: TargetLike | Sequence[TargetLike], index_dir: str | os.Pa
         raise NagIndexError(f"targets {names}: each needs its own name for its score column")
     rows = 0
     try:
-        _, _, kept, profiles, _ = profile_targets(fleet, spec, [], timer)
-        plan = ScorePlan(profiles, tuple(int(x) for x in kept), power, spec.scoring_device)
+        _, visible, kept, profiles, _ = profile_targets(fleet, spec, [], timer)
+        plan = ScorePlan(profiles, tuple(int(x) for x in kept), power, spec.scoring_device,
+                         weights=target_weights(fleet, weighting, profiles, kept, power, visible))
         with timer("score"):
             fleet.score(plan)
         out.parent.mkdir(parents=True, exist_ok=True)

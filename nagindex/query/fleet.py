@@ -140,6 +140,9 @@ class Fleet:
     def describe(self) -> list[dict[str, Any]]:
         return self._all("describe")
 
+    def neuron_counts(self) -> list[np.ndarray]:
+        return self._all("neuron_counts")
+
     def hamming_histogram(self, queries: np.ndarray) -> list[np.ndarray]:
         return self._all("hamming_histogram", queries)
 

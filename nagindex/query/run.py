@@ -75,6 +75,7 @@ def execute(spec: QuerySpec) -> QueryResult:
     from nagindex.query import rank
     from nagindex.query.fleet import open_fleet
     from nagindex.query.scan import QualitySpec, ScorePlan
+    from nagindex.query.weighting import target_weights
     from nagindex.query.write import texts_needed_by
     from nagindex.sources.fetch import SourceTextError
 
@@ -119,7 +120,8 @@ def execute(spec: QuerySpec) -> QueryResult:
                 str(spec.quality_file), spec.quality_col, spec.quality_id_field, spec.invert_quality)
             plan = ScorePlan(profiles, tuple(int(x) for x in kept), spec.power, spec.scoring_device, candidates,
                              quality, (float(spec.temperature), int(spec.seed)) if spec.sample else None, groups,
-                             spec.one_per_cluster)
+                             spec.one_per_cluster, target_weights(fleet, spec.weighting, profiles, kept, spec.power,
+                                                                  visible))
             names = [t.display for t in spec.targets]
             if parts:
                 from nagindex.query.parts import write_parts
@@ -391,7 +393,8 @@ def _write(result: QueryResult, spec: QuerySpec, decontamination: dict[str, Any]
                                                           "quotas": dict(caps.quotas)},
         "one_per_cluster": clusters,
         "quota": {k: v for k, v in vars(spec.quota).items() if v is not None}, "mode": spec.mode,
-        "dedup": spec.dedup, "power": spec.power, "layers": [int(x) for x in result.layers], "approx": spec.approx,
+        "dedup": spec.dedup, "power": spec.power, "weighting": spec.weighting,
+        "layers": [int(x) for x in result.layers], "approx": spec.approx,
         "rows": len(result), "tokens": result.tokens, "notes": result.notes,
     }
     if result.parts is not None:  # the shards wrote the rows: the manifest goes beside their folder

@@ -65,7 +65,9 @@ class ScorePlan:
     """What every shard scores: P count profiles over the kept layers, and who takes part.
 
     ``approx``: query fingerprints ``(P, 512)`` and a Hamming radius each: only the
-    documents within the radius of any of them are scored (``--approx``).
+    documents within the radius of any of them are scored (``--approx``). ``weights``:
+    ``(P, L', width)`` float64 weights of a ``--weighting`` (``weighting.py``), summed
+    instead of the counts; computed once by the coordinator, so every shard has the same bits.
     """
 
     profiles: np.ndarray  # (P, L', width) integer counts
@@ -77,6 +79,7 @@ class ScorePlan:
     sample: tuple[float, int] | None = None  # (temperature, seed): Gumbel-top-k (``sample.py``)
     groups: GroupSpec | None = None  # candidates carry each row's group (group caps)
     clusters: bool = False  # candidates carry each row's near-duplicate cluster (``--one-per-cluster``)
+    weights: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,14 @@ class ShardScan:
         """The shard's manifest and its visible rows (hidden ones left out), before any scoring."""
         return {"manifest": self.view.manifest, "visible_rows": len(self.view) - len(self.hidden)}
 
+    @readonly
+    def neuron_counts(self) -> np.ndarray:
+        """Per layer, how many of the shard's visible documents hold each neuron, int64 ``(L, width)``
+        (``index/neuron_stats.py``): summed over shards, the pool statistics of ``--weighting``."""
+        from nagindex.index.neuron_stats import view_neuron_counts
+
+        return view_neuron_counts(self.view, self.hidden)
+
     # ------------------------------------------------------------ round 0 (--approx)
     @readonly
     def hamming_histogram(self, queries: np.ndarray) -> np.ndarray:
@@ -228,7 +239,7 @@ class ShardScan:
         self.plan = plan
         manifest = self.view.manifest
         shape = (len(self.view), manifest["num_layers"], manifest["top_k"])
-        scorer = make_scorer(shape, plan.profiles, np.asarray(plan.layers), plan.power, plan.device)
+        scorer = make_scorer(shape, plan.profiles, np.asarray(plan.layers), plan.power, plan.device, plan.weights)
         self._norm, self._exact = scorer.norm, scorer.exact
         n, p = len(self.view), scorer.num_profiles
         wide = len(plan.layers) * shape[2] * int(np.max(plan.profiles, initial=0)) >= 2**31

@@ -9,7 +9,8 @@ With power 1 (the reference CLIs' only value) the sum runs over the integer
 ``sim = raw / (|T_p| * K * L')``, which equals the weighted form exactly. Integer
 sums make ties exact: two documents with the same overlap get the same score
 whatever the summation order, so the docid tie-break in ``select.py`` decides,
-as the spec says. Other powers sum float64 weights.
+as the spec says. Other powers sum float64 weights, and so does a ``--weighting``
+(``weighting.py``: a float weight table given as ``weights``, never built from the counts here).
 
 The kernels are numba. Power 1 with counts below 2^16 (any target of fewer
 than 65,536 examples) takes the *lane* kernels (``_lane_kernels``): documents in
@@ -141,13 +142,14 @@ def _lane_table(counts: np.ndarray, lanes: int) -> np.ndarray:
 
 
 def build_table(profiles: np.ndarray | Sequence[np.ndarray], power: float = 1.0, terms: int = 0,
-                top_k: int = 0) -> _Table:
+                top_k: int = 0, weights: np.ndarray | None = None) -> _Table:
     """Count profiles ``(L', width)`` (from ``count_profile``) -> the kernel's lookup table.
 
     ``terms`` (codes summed per document, L' x K) picks the integer width: int32
     (twice the lanes per vector) when no document's sum can reach 2^31, else int64.
     With ``top_k`` (K) given, power 1 and counts that fit the 16-bit lanes, the
-    table is for the lane kernels instead (``_Table.lanes``).
+    table is for the lane kernels instead (``_Table.lanes``). ``weights``: float64
+    ``(P, L', width)`` per-layer weights to sum instead (``weighting.weigh_profiles``).
     """
     counts = _stack_profiles(profiles)
     num_profiles, num_layers, width = counts.shape
@@ -158,20 +160,32 @@ def build_table(profiles: np.ndarray | Sequence[np.ndarray], power: float = 1.0,
     norm = counts.reshape(num_profiles, -1).sum(axis=1).astype(np.float64)
     max_count = int(counts.max())
     flush = _flush_every(top_k, max_count) if top_k > 0 else 0
-    if float(power) == 1.0 and flush and max(terms, 1) * max_count < 2**31:
+    exact = float(power) == 1.0 and weights is None
+    if exact and flush and max(terms, 1) * max_count < 2**31:
         lanes = 1 if num_profiles == 1 else 4 if num_profiles <= 4 else 8
         return _Table(_lane_table(counts, lanes), norm, width, num_layers, lanes, flush)
-    if float(power) == 1.0:
+    if exact:
         fits32 = max(terms, 1) * max_count < 2**31
         values = counts.astype(np.int32 if fits32 else np.int64)
     else:
-        values = profile_weights(counts, power)
+        values = profile_weights(counts, power) if weights is None else _checked_weights(weights, counts.shape)
         norm = np.full(num_profiles, float(num_layers))
     # (L' * width, P), plus zero guard rows so that any uint16 code, even one >= width
     # from a corrupt index, reads inside the table before the kernel flags it.
     guard = np.zeros((_CODE_LIMIT - width, num_profiles), dtype=values.dtype)
     values = np.ascontiguousarray(np.concatenate([values.reshape(num_profiles, -1).T, guard]))
     return _Table(values[:, 0].copy() if num_profiles == 1 else values, norm, width, num_layers)
+
+
+def _checked_weights(weights: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``weights`` as float64 ``shape`` ``(P, L', width)``: finite and non-negative (a negative score marks a
+    corrupt row in the kernels)."""
+    values = np.asarray(weights, dtype=np.float64)
+    if values.shape != shape:
+        raise NagIndexError(f"weights of shape {values.shape} do not match profiles of shape {shape}")
+    if not np.isfinite(values).all() or values.min(initial=0) < 0:
+        raise NagIndexError("weights must be finite and non-negative")
+    return values
 
 
 @lru_cache(maxsize=None)
@@ -494,12 +508,13 @@ def _code_words(sub: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _prepare(shape: tuple[int, ...], profiles: np.ndarray | Sequence[np.ndarray], layers: LayerSpec,
-             power: float, lanes: bool = True) -> tuple[np.ndarray, _Table]:
+             power: float, lanes: bool = True, weights: np.ndarray | None = None) -> tuple[np.ndarray, _Table]:
     """Validate shapes; resolve the kept layers exactly as ``count_profile`` did."""
     if len(shape) != 3:
         raise NagIndexError(f"codes must be (docs, layers, K), got shape {shape}")
     kept = resolve_layers(layers, shape[1])
-    table = build_table(profiles, power, terms=len(kept) * shape[2], top_k=shape[2] if lanes else 0)
+    table = build_table(profiles, power, terms=len(kept) * shape[2], top_k=shape[2] if lanes else 0,
+                        weights=weights)
     if table.num_layers != len(kept):
         raise NagIndexError(f"profiles cover {table.num_layers} layers but {len(kept)} layers are kept")
     return kept, table
@@ -517,13 +532,13 @@ class BlockScorer:
     The unit of every scan: ``score_codes`` runs it over a whole matrix, a shard
     scan (``query/scan.py``) over its memory map block by block, writing each
     block's sums where it likes. ``sums(block)`` is ``(n, P)``: exact int64 sums
-    of counts with power 1 (``exact``), float64 weight sums otherwise; divide by
-    ``norm`` for the similarity.
+    of counts with power 1 (``exact``), float64 weight sums otherwise (another power,
+    or ``weights``: see ``build_table``); divide by ``norm`` for the similarity.
     """
 
     def __init__(self, shape: tuple[int, int, int], profiles: np.ndarray | Sequence[np.ndarray],
-                 layers: LayerSpec = None, power: float = 1.0) -> None:
-        self.kept, self.table = _prepare(shape, profiles, layers, power)
+                 layers: LayerSpec = None, power: float = 1.0, weights: np.ndarray | None = None) -> None:
+        self.kept, self.table = _prepare(shape, profiles, layers, power, weights=weights)
         self.top_k = shape[2]
         self.norm = self.table.norm
         self.num_profiles = self.table.num_profiles
@@ -553,16 +568,17 @@ class BlockScorer:
 
 def score_codes(codes: np.ndarray, profiles: np.ndarray | Sequence[np.ndarray], layers: LayerSpec = None,
                 power: float = 1.0, block_rows: int = BLOCK_ROWS,
-                on_block: Callable[[int], Any] | None = None) -> Scores:
+                on_block: Callable[[int], Any] | None = None, weights: np.ndarray | None = None) -> Scores:
     """Score every row of ``codes`` ``(N, L, K)`` against P count profiles ``(L', width)``.
 
     ``layers`` is the layer spec the profiles were counted with (see
     ``resolve_layers``). ``on_block(rows_done)`` is called after each block of
-    ``block_rows`` rows (for a progress bar).
+    ``block_rows`` rows (for a progress bar). ``weights``: the profiles' float
+    weights ``(P, L', width)`` of a ``--weighting`` (``weighting.weigh_profiles``).
     """
     if np.ndim(codes) != 3:
         raise NagIndexError(f"codes must be (docs, layers, K), got shape {np.shape(codes)}")
-    scorer = BlockScorer(codes.shape, profiles, layers, power)
+    scorer = BlockScorer(codes.shape, profiles, layers, power, weights)
     n = len(codes)
     raw = np.zeros((scorer.num_profiles, n), dtype=np.int64 if scorer.exact else np.float64)
     for start in range(0, n, block_rows):
@@ -575,13 +591,14 @@ def score_codes(codes: np.ndarray, profiles: np.ndarray | Sequence[np.ndarray], 
 
 def layer_contributions(codes: np.ndarray, rows: Sequence[int] | np.ndarray,
                         profiles: np.ndarray | Sequence[np.ndarray], layers: LayerSpec = None,
-                        power: float = 1.0) -> np.ndarray:
+                        power: float = 1.0, weights: np.ndarray | None = None) -> np.ndarray:
     """Per-layer share of the similarity for a few ``rows``: float64 ``(P, len(rows), L')``.
 
     Summed over the last axis it equals ``score_codes(...).similarity[:, rows]``;
     a report uses it to show which layers make a document close to the target.
     """
-    kept, table = _prepare(codes.shape, profiles, layers, power, lanes=False)  # the generic layout: (rows, P)
+    kept, table = _prepare(codes.shape, profiles, layers, power, lanes=False,  # the generic layout: (rows, P)
+                           weights=weights)
     picked = np.asarray(codes[np.asarray(rows, dtype=np.int64)])[:, kept, :]
     if picked.size and picked.max() >= table.width:
         _raise_bad_row(picked.reshape(len(picked), -1), 0, table.width)

@@ -9,7 +9,7 @@ rows and sum in int64, so results are bit-identical to the CPU kernels. Rows are
 processed in slices of ``rows_per_slice`` so that the gathered ``(rows, L'K, P)``
 int32 intermediate stays near 256 MB. A fused kernel would save that intermediate's
 traffic; plain torch ops keep this path testable on CPU torch (CI has no GPU).
-Powers other than 1 sum float64 weights, as on the CPU.
+Powers other than 1 and a ``--weighting`` (``weights``) sum float64 weights, as on the CPU.
 """
 from __future__ import annotations
 
@@ -26,23 +26,25 @@ SLICE_BYTES = 256 << 20
 
 
 def make_scorer(shape: tuple[int, int, int], profiles: np.ndarray, layers: LayerSpec, power: float,
-                device: str = "cpu") -> Any:
-    """The scorer for ``device``: ``cuda``/``cuda:N`` -> ``TorchScorer``; anything else the numba kernels."""
+                device: str = "cpu", weights: np.ndarray | None = None) -> Any:
+    """The scorer for ``device``: ``cuda``/``cuda:N`` -> ``TorchScorer``; anything else the numba kernels.
+    ``weights``: the float weights of a ``--weighting`` (``weighting.weigh_profiles``)."""
     if str(device).startswith("cuda"):
-        return TorchScorer(shape, profiles, layers, power, device)
+        return TorchScorer(shape, profiles, layers, power, device, weights)
     from nagindex.query.score import BlockScorer
 
-    return BlockScorer(shape, profiles, layers, power)
+    return BlockScorer(shape, profiles, layers, power, weights)
 
 
 class TorchScorer:
     """P count profiles on a torch device; ``sums(block)`` as ``score.BlockScorer.sums``."""
 
     def __init__(self, shape: tuple[int, int, int], profiles: np.ndarray | Sequence[np.ndarray],
-                 layers: LayerSpec = None, power: float = 1.0, device: str = "cuda") -> None:
+                 layers: LayerSpec = None, power: float = 1.0, device: str = "cuda",
+                 weights: np.ndarray | None = None) -> None:
         import torch
 
-        from nagindex.query.score import _stack_profiles
+        from nagindex.query.score import _checked_weights, _stack_profiles
 
         counts = _stack_profiles(profiles)
         self.kept = resolve_layers(layers, shape[1])
@@ -55,7 +57,7 @@ class TorchScorer:
             raise NagIndexError(f"--device {device}: torch sees no CUDA device here")
         self.device = torch.device(device)
         self.top_k, self.width, self.num_profiles = shape[2], width, num_profiles
-        self.exact = float(power) == 1.0
+        self.exact = float(power) == 1.0 and weights is None
         if self.exact:
             self.norm = counts.reshape(num_profiles, -1).sum(axis=1).astype(np.float64)
             if len(self.kept) * self.top_k * int(counts.max(initial=0)) >= 2**31:
@@ -63,8 +65,8 @@ class TorchScorer:
             values = torch.from_numpy(np.ascontiguousarray(counts.reshape(num_profiles, -1).T.astype(np.int32)))
         else:
             self.norm = np.full(num_profiles, float(num_layers))
-            weights = profile_weights(counts, power).reshape(num_profiles, -1).T
-            values = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float64))
+            table = profile_weights(counts, power) if weights is None else _checked_weights(weights, counts.shape)
+            values = torch.from_numpy(np.ascontiguousarray(table.reshape(num_profiles, -1).T, dtype=np.float64))
         self._table = values.to(self.device)
         self._offsets = (torch.arange(len(self.kept), dtype=torch.int64) * width).repeat_interleave(self.top_k)
         self._offsets = self._offsets.to(self.device)

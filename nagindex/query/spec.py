@@ -13,6 +13,7 @@ import numpy as np
 from nagindex.errors import NagIndexError
 from nagindex.query.quota import Quota
 from nagindex.query.request import MODES, TargetLike, TargetRequest, as_targets
+from nagindex.query.weighting import check_weighting
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class QuerySpec:
     concatenates (duplicates kept unless ``dedup``); ``mode="union"`` takes turns with no duplicates.
 
     Scoring: ``layers`` (all, last, first, or a list like ``"0,5,-1"``), ``power`` (profile weights
-    ``c^p / sum c^p``), ``approx`` (only FAISS binary candidates), ``device`` (``cuda``/``cuda:N`` scores
+    ``c^p / sum c^p``), ``weighting`` (``none``, the paper's score; ``lift`` or ``idf``: each neuron
+    weighted by its specificity to the target, ``weighting.py``), ``approx`` (only FAISS binary candidates), ``device`` (``cuda``/``cuda:N`` scores
     on that GPU too), ``ray_address`` (one Ray actor per shard: ``local``, ``auto``, ``host:port``).
     ``quality_file``/``quality_col`` add a quality column to the distance (spec sec. 4; joined on
     ``quality_id_field``; ``invert_quality`` when higher is better). ``max_examples`` profiles a sample of
@@ -55,6 +57,7 @@ class QuerySpec:
     dedup: bool = False
     layers: Any = None
     power: float = 1.0
+    weighting: str = "none"
     quality_file: str | os.PathLike | None = None
     quality_col: str | None = None
     quality_id_field: str = "docid"
@@ -82,6 +85,7 @@ class QuerySpec:
         object.__setattr__(self, "targets", tuple(as_targets(list(self.targets))))
         if not self.targets:
             raise NagIndexError("no target: give --target NAME, --target-file PATH or --target-features PATH")
+        check_weighting(self.weighting)
         if self.mode not in MODES:
             raise NagIndexError(f"mode {self.mode!r}: choose one of {', '.join(MODES)}")
         if self.sample and not (np.isfinite(self.temperature) and self.temperature > 0):

@@ -86,11 +86,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--procs", type=int, default=2)
     args = ap.parse_args()
-    build = argparse.Namespace(docs=args.docs, shards=args.shards, layers=28, top_k=20, width=6144, topics=50,
-                               target_docs=200, seed=0, window=16384, procs=args.procs, keep_stores=False)
-    key = (f"n{build.docs}_S{build.shards}_L{build.layers}_K{build.top_k}_w{build.width}_t{build.topics}"
-           f"_T{build.target_docs}_s{build.seed}_v{bench_scale.FORMAT_VERSION}")
-    work = Path(args.workdir) / key
+    build, work = bench_scale.index_args(args.workdir, args.docs, args.shards, args.procs)
     data = bench_scale.build(build, work)
     targets = [str(t) for t in data["targets"]]
     rows = []

@@ -346,7 +346,7 @@ class AnonSampler(threading.Thread):
     def __init__(self, root: int, actor_nice: int | None = None) -> None:
         super().__init__(daemon=True)
         self.root, self.renice = root, actor_nice
-        self.samples: list[tuple[float, int, int, int, int]] = []  # (t, root, actors, others, max actor)
+        self.samples: list[tuple[float, ...]] = []  # (t, root, actors, others, max actor, max other)
         self.seen: dict[int, float] = {}  # descendant pid -> its start time (to clean up by id)
         self.actor_pids: set[int] = set()
         self.actor_nice: set[int] = set()
@@ -387,32 +387,34 @@ class AnonSampler(threading.Thread):
             root = _anon_kb(self.root)
             if root is None:
                 break
-            actors = others = top = 0
+            actors = others = top = top_other = 0
             for pid, kind in kinds.items():
                 kb = _anon_kb(pid) or 0
                 if kind == "actor":
                     actors, top = actors + kb, max(top, kb)
                 else:
-                    others += kb
-            self.samples.append((now, root, actors, others, top))
+                    others, top_other = others + kb, max(top_other, kb)
+            self.samples.append((now, root, actors, others, top, top_other))
             time.sleep(SAMPLE_S)
 
     def peak(self, t0: float, t1: float) -> dict[str, float]:
         """Peaks (MB) over samples in ``[t0, t1)``: each column's own maximum."""
         rows = [s for s in self.samples if t0 <= s[0] < t1] or self.samples[-1:]
-        cols = np.array([s[1:] for s in rows], dtype=np.int64) if rows else np.zeros((1, 4), np.int64)
+        cols = np.array([s[1:] for s in rows], dtype=np.int64) if rows else np.zeros((1, 5), np.int64)
         top = cols.max(axis=0) / 1024
         return {"driver": float(top[0]), "actors": float(top[1]), "ray_other": float(top[2]),
-                "max_actor": float(top[3])}
+                "max_actor": float(top[3]), "max_other": float(top[4])}
 
 
-def run_child(work: Path, name: str, spec: dict[str, Any], actor_nice: int | None = None) -> dict[str, Any]:
-    """This script as a fresh subprocess (``--child``), sampled; its result with phase marks and memory."""
+def run_child(work: Path, name: str, spec: dict[str, Any], actor_nice: int | None = None,
+              script: str = __file__) -> dict[str, Any]:
+    """``script`` (this one by default) as a fresh subprocess (``--child``), sampled; its result with phase
+    marks and memory. The child prints ``@mark <name>`` lines and one ``@result <json>``."""
     import psutil
 
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    cmd = [sys.executable, str(Path(script).resolve()), "--child", json.dumps(spec)]
     marks: dict[str, float] = {}
     result: Any = None
     with open(logs / f"{name}.log", "w") as err:
@@ -629,6 +631,20 @@ def mb(x: float) -> str:
     return f"{x:,.0f} MB"
 
 
+def index_args(workdir: str = "/tmp/nagscale", docs: int = 10_000_000, shards: int = 8,
+               procs: int = 2) -> tuple[argparse.Namespace, Path]:
+    """The default build's parameters for ``docs`` and ``shards`` and its cache folder: how the benchmarks
+    that share this index (``bench_parts``, ``bench_pool``) find it."""
+    args = argparse.Namespace(docs=docs, shards=shards, layers=28, top_k=20, width=6144, topics=50, target_docs=200,
+                              seed=0, window=16384, procs=procs, keep_stores=False)
+    return args, work_dir(workdir, args)
+
+
+def work_dir(workdir: str, args: argparse.Namespace) -> Path:
+    return Path(workdir) / (f"n{args.docs}_S{args.shards}_L{args.layers}_K{args.top_k}_w{args.width}"
+                            f"_t{args.topics}_T{args.target_docs}_s{args.seed}_v{FORMAT_VERSION}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="/tmp/nagscale", help="cache folder for the built indexes")
@@ -668,9 +684,7 @@ def main() -> None:
                saved["loads"], saved["build_s"], *saved["warm"])
         return
 
-    key = (f"n{args.docs}_S{args.shards}_L{args.layers}_K{args.top_k}_w{args.width}_t{args.topics}"
-           f"_T{args.target_docs}_s{args.seed}_v{FORMAT_VERSION}")
-    work = Path(args.workdir) / key
+    work = work_dir(args.workdir, args)
     loads = [load_average()]
     started = time.perf_counter()
     data = build(args, work)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_scale  # noqa: E402  the index this benchmark shares
 import numpy as np  # noqa: E402
-from _table import ResultTable, load_average, log  # noqa: E402
+from _table import load_average, log  # noqa: E402
 
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which but have an "
          "they you were her she there one all we their been has when who will more no if out so said what up its "
@@ -227,8 +227,8 @@ def main() -> None:
 def markdown(r: dict[str, Any]) -> str:
     """One row per step: time and peak anonymous memory (coordinator; largest worker: a shard actor, a Ray task
     or a spawned process), against its anchor measured in the same run (ratios: step / anchor)."""
-    rows = ["| step | time | coordinator | largest worker | anchor | its time | its coordinator | ratio, time "
-            "| ratio, coordinator |", "|---|---|---|---|---|---|---|---|---|"]
+    head = "| step | time | coordinator | largest worker | anchor | its time | its coordinator | ratio, time | ratio, coordinator |"
+    rows = [head, "|---|---|---|---|---|---|---|---|---|"]
 
     def peak(name: str) -> tuple[float, float]:
         m = r[name]["memory"]["queries"]

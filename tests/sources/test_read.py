@@ -31,6 +31,19 @@ def docs(records) -> list[Document]:
     return out
 
 
+def spy_row_groups(monkeypatch) -> list[int]:
+    """The row groups parquet reads decode from now on, in order."""
+    asked: list[int] = []
+    real = pq.ParquetFile.iter_batches
+
+    def spy(self, *args, row_groups=None, **kwargs):
+        asked.extend(row_groups)
+        return real(self, *args, row_groups=row_groups, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    return asked
+
+
 def write_hf_folder(folder: Path, tables: list[pa.Table], file_format: bool = False) -> Path:
     """Mimic ``datasets.Dataset.save_to_disk``: data-XXXXX-of-NNNNN.arrow (IPC stream) + state.json."""
     folder.mkdir(parents=True)
@@ -88,14 +101,7 @@ def test_parquet_row_groups_and_start_position(tmp_path: Path) -> None:
 def test_parquet_skips_whole_row_groups_without_reading_them(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "c.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), path, row_group_size=3)
-    asked: list[int] = []
-    real = pq.ParquetFile.iter_batches
-
-    def spy(self, *args, row_groups=None, **kwargs):
-        asked.extend(row_groups)
-        return real(self, *args, row_groups=row_groups, **kwargs)
-
-    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    asked = spy_row_groups(monkeypatch)
     docs(iter_records(path, start_positions={str(path.resolve()): 7}))
     assert asked == [2, 3]  # rows 6-8 and 9; groups 0 and 1 were never decoded
 
@@ -245,14 +251,7 @@ def test_only_the_wanted_positions_are_read(tmp_path: Path, monkeypatch, kind: s
     fields = Fields("doc", "docid", None, template="{docid}: {doc}" if kind == "template" else None)
     (item,) = input_files(path)
     every = {r.position: r for r in read_input(item, fields=fields)}
-    asked: list[int] = []
-    real = pq.ParquetFile.iter_batches
-
-    def spy(self, *args, row_groups=None, **kwargs):
-        asked.extend(row_groups)
-        return real(self, *args, row_groups=row_groups, **kwargs)
-
-    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    asked = spy_row_groups(monkeypatch)
     only = np.array([1, 2, 8] if kind != "parquet" else [1, 2, 9], np.int64)
     got = docs(read_input(item, fields=fields, start=1, only=only))
     lines = kind.startswith("jsonl") or kind == "template"

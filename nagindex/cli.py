@@ -382,6 +382,10 @@ def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "suffix): each shard writes its part of the selection there (for large selections)."),
         click.option("--layers", default=None, help="Layers to score: all (default), last, first, or a list like 0,5,-1."),
         click.option("--power", default=1.0, show_default=True, help="Profile weights c^p / sum c^p."),
+        click.option("--weighting", type=click.Choice(["none", "lift", "idf"]), default="none", show_default=True,
+                     help="Weigh each profile neuron by its specificity to the target: none (the paper's score), "
+                          "lift (its frequency in the target over its frequency in the pool) or idf (the pool's "
+                          "inverse document frequency); README, \"Weighting\"."),
         click.option("--quality-file", type=click.Path(exists=True), help="parquet/jsonl with docid and a quality column."),
         click.option("--quality-col", help="The quality column of --quality-file."),
         click.option("--invert-quality", is_flag=True,
@@ -574,6 +578,10 @@ def mix(mixture: str, out: str | None, **kw: Any) -> None:
               help="scores.parquet or scores.jsonl: docid, token_count, score_<target> per target.")
 @click.option("--layers", default=None, help="Layers to score: all (default), last, first, or a list like 0,5,-1.")
 @click.option("--power", default=1.0, show_default=True, help="Profile weights c^p / sum c^p.")
+@click.option("--weighting", type=click.Choice(["none", "lift", "idf"]), default="none", show_default=True,
+              help="Weigh each profile neuron by its specificity to the target: none (the paper's score), "
+                   "lift (its frequency in the target over its frequency in the pool) or idf (the pool's "
+                   "inverse document frequency); README, \"Weighting\".")
 @click.option("--max-examples", type=click.IntRange(min=1), default=None,
               help="Profile a random sample of this many examples per target [default: all].")
 @click.option("--example-seed", type=int, default=0, show_default=True, help="Seed of the --max-examples sample.")
@@ -651,6 +659,8 @@ def write_training(selection: str, **kw: Any) -> None:
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the held-out sample.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch [default: all].")
 @click.option("--device", default="auto", show_default=True, help="For encoding the held-out examples' NAGs.")
+@click.option("--weighting", type=click.Choice(["none", "lift", "idf"]), default="none", show_default=True,
+              help="The NAG similarity column's scoring, as the query's --weighting.")
 @click.option("--json", "json_out", default=None, type=click.Path(), help="Write the results as JSON here.")
 @click.option("--report", default=None, type=click.Path(), help="Write an HTML page with plots here.")
 @_user_errors

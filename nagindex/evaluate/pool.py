@@ -90,12 +90,15 @@ class Pool:
                              np.frombuffer(blob, "u1") if blob is not None else np.zeros(0, "u1"))
         return sel.select(key, docids, quota, self.tokens).rows
 
-    def score(self, profile: np.ndarray) -> None:
+    def score(self, profile: np.ndarray, weighting: str = "none") -> None:
         """Score every document against one count profile ``(L, width)`` over all layers (then ``fetch``
-        returns the similarity, the score of ``nagindex score``)."""
+        returns the similarity, the score of ``nagindex score`` with the same ``weighting``)."""
         from nagindex.query.scan import ScorePlan
+        from nagindex.query.weighting import target_weights
 
-        self.fleet.score(ScorePlan(profile[None], tuple(range(len(profile)))))
+        layers = np.arange(len(profile))
+        weights = target_weights(self.fleet, weighting, profile[None], layers, 1.0, len(self))
+        self.fleet.score(ScorePlan(profile[None], tuple(range(len(profile))), weights=weights))
         self._scored = True
 
     def fetch(self, rows: np.ndarray) -> tuple[dict[int, str], dict[int, float]]:

@@ -67,6 +67,7 @@ def evaluate(
     threads: int | None = None,
     device: str = "auto",
     progress: bool | None = None,
+    weighting: str = "none",
 ) -> EvaluationResult:
     """Compare selections of the index with ``random`` on held-out examples of ``target``.
 
@@ -85,7 +86,8 @@ def evaluate(
     arm's per-seed differences to ``random`` get a 95% t-interval. ``json_out`` writes the result
     as JSON, ``report`` an HTML page with plots (matplotlib: the ``report`` extra). ``threads``
     sets torch's CPU threads for the run (restored after); ``device`` encodes the held-out
-    examples' NAGs (once per index: cached like a query's target).
+    examples' NAGs (once per index: cached like a query's target). ``weighting`` scores the NAG
+    similarity as ``query(weighting=...)`` does (``query/weighting.py``).
     """
     from nagindex.evaluate.heldout import split_heldout
     from nagindex.evaluate.ngrams import kl, kl_reduction, ngram_counts
@@ -100,7 +102,9 @@ def evaluate(
         train_arm,
     )
     from nagindex.query.request import as_targets
+    from nagindex.query.weighting import check_weighting
 
+    check_weighting(weighting)
     config = config or ProxyConfig()
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise NagIndexError(f"seeds must be a positive integer, got {seeds!r}")
@@ -126,7 +130,7 @@ def evaluate(
         notice(f"evaluate: {note}")
 
     docs = _documents(index_dir, sels, seeds, pool_docs, examples.texts, f"{request.display} (held-out)", device,
-                      timer)
+                      timer, weighting)
     texts = docs.texts
     with timer("tokenizer"):
         tokenizer = ProxyTokenizer.train(_capped([texts[r] for r in docs.sample.tolist()], config.tokenizer_chars),
@@ -184,7 +188,7 @@ def evaluate(
         "multiple_choice": examples.choices is not None,
         "index": str(Path(index_dir).resolve()), "pool_documents": len(docs.tokens),
         "pool_tokens": int(docs.tokens.sum()), "pool_sample_documents": len(docs.sample),
-        "pool_nag_similarity": docs.similarity(docs.sample),
+        "pool_nag_similarity": docs.similarity(docs.sample), "weighting": weighting,
         "kl_target_pool": kl(target_counts, pool_counts),
         "seeds": list(range(seeds)), "train_tokens": steps * config.step_tokens,
         "curve_tokens": [s * config.step_tokens for s in curve_steps(steps, config.curve_points)],
@@ -228,7 +232,7 @@ class _Documents:
 
 
 def _documents(index_dir: Any, sels: Sequence[Any], seeds: int, pool_docs: int, heldout: Sequence[str],
-               label: str, device: str, timer: StageTimer) -> _Documents:
+               label: str, device: str, timer: StageTimer, weighting: str = "none") -> _Documents:
     """Locate every selection's documents (an unknown docid fails before any model runs), draw ``random``
     per seed within the largest selection's tokens and the pool sample, then read their texts back and score
     them against a profile of the ``heldout`` examples (encoded with the index's backbone, cached)."""
@@ -246,7 +250,7 @@ def _documents(index_dir: Any, sels: Sequence[Any], seeds: int, pool_docs: int, 
             sample = pool.sample(pool_docs, POOL_SEED)
         with timer("held-out NAGs"):
             codes = target_codes(index_dir, pool.manifest, heldout, name=label, device=device)
-            pool.score(count_profile(codes, pool.manifest["width"]))
+            pool.score(count_profile(codes, pool.manifest["width"]), weighting)
         with timer("texts"):
             texts, sims = pool.fetch(np.concatenate([*(r for a in arms for r in a.rows), sample]))
         return _Documents(arms=arms, sample=sample, texts=texts, sims=sims, tokens=pool.tokens)

@@ -18,8 +18,9 @@ itself: every index written before shards existed opens unchanged.
                "stamps": [[created_at, docid_bytes], ...]}}
 
 ``inputs`` is the global input order (first ingest first, then each append's new
-inputs): an input keeps its shard for ever, so a rerun after a crash resumes each
-shard where it stopped. A document id seen in two shards is kept where a one-shard
+inputs): an input, or each part of a big one split over several shards (an entry per
+file and shard, with its ``parts``: ``sources.split``), keeps its shard for ever, so a
+rerun after a crash resumes each shard where it stopped. A document id seen in two shards is kept where a one-shard
 ingest would keep it, at its first occurrence in that order; the other copies are
 listed in ``hidden-<shard>.<generation>.u64`` (sorted rows, written by
 ``dedup.reconcile``) and left out of every view. ``dedup.rows`` are the shard sizes

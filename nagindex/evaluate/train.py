@@ -165,16 +165,23 @@ def train_arm(stream: np.ndarray, evalset: EvalSet, config: ProxyConfig, vocab: 
         if on_step is not None:
             on_step(per)
         if step + 1 in marks:
-            curve.append(_bpb(_scores(model, evalset, config.eval_batch), evalset))
-    scores = _scores(model, evalset, config.eval_batch, windows_only=False)
+            curve.append(_bpb(sequence_logprobs(model, evalset, config.eval_batch), evalset))
+    scores = sequence_logprobs(model, evalset, config.eval_batch, windows_only=False)
     gold_logprob = accuracy = None
     if len(evalset.gold):
-        answers = scores[evalset.windows:]
-        gold_logprob = float(answers[evalset.gold].mean())
-        bounds = np.searchsorted(evalset.owner, np.arange(len(evalset.gold) + 1))  # each example's answers
-        picked = [lo + int(np.argmax(answers[lo:hi])) for lo, hi in itertools.pairwise(bounds)]
-        accuracy = float(np.mean(np.asarray(picked) == evalset.gold))
+        gold, correct = answer_measures(scores, evalset)
+        gold_logprob, accuracy = float(gold.mean()), float(correct.mean())
     return ArmRun(bpb=curve[-1], gold_logprob=gold_logprob, accuracy=accuracy, curve=curve)
+
+
+def answer_measures(scores: np.ndarray, evalset: EvalSet) -> tuple[np.ndarray, np.ndarray]:
+    """Per multiple-choice example of ``evalset``: its gold answer's summed log-probability (nats) and whether
+    the gold answer scores highest (lm-eval's ``acc``), from ``sequence_logprobs(..., windows_only=False)``.
+    Per example, not averaged, so that callers can pair two models' answers example by example."""
+    answers = scores[evalset.windows:]
+    bounds = np.searchsorted(evalset.owner, np.arange(len(evalset.gold) + 1))  # each example's answers
+    picked = np.asarray([lo + int(np.argmax(answers[lo:hi])) for lo, hi in itertools.pairwise(bounds)], np.int64)
+    return answers[evalset.gold], (picked == evalset.gold).astype(np.float64)
 
 
 def curve_steps(steps: int, points: int) -> list[int]:
@@ -193,9 +200,10 @@ def _bpb(scores: np.ndarray, evalset: EvalSet) -> float:
     return float(-scores[:evalset.windows].sum() / math.log(2) / evalset.text_bytes)
 
 
-def _scores(model: Any, evalset: EvalSet, batch: int, windows_only: bool = True) -> np.ndarray:
+def sequence_logprobs(model: Any, evalset: EvalSet, batch: int, windows_only: bool = True) -> np.ndarray:
     """Summed log-probability (nats) of each sequence's targets from its start on; sequences are batched
-    by length (padding after a sequence never reaches it: attention is causal)."""
+    by length (padding after a sequence never reaches it: attention is causal). ``model`` maps token ids
+    ``(batch, time)`` to next-token logits: the proxy GPT, or a wrapped backbone (``explain/deactivate.py``)."""
     import torch
 
     n = evalset.windows if windows_only else len(evalset.seqs)

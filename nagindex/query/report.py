@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -95,6 +96,7 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     idx_manifest = view.manifest
     layers = resolve_layers(manifest.get("layers"), idx_manifest["num_layers"])
     power = float(manifest.get("power", 1.0))
+    weigh = _weigher(manifest.get("weighting", "none"), index_dir, layers, power, len(view))
 
     sel_rows = _rows_of(view, columns["docid"], index_dir)
     requests = _requests(manifest)
@@ -110,13 +112,14 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     targets = []
     for i, (name, req) in enumerate(zip(names, requests)):
         codes, how, matches = _resolve_target(req, name, view, layers, power, sel_rows, expected[i],
-                                              manifest, device)
+                                              manifest, device, weigh)
         if not matches:
             notes.append(f"{name}: its target examples no longer reproduce the selection file's scores "
                          "(were the examples or the index changed since the query?); the plots use them as they are now")
         targets.append(TargetInfo(name, req, codes, how, matches))
     profiles = np.stack([count_profile(t.codes, idx_manifest["width"], layers) for t in targets])
-    similarity = score_codes(view.codes, profiles, layers, power=power).similarity
+    weights = weigh(profiles)
+    similarity = score_codes(view.codes, profiles, layers, power=power, weights=weights).similarity
 
     token_counts = np.asarray(view.token_counts)
     pool_groups = _groups(view, np.arange(len(view)), group_by)
@@ -128,7 +131,8 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     parts = []
     for t, rows in enumerate(top):
         if len(rows):
-            parts.append(layer_contributions(view.codes, rows, profiles[t:t + 1], layers, power)[0])
+            parts.append(layer_contributions(view.codes, rows, profiles[t:t + 1], layers, power,
+                                             None if weights is None else weights[t:t + 1])[0])
         for row in rows:
             label = f"{view.docids.take([row])[0]}  {similarity[t, row]:.4f}"
             contrib_labels.append(f"{label}  [{targets[t].name}]" if len(targets) > 1 else label)
@@ -136,7 +140,7 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     contributions = np.concatenate(parts) if parts else np.zeros((0, len(layers)))
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(len(view), size=min(POOL_SAMPLE, len(view)), replace=False))
-    pool_contrib = layer_contributions(view.codes, sample, profiles, layers, power).mean(axis=1)
+    pool_contrib = layer_contributions(view.codes, sample, profiles, layers, power, weights).mean(axis=1)
 
     return ReportData(selection_path=sel_path, manifest=manifest, targets=targets, similarity=similarity,
                       sel_rows=sel_rows, sel_target=sel_target,
@@ -237,9 +241,23 @@ def _target_names(columns: dict[str, list[Any]], requests: list[Any]) -> list[st
 
 # ---------------------------------------------------------------- targets
 
+def _weigher(weighting: str, index_dir: str | os.PathLike, layers: np.ndarray, power: float,
+             pool_docs: int) -> Callable[[np.ndarray], np.ndarray | None]:
+    """``profiles -> ScorePlan.weights`` of the selection's ``--weighting`` (None for ``none``): the pool
+    counts are read once, so the report scores as the query did."""
+    from nagindex.query.weighting import check_weighting, weigh_profiles
+
+    if check_weighting(weighting) == "none":
+        return lambda profiles: None
+    from nagindex.index.neuron_stats import pool_neuron_counts
+
+    pool = pool_neuron_counts(index_dir)[layers]
+    return lambda profiles: weigh_profiles(profiles, power, weighting, pool, pool_docs)
+
+
 def _resolve_target(req: Any, name: str, view: Any, layers: np.ndarray, power: float, rows: np.ndarray,
-                    expected: np.ndarray, sampling: dict[str, Any], device: str
-                    ) -> tuple[np.ndarray, str, bool]:
+                    expected: np.ndarray, sampling: dict[str, Any], device: str,
+                    weigh: Callable[[np.ndarray], np.ndarray | None]) -> tuple[np.ndarray, str, bool]:
     """The target's codes, a note on where they came from, and whether they reproduce ``expected``.
 
     The examples are drawn as the query drew them (``max_examples`` and
@@ -261,17 +279,18 @@ def _resolve_target(req: Any, name: str, view: Any, layers: np.ndarray, power: f
         codes = target_codes(view.directory, view.manifest, ts.texts, name=name, device=device)
         how = (f"{len(ts):,} of {ts.n_available or len(ts):,} examples from {ts.source}"
                + (" (cached NAGs)" if cached else " (encoded)"))
-    return codes, how, _reproduces(codes, view, layers, power, rows, expected)
+    return codes, how, _reproduces(codes, view, layers, power, rows, expected, weigh)
 
 
 def _reproduces(codes: np.ndarray, view: Any, layers: np.ndarray, power: float, rows: np.ndarray,
-                expected: np.ndarray) -> bool:
+                expected: np.ndarray, weigh: Callable[[np.ndarray], np.ndarray | None]) -> bool:
     from nagindex.query.profile import count_profile
     from nagindex.query.score import score_codes
 
     uniq, inverse = np.unique(rows, return_inverse=True)
     profile = count_profile(codes, view.manifest["width"], layers)
-    got = score_codes(np.asarray(view.codes[uniq]), profile, layers, power=power).similarity[0][inverse]
+    got = score_codes(np.asarray(view.codes[uniq]), profile, layers, power=power,
+                      weights=weigh(profile[None])).similarity[0][inverse]
     return bool(np.allclose(got, expected, rtol=0, atol=_SCORE_ATOL, equal_nan=True))
 
 

@@ -239,3 +239,20 @@ def test_ray_actors_give_the_same_weighted_selection(data, ray_cluster):
         local = query(targets, data["idx7"], fraction=0.3, weighting=weighting).table
         assert query(targets, data["idx7"], fraction=0.3, weighting=weighting, ray_address="local").table.equals(local)
         assert local.equals(query(targets, data["idx1"], fraction=0.3, weighting=weighting).table)
+
+
+def test_the_report_rescores_a_weighted_selection_as_the_query_did(data, tmp_path):
+    pytest.importorskip("matplotlib")
+    from nagindex.query.report import collect
+
+    sel = tmp_path / "lift.parquet"
+    res = query([_t(data, "gamma")], data["idx3"], k=40, weighting="lift", out=sel)
+    got = collect(sel, data["idx3"])
+    assert got.targets[0].matches and not got.notes
+    ids, sim, _ = _ranked(data, "gamma", "lift")
+    by_id = dict(zip(ids, sim))
+    view = open_index(data["idx3"])
+    np.testing.assert_allclose(got.similarity[0], [by_id[d] for d in view.docids.numpy().tolist()], rtol=1e-13,
+                               atol=0)
+    np.testing.assert_allclose(np.sort(got.similarity[0])[::-1][:40], res.table.column("score").to_numpy(),
+                               rtol=1e-13, atol=0)

@@ -276,8 +276,8 @@ def profile_targets(fleet: Any, spec: QuerySpec, notes: list[str],
     if visible == 0:
         raise NagIndexError(f"index {spec.index_dir} holds no documents")
     with timer("target"):
-        encoded = [_target_codes(t, Path(spec.index_dir), manifest, spec.max_examples, spec.example_seed,
-                                 spec.device, notes) for t in spec.targets]
+        encoded = [target_example_codes(t, Path(spec.index_dir), manifest, spec.max_examples, spec.example_seed,
+                                        spec.device, notes) for t in spec.targets]
     kept = resolve_layers(spec.layers, manifest["num_layers"])
     with timer("profile"):
         profiles = np.stack([count_profile(c, manifest["width"], kept) for c, _ in encoded])
@@ -314,9 +314,10 @@ def default_output(targets: Sequence[TargetRequest], stem: str | None = None) ->
     return f"{stem}.parquet" if Path(f"{stem}.parquet").resolve() not in inputs else f"{stem}.selection.parquet"
 
 
-def _target_codes(t: TargetRequest, index_dir: Path, manifest: dict[str, Any], max_examples: int | None, seed: int,
-                  device: str, notes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
-    """The target's example NAGs and how many examples they are (of how many available)."""
+def target_example_codes(t: TargetRequest, index_dir: Path, manifest: dict[str, Any], max_examples: int | None,
+                         seed: int, device: str, notes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The target's example NAGs and how many examples they are (of how many available): ``max_examples`` of
+    them drawn with ``seed`` (``target.sample_indices``), as every query, report and explanation draws them."""
     from nagindex.query.target_nags import target_codes
 
     if t.kind == "features":

@@ -16,7 +16,7 @@ the index:
   searches it memory-mapped with FAISS's exhaustive Hamming k-NN, the very search
   ``IndexBinaryFlat`` runs (``FingerprintIndex``). An index derived before it holds
   ``fingerprints.faiss`` instead: read as it is, copied over by the next derive.
-- ``neuron_counts.i64`` per layer, how many rows hold each neuron (``neuron_stats.py``: the pool
+- ``neuron_counts.i64`` per layer, how many rows hold each neuron (``neuron_file.py``: the pool
   statistics of ``--weighting``), rewritten from the old counts plus the new rows'.
 - ``index_info.json`` written last (``fsio.atomic_path``): its ``rows`` is the
   only count readers trust. Bytes past it (a derive killed or out of disk
@@ -52,7 +52,7 @@ import numpy as np
 
 from nagindex.errors import NagIndexError
 from nagindex.fsio import DiskFullError, atomic_path, disk_full, disk_full_error, remove_stale_temps
-from nagindex.index.neuron_stats import COUNTS_FILE, count_neurons, prefix_counts, write_counts
+from nagindex.index.neuron_file import COUNTS_FILE, count_neurons, prefix_counts, write_counts
 from nagindex.index.store import STORE_DIR, IndexStore, StoreSnapshot
 
 logger = logging.getLogger(__name__)

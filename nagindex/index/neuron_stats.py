@@ -2,100 +2,26 @@
 
 A target-specific score (``query/weighting.py``, ``--weighting lift|idf``) weighs a neuron by how
 much more the target uses it than the pool does, so it needs the pool's side once per query,
-whatever the index's size. Each shard keeps it as a derived file, ``neuron_counts.i64``
-(little-endian int64: the number of rows counted, then the ``(L, width)`` counts of its first
-that many rows), rewritten atomically by ``sync_derived`` from the old counts plus the new
-rows' (a derive costs its new rows, as for every derived file).
+whatever the index's size. Each shard keeps its counts in a derived file (``neuron_file.py``,
+``neuron_counts.i64``, extended by every derive).
 
 A query reads a prefix of each shard (its rows of the last reconcile) without the rows hidden
 as later copies of an id held by another shard. The counts of that prefix are the stored ones
 adjusted by the codes between the stored rows and the prefix (usually none: a reconcile
 follows each derive); the hidden rows' codes are counted and subtracted (few rows: one per
 repeated id), so the merged counts equal those of a one-shard index of the same documents.
-A shard derived before this file (or with a stale one) is counted from its codes in blocks on
-first use; the next derive stores the counts.
+A shard derived before the file is counted from its codes in blocks on first use (logged);
+the next derive stores its counts.
 """
 from __future__ import annotations
 
-import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nagindex.fsio import atomic_path
-
-logger = logging.getLogger(__name__)
-
-COUNTS_FILE = "neuron_counts.i64"
-CODES_FILE = "codes.u16"  # derived.ROW_FILES["codes"]; named here so the index layer's modules stay acyclic
-#: rows of codes counted per step (64K x 28 x 20 uint16 is 72 MB, streamed from the page cache)
-_BLOCK = 65536
-
-
-def count_neurons(codes: np.ndarray, width: int) -> np.ndarray:
-    """Per layer, how many rows of ``codes`` ``(n, L, K)`` hold each neuron: int64 ``(L, width)``.
-
-    Streamed in blocks, so a memory map is never copied whole. A NAG's K neurons of a layer are
-    distinct (a top-K), so each row adds at most 1 to a count: ``counts[l, n]`` is the number of
-    documents whose layer-``l`` NAG holds neuron ``n``.
-    """
-    n, num_layers = codes.shape[0], codes.shape[1]
-    offsets = (np.arange(num_layers, dtype=np.int64) * width)[None, :, None]
-    counts = np.zeros(num_layers * width, dtype=np.int64)
-    for lo in range(0, n, _BLOCK):
-        flat = np.asarray(codes[lo:lo + _BLOCK]).astype(np.int64) + offsets
-        counts += np.bincount(flat.ravel(), minlength=num_layers * width)[:num_layers * width]
-    return counts.reshape(num_layers, width)
-
-
-def _codes_file(directory: Path, manifest: dict[str, Any]) -> np.ndarray:
-    """The shard's codes file, as many whole rows as it holds now (derived files only grow)."""
-    shape = (manifest["num_layers"], manifest["top_k"])
-    path = directory / CODES_FILE
-    rows = path.stat().st_size // (2 * shape[0] * shape[1]) if path.is_file() else 0
-    if rows == 0:
-        return np.zeros((0, *shape), dtype="<u2")
-    return np.memmap(path, dtype="<u2", mode="r", shape=(rows, *shape))
-
-
-def read_counts(directory: str | os.PathLike, manifest: dict[str, Any]) -> tuple[int, np.ndarray] | None:
-    """``(rows, counts)`` of a shard's ``neuron_counts.i64``, or None when it has none that fits ``manifest``
-    (a file of other dimensions, or counts that are not ``rows`` NAGs of K neurons a layer)."""
-    path = Path(directory) / COUNTS_FILE
-    num_layers, width, top_k = manifest["num_layers"], manifest["width"], manifest["top_k"]
-    if not path.is_file() or path.stat().st_size != 8 * (1 + num_layers * width):
-        return None
-    raw = np.fromfile(path, dtype="<i8")
-    rows, counts = int(raw[0]), raw[1:].astype(np.int64).reshape(num_layers, width)
-    if rows < 0 or not np.array_equal(counts.sum(axis=1), np.full(num_layers, rows * top_k)):
-        return None
-    return rows, counts
-
-
-def write_counts(directory: str | os.PathLike, rows: int, counts: np.ndarray) -> None:
-    """Store the counts of a shard's first ``rows`` rows (atomically: a reader sees the old file or this one)."""
-    data = np.concatenate([np.array([rows], dtype="<i8"), np.asarray(counts, dtype="<i8").ravel()])
-    with atomic_path(Path(directory) / COUNTS_FILE) as tmp:
-        data.tofile(tmp)
-
-
-def prefix_counts(directory: str | os.PathLike, manifest: dict[str, Any], rows: int) -> np.ndarray:
-    """The neuron counts of a shard's first ``rows`` derived rows: the stored counts, adjusted by the codes
-    between their rows and ``rows``; counted from the codes where no usable file is stored."""
-    directory = Path(directory)
-    codes, width = _codes_file(directory, manifest), manifest["width"]
-    stored = read_counts(directory, manifest)
-    if stored is not None and stored[0] <= len(codes) and abs(stored[0] - rows) < rows:
-        counted, counts = stored
-        if counted > rows:
-            return counts - count_neurons(codes[rows:counted], width)
-        return counts + count_neurons(codes[counted:rows], width)
-    if stored is None and rows:
-        logger.info("%s: no %s (derived before it): counting the neurons of its %d rows from the codes; the next "
-                    "derive stores them", directory, COUNTS_FILE, rows)
-    return count_neurons(codes[:rows], width)
+from nagindex.errors import NagIndexError
+from nagindex.index.neuron_file import count_neurons, prefix_counts
 
 
 def view_neuron_counts(view: Any, hidden: np.ndarray | None = None) -> np.ndarray:
@@ -119,7 +45,5 @@ def pool_neuron_counts(index_dir: str | os.PathLike) -> np.ndarray:
         counts = view_neuron_counts(open_shard(spec["path"], rows=spec["rows"]), spec["hidden"])
         total = counts if total is None else total + counts
     if total is None:  # a sharded index whose shards hold no document yet
-        from nagindex.errors import NagIndexError
-
         raise NagIndexError(f"index {index_dir} holds no documents")
     return total

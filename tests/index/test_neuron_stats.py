@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 
 from nagindex.index.derived import open_shard, sync_derived
-from nagindex.index.neuron_stats import (
-    COUNTS_FILE,
-    count_neurons,
-    pool_neuron_counts,
-    prefix_counts,
-    read_counts,
-    write_counts,
-)
+from nagindex.index.neuron_file import COUNTS_FILE, count_neurons, prefix_counts, read_counts, write_counts
+from nagindex.index.neuron_stats import pool_neuron_counts
 from nagindex.index.sharded import open_index, shard_specs
 from tests.query import pools
 
@@ -48,7 +42,7 @@ def test_count_neurons_by_hand_and_against_the_definition(make_codes):
 
 
 def test_the_derive_stores_the_counts_and_appends_to_them(tmp_path, monkeypatch):
-    from nagindex.index import derived, neuron_stats
+    from nagindex.index import derived, neuron_file
 
     files = pools.write_pool(tmp_path / "data")
     idx = pools.build_index(files[:2], tmp_path / "idx")
@@ -63,7 +57,7 @@ def test_the_derive_stores_the_counts_and_appends_to_them(tmp_path, monkeypatch)
         return count_neurons(codes, width)
 
     monkeypatch.setattr(derived, "count_neurons", counting)
-    monkeypatch.setattr(neuron_stats, "count_neurons", counting)
+    monkeypatch.setattr(neuron_file, "count_neurons", counting)
     pools.build_index(files, idx)  # the other files appended to the same index
     view = open_shard(idx)
     rows, counts = read_counts(idx, view.manifest)
@@ -81,7 +75,7 @@ def test_the_counts_of_a_prefix_and_of_an_index_derived_before_the_file(data, tm
 
     old = pools.build_index(data["files"], tmp_path / "old")
     (old / COUNTS_FILE).unlink()
-    with caplog.at_level(logging.INFO, logger="nagindex.index.neuron_stats"):
+    with caplog.at_level(logging.INFO, logger="nagindex.index.neuron_file"):
         assert np.array_equal(pool_neuron_counts(old), full)
     assert "derived before it" in caplog.text
     assert not (old / COUNTS_FILE).exists()  # a query only reads; the next derive stores them

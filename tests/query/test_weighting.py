@@ -113,7 +113,7 @@ def _brute_force(codes: np.ndarray, target: np.ndarray, width: int, layers, powe
 @pytest.mark.parametrize("weighting", ["lift", "idf"])
 @pytest.mark.parametrize("layers,power", [(None, 1.0), ("0,-1", 1.0), (None, 0.5)])
 def test_scores_equal_a_brute_force_numpy_computation(make_codes, weighting, layers, power):
-    from nagindex.index.neuron_stats import count_neurons
+    from nagindex.index.neuron_file import count_neurons
 
     rng = np.random.default_rng(11)
     codes, target = make_codes(rng, 700), make_codes(rng, 25)
@@ -134,7 +134,7 @@ def test_scores_equal_a_brute_force_numpy_computation(make_codes, weighting, lay
 
 def test_torch_scorer_sums_the_same_weights(make_codes):
     pytest.importorskip("torch")
-    from nagindex.index.neuron_stats import count_neurons
+    from nagindex.index.neuron_file import count_neurons
     from nagindex.query.score_torch import TorchScorer
 
     rng = np.random.default_rng(3)

@@ -246,7 +246,7 @@ def deactivation_test(request: Any, index_dir: str | os.PathLike, *, top: int = 
         others.append((other.display, top_neurons(count_profile(other_codes, manifest["width"]), top)))
     examples = heldout_examples(request, max_examples, example_seed, heldout)
     if backbone is None:
-        backbone = _load(manifest, device)
+        backbone = load_index_backbone(manifest, device)
     evalset = prepare_eval(_BackboneTokens(backbone.tokenizer), [], examples.choices, CONTEXT)
     sizes = [len(k) for k in keys]
     base = answer_scores(backbone, evalset)
@@ -266,7 +266,7 @@ def deactivation_test(request: Any, index_dir: str | os.PathLike, *, top: int = 
                               profile_examples=int(info["used"]), heldout=len(examples), arms=arms, notes=notes)
 
 
-def _load(manifest: dict[str, Any], device: str) -> Any:
+def load_index_backbone(manifest: dict[str, Any], device: str) -> Any:
     """The index's backbone in the index's dtype, refused if its weights are not the ones the index used."""
     from nagindex.models import load_backbone
 

@@ -3,7 +3,8 @@
 A selection file (``nagindex query`` / ``mix``) holds only the chosen rows, so
 the report re-scores the whole pool from the index (no LLM pass: the target
 NAGs come from the index's target cache or from reference-format features) to
-show the selection against what it was chosen from:
+show the selection against what it was chosen from, one shard at a time
+(``report_pool``: every figure is a sum over shards, so memory stays one shard's):
 
 1. score histogram of the pool vs the selected documents, per target;
 2. source composition (share of tokens) of the pool vs the selection;
@@ -34,10 +35,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from nagindex.errors import InputError, NagIndexError
+from nagindex.query.report_pool import PoolStats
 
 GROUP_BY = ("source", "docid-prefix")
 TOP_DOCS = 20  # documents in the per-layer plot
-POOL_SAMPLE = 2000  # pool docs averaged for the per-layer reference profile
 _SCORE_ATOL = 1e-9
 
 
@@ -59,12 +60,10 @@ class ReportData:
     selection_path: Path
     manifest: dict[str, Any]
     targets: list[TargetInfo]
-    similarity: np.ndarray  # (P, N) pool scores
+    pool: PoolStats  # the whole pool's histograms, groups, ranked curve and sample, merged over shards
     sel_rows: np.ndarray  # index row of every selection row (duplicates kept)
     sel_target: np.ndarray  # target number of every selection row
     sel_tokens: np.ndarray
-    pool_tokens: np.ndarray
-    pool_groups: np.ndarray  # group label per pool row (object)
     sel_groups: np.ndarray  # group label per selection row (object)
     contributions: np.ndarray  # (R, L') per-layer contributions of the top docs
     contrib_labels: list[str]
@@ -78,10 +77,13 @@ class ReportData:
 
 def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, group_by: str = "source",
             device: str = "auto") -> ReportData:
-    """Read the selection, rebuild its targets' profiles and re-score the pool (no plotting)."""
-    from nagindex.index.sharded import open_index
+    """Read the selection, rebuild its targets' profiles and re-score the pool shard by shard (no plotting)."""
+    import tempfile
+
+    from nagindex.index.sharded import open_index, take_codes, take_docids
     from nagindex.query.profile import count_profile, resolve_layers
-    from nagindex.query.score import layer_contributions, score_codes
+    from nagindex.query.report_pool import pool_stats
+    from nagindex.query.score import layer_contributions
 
     sel_path = Path(selection_path)
     columns = _read_selection(sel_path)
@@ -119,33 +121,31 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
         targets.append(TargetInfo(name, req, codes, how, matches))
     profiles = np.stack([count_profile(t.codes, idx_manifest["width"], layers) for t in targets])
     weights = weigh(profiles)
-    similarity = score_codes(view.codes, profiles, layers, power=power, weights=weights).similarity
+    with tempfile.TemporaryDirectory(prefix="nagindex-report-") as spill:
+        pool = pool_stats(view, profiles, layers, power, weights, sel_rows, group_by, Path(spill))
 
-    token_counts = np.asarray(view.token_counts)
-    pool_groups = _groups(view, np.arange(len(view)), group_by)
-    sel_groups = pool_groups[sel_rows]
-
-    top = _top_rows(sel_rows, sel_target, similarity, len(targets))
+    top = _top_rows(sel_rows, sel_target, pool.sel_similarity, np.array([str(d) for d in columns["docid"]]),
+                    len(targets))
     contrib_labels: list[str] = []
     contrib_target: list[int] = []
     parts = []
-    for t, rows in enumerate(top):
+    for t, (rows, scores) in enumerate(top):
         if len(rows):
-            parts.append(layer_contributions(view.codes, rows, profiles[t:t + 1], layers, power,
-                                             None if weights is None else weights[t:t + 1])[0])
-        for row in rows:
-            label = f"{view.docids.take([row])[0]}  {similarity[t, row]:.4f}"
+            parts.append(layer_contributions(take_codes(view, rows), np.arange(len(rows)), profiles[t:t + 1],
+                                             layers, power, None if weights is None else weights[t:t + 1])[0])
+        for docid, score in zip(take_docids(view, rows), scores.tolist()):
+            label = f"{docid}  {score:.4f}"
             contrib_labels.append(f"{label}  [{targets[t].name}]" if len(targets) > 1 else label)
             contrib_target.append(t)
     contributions = np.concatenate(parts) if parts else np.zeros((0, len(layers)))
-    rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(len(view), size=min(POOL_SAMPLE, len(view)), replace=False))
-    pool_contrib = layer_contributions(view.codes, sample, profiles, layers, power, weights).mean(axis=1)
+    sample = pool.sample_rows
+    pool_contrib = layer_contributions(take_codes(view, sample), np.arange(len(sample)), profiles, layers, power,
+                                       weights).mean(axis=1)
 
-    return ReportData(selection_path=sel_path, manifest=manifest, targets=targets, similarity=similarity,
+    return ReportData(selection_path=sel_path, manifest=manifest, targets=targets, pool=pool,
                       sel_rows=sel_rows, sel_target=sel_target,
-                      sel_tokens=np.asarray(columns["token_count"], dtype=np.int64), pool_tokens=token_counts,
-                      pool_groups=pool_groups, sel_groups=sel_groups, contributions=contributions,
+                      sel_tokens=np.asarray(columns["token_count"], dtype=np.int64),
+                      sel_groups=_sel_groups(view, sel_rows, columns["docid"], group_by), contributions=contributions,
                       contrib_labels=contrib_labels, contrib_target=np.asarray(contrib_target, dtype=np.int64),
                       pool_contrib=pool_contrib, layers=layers, notes=notes)
 
@@ -204,18 +204,27 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _rows_of(view: Any, docids: list[str], index_dir: Any) -> np.ndarray:
-    """Index row of each selected docid (docids are unique in an index)."""
+    """Global index row of each selected docid (docids are unique in an index), looked up shard by shard."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    where = pc.index_in(pa.array([str(d) for d in docids], pa.string()),
-                        value_set=view.docids.arrow().cast(pa.string()))
-    rows = where.to_numpy(zero_copy_only=False)
-    missing = np.flatnonzero(np.isnan(rows.astype(np.float64)))
+    from nagindex.index.sharded import view_parts
+
+    wanted = pa.array([str(d) for d in docids], pa.large_string())
+    rows = np.full(len(docids), -1, dtype=np.int64)
+    for part in view_parts(view):
+        ids = part.view.docids.arrow()
+        found = pc.index_in(wanted, value_set=ids).to_numpy(zero_copy_only=False)
+        hit = ~np.isnan(found.astype(np.float64))
+        local = found[hit].astype(np.int64)
+        visible = local - np.searchsorted(part.hidden, local)  # a hidden copy's id is held by an earlier shard
+        hidden = np.isin(local, part.hidden)
+        rows[np.flatnonzero(hit)[~hidden]] = part.start + visible[~hidden]
+    missing = np.flatnonzero(rows < 0)
     if len(missing):
         raise InputError(f"{len(missing):,} selected docids are not in index {index_dir} (first: "
                          f"{docids[missing[0]]!r}): is this the index the selection was made from?")
-    return rows.astype(np.int64)
+    return rows
 
 
 def _requests(manifest: dict[str, Any]) -> list[Any]:
@@ -284,45 +293,49 @@ def _resolve_target(req: Any, name: str, view: Any, layers: np.ndarray, power: f
 
 def _reproduces(codes: np.ndarray, view: Any, layers: np.ndarray, power: float, rows: np.ndarray,
                 expected: np.ndarray, weigh: Callable[[np.ndarray], np.ndarray | None]) -> bool:
+    from nagindex.index.sharded import take_codes
     from nagindex.query.profile import count_profile
     from nagindex.query.score import score_codes
 
     uniq, inverse = np.unique(rows, return_inverse=True)
     profile = count_profile(codes, view.manifest["width"], layers)
-    got = score_codes(np.asarray(view.codes[uniq]), profile, layers, power=power,
+    got = score_codes(take_codes(view, uniq), profile, layers, power=power,
                       weights=weigh(profile[None])).similarity[0][inverse]
     return bool(np.allclose(got, expected, rtol=0, atol=_SCORE_ATOL, equal_nan=True))
 
 
 # ---------------------------------------------------------------- derived data
 
-def _groups(view: Any, rows: np.ndarray, group_by: str) -> np.ndarray:
-    """Group label of each row: its input file's short name, or its docid before the last ``-``."""
+def _sel_groups(view: Any, rows: np.ndarray, docids: list[str], group_by: str) -> np.ndarray:
+    """Group label of each selection row: its input file's short name, or its docid before the last ``-``."""
     if group_by == "docid-prefix":
+        import pyarrow as pa
         import pyarrow.compute as pc
 
-        prefix = pc.replace_substring_regex(view.docids.arrow(), pattern="-[^-]*$", replacement="")
-        return np.asarray(prefix.to_numpy(zero_copy_only=False), dtype=object)[rows]
-    names = _short_names(view.sources)
-    return np.asarray(names, dtype=object)[np.asarray(view.source_ids)[rows].astype(np.int64)]
+        prefix = pc.replace_substring_regex(pa.array([str(d) for d in docids], pa.string()), pattern="-[^-]*$",
+                                            replacement="")
+        return np.asarray(prefix.to_pylist(), dtype=object)
+    from nagindex.index.sharded import split_rows, view_parts
+    from nagindex.query.report_pool import short_names
+
+    names = dict(zip(view.sources, short_names(view.sources)))
+    out = np.empty(len(rows), dtype=object)
+    for part, where, local in split_rows(view_parts(view), rows):
+        sources = part.view.sources
+        out[where] = [names[sources[i]] for i in np.asarray(part.view.source_ids)[local].tolist()]
+    return out
 
 
-def _short_names(paths: Sequence[str]) -> list[str]:
-    """The shortest path suffix (file name, then parent/file, ...) that tells the sources apart."""
-    parts = [Path(p).parts or (p,) for p in paths]
-    for depth in range(1, max((len(p) for p in parts), default=1) + 1):
-        names = ["/".join(p[-depth:]) for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    return list(paths)
-
-
-def _top_rows(sel_rows: np.ndarray, sel_target: np.ndarray, similarity: np.ndarray, n_targets: int) -> list[np.ndarray]:
-    """Per target, its best selected docs by its own score; ``TOP_DOCS`` in all, split evenly."""
+def _top_rows(sel_rows: np.ndarray, sel_target: np.ndarray, sel_similarity: np.ndarray, sel_docids: np.ndarray,
+              n_targets: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per target, its best selected docs by its own score and those scores; ``TOP_DOCS`` in all, split evenly.
+    Ties go by docid (as in a query), so the rows shown do not depend on the shard layout."""
     per = max(1, TOP_DOCS // n_targets)
     out = []
     for t in range(n_targets):
-        rows = np.unique(sel_rows[sel_target == t])
-        order = np.argsort(-similarity[t, rows], kind="stable")
-        out.append(rows[order[:per]])
+        mine = sel_target == t
+        rows, first = np.unique(sel_rows[mine], return_index=True)
+        scores = sel_similarity[t][mine][first]
+        order = np.lexsort((sel_docids[mine][first], -scores))[:per]
+        out.append((rows[order], scores[order]))
     return out

@@ -21,7 +21,14 @@ import numpy as np
 
 from nagindex.errors import NagIndexError
 from nagindex.fsio import atomic_path
-from nagindex.query.report import GROUP_BY, POOL_SAMPLE, ReportData, collect, jaccard_matrix, shared_share
+from nagindex.query.report import (
+    GROUP_BY,
+    ReportData,
+    collect,
+    jaccard_matrix,
+    shared_share,
+)
+from nagindex.query.report_pool import POOL_SAMPLE
 
 MAX_GROUPS = 12  # bars in the composition plot; the rest are summed as "other"
 
@@ -62,7 +69,7 @@ def render_page(data: ReportData, group_by: str, started: float) -> str:
         (_overlap_title(data), _plot_overlap(data), _overlap_caption(data)),
         (f"Per-layer contribution, top {len(data.contrib_labels)} documents", _plot_layers(data),
          "Left: how much each layer adds to a document's score (a row sums to the score); below the line, the "
-         f"pool's average over {min(POOL_SAMPLE, data.similarity.shape[1]):,} documents. Right: the same minus "
+         f"pool's average over {min(POOL_SAMPLE, data.pool.docs):,} documents (those with the smallest docid hash). Right: the same minus "
          "that average, i.e. the layers where the top documents beat a typical one."),
     ]
     return _html_page(data, figures, group_by, time.perf_counter() - started)
@@ -99,10 +106,11 @@ def _plot_histograms(d: ReportData) -> bytes:
     axes = fig.subplots(nrows, cols, squeeze=False)
     for t, target in enumerate(d.targets):
         ax = axes[t // cols][t % cols]
-        pool = d.similarity[t]
-        chosen = pool[np.unique(d.sel_rows[d.sel_target == t])]
-        bins = np.histogram_bin_edges(pool[np.isfinite(pool)], bins=40)
-        ax.hist(pool, bins=bins, color=_POOL_COLOR, label=f"pool ({len(pool):,} docs)")
+        _, first = np.unique(d.sel_rows[d.sel_target == t], return_index=True)
+        chosen = d.pool.sel_similarity[t][d.sel_target == t][first]
+        bins = d.pool.hist_edges[t]
+        ax.hist(bins[:-1], bins=bins, weights=d.pool.hist_counts[t], color=_POOL_COLOR,
+                label=f"pool ({d.pool.docs:,} docs)")
         ax.hist(chosen, bins=bins, color=_COLORS[t % len(_COLORS)], alpha=0.85,
                 label=f"selected ({len(chosen):,})")
         if len(chosen):
@@ -134,14 +142,26 @@ def _token_shares(groups: np.ndarray, tokens: np.ndarray, order: list[str], with
     return out / total
 
 
+def _group_shares(group_tokens: dict[str, int], order: list[str], with_other: bool) -> np.ndarray:
+    """``_token_shares`` of tokens already summed per group (the pool's, merged over shards)."""
+    total = float(sum(group_tokens.values())) or 1.0
+    known = {g: i for i, g in enumerate(order)}
+    out = np.zeros(len(order) + int(with_other))
+    for label, n in group_tokens.items():
+        i = known.get(label, len(order) if with_other else None)
+        if i is not None:
+            out[i] += n
+    return out / total
+
+
 def _pct(v: float) -> str:
     """Bar label: whole percents, one decimal below 1% so a small share does not read as zero."""
     return "" if v <= 0 else f"{v:.1%}" if v < 0.01 else f"{v:.0%}"
 
 
 def _plot_composition(d: ReportData, group_by: str) -> bytes:
-    labels, inverse = np.unique(d.pool_groups.astype(str), return_inverse=True)
-    pool_share = np.bincount(inverse, weights=d.pool_tokens.astype(np.float64), minlength=len(labels))
+    labels = np.array(sorted(d.pool.group_tokens), dtype=str)
+    pool_share = np.array([d.pool.group_tokens[g] for g in labels.tolist()], dtype=np.float64)
     pool_share /= max(pool_share.sum(), 1.0)
     sel_share = _token_shares(d.sel_groups.astype(str), d.sel_tokens, labels.tolist())
     # the groups that matter most to either side first; the tail is summed as "other"
@@ -149,7 +169,7 @@ def _plot_composition(d: ReportData, group_by: str) -> bytes:
     shown, tail = rank[:MAX_GROUPS], len(rank) > MAX_GROUPS
     order = shown + (["(other groups)"] if tail else [])
     sel_groups = d.sel_groups.astype(str)
-    series = [("pool", _token_shares(d.pool_groups.astype(str), d.pool_tokens, shown, tail), _POOL_COLOR)]
+    series = [("pool", _group_shares(d.pool.group_tokens, shown, tail), _POOL_COLOR)]
     series.append(("selection" if len(d.targets) == 1 else "selection (all targets)",
                    _token_shares(sel_groups, d.sel_tokens, shown, tail),
                    "#333333" if len(d.targets) > 1 else _COLORS[0]))
@@ -241,20 +261,19 @@ def _plot_overlap(d: ReportData) -> bytes:
 
 
 def _plot_ranked(d: ReportData) -> bytes:
-    sim = d.similarity[0]
-    order = np.lexsort((np.arange(len(sim)), -np.nan_to_num(sim, nan=-1.0)))
-    cum = np.cumsum(d.pool_tokens[order]) / max(float(d.pool_tokens.sum()), 1.0) * 100
-    selected_tokens = float(d.sel_tokens.sum()) / max(float(d.pool_tokens.sum()), 1.0) * 100
+    pool, total = d.pool, max(float(d.pool.tokens), 1.0)
+    cum = pool.rank_tokens / total * 100
+    selected_tokens = float(d.sel_tokens.sum()) / total * 100
     fig = _figure(7.5, 3.6)
     ax = fig.subplots()
-    ax.step(np.concatenate([[0.0], cum]), np.concatenate([sim[order][:1], sim[order]]), where="pre",
+    ax.step(np.concatenate([[0.0], cum]), np.concatenate([pool.rank_scores[:1], pool.rank_scores]), where="pre",
             color=_POOL_COLOR, linewidth=1.5, label="pool, best first")
-    chosen = np.isin(order, d.sel_rows)
-    ax.scatter(cum[chosen], sim[order][chosen], s=6, color=_COLORS[0], label=f"selected ({int(chosen.sum()):,})",
-               zorder=3)
+    _, first = np.unique(d.sel_rows, return_index=True)
+    ax.scatter(pool.sel_rank_tokens[first] / total * 100, pool.sel_similarity[0][first], s=6, color=_COLORS[0],
+               label=f"selected ({len(first):,})", zorder=3)
     ax.axvline(selected_tokens, color="black", linestyle="--", linewidth=1,
                label=f"selected: {selected_tokens:.1f}% of pool tokens")
-    budget = _budget_share(d.manifest.get("quota", {}), float(d.pool_tokens.sum()))
+    budget = _budget_share(d.manifest.get("quota", {}), float(pool.tokens))
     if budget is not None and abs(budget - selected_tokens) > 0.05:
         ax.axvline(budget, color="#d62728", linestyle=":", linewidth=1.2,
                    label=f"budget: {budget:.1f}% (the prefix stops at the first doc that overflows)")
@@ -327,20 +346,19 @@ def _quota_text(q: dict[str, Any]) -> str:
 
 def _summary_rows(d: ReportData) -> list[tuple[str, str]]:
     m = d.manifest
-    pool_tokens = int(d.pool_tokens.sum())
+    pool_tokens = d.pool.tokens
     sel_tokens = int(d.sel_tokens.sum())
-    sel_scores = np.array([d.similarity[t, r] for t, r in zip(d.sel_target, d.sel_rows)])
-    pool = d.similarity
+    sel_scores = d.pool.sel_similarity[d.sel_target, np.arange(len(d.sel_rows))]
     rows = [
         ("selection", f"{d.selection_path.name} ({m.get('created_at', '?')}, nagindex {m.get('nagindex_version', '?')})"),
         ("rows", f"{len(d.sel_rows):,} ({len(np.unique(d.sel_rows)):,} distinct documents)"),
         ("tokens", f"{sel_tokens:,} ({sel_tokens / max(pool_tokens, 1):.1%} of the pool)"),
-        ("pool", f"{pool.shape[1]:,} documents, {pool_tokens:,} tokens ({m.get('index', '?')})"),
+        ("pool", f"{d.pool.docs:,} documents, {pool_tokens:,} tokens ({m.get('index', '?')})"),
         ("quota", _quota_text(m.get("quota", {})) + (f"; mode {m.get('mode')}, dedup {m.get('dedup')}"
                                                       if len(d.targets) > 1 else "")),
         ("layers", f"{len(d.layers)} ({_layer_text(d.layers)}), power {m.get('power', 1.0)}"),
         ("score range (selected)", f"{np.nanmin(sel_scores):.4f} .. {np.nanmax(sel_scores):.4f}"),
-        ("score range (pool)", f"{np.nanmin(pool):.4f} .. {np.nanmax(pool):.4f}"),
+        ("score range (pool)", f"{np.nanmin(d.pool.score_range):.4f} .. {np.nanmax(d.pool.score_range):.4f}"),
     ]
     for t, target in enumerate(d.targets):
         mask = d.sel_target == t

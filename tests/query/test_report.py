@@ -70,12 +70,14 @@ def test_collect_recovers_the_selection(mixture_selection, golden_index):
     data = collect(mixture_selection, golden_index)
     assert [t.name for t in data.targets] == ["sci_target", "story_target"]
     assert all(t.matches for t in data.targets)
-    assert data.similarity.shape == (2, 15)
+    assert data.pool.docs == 15 and data.pool.sel_similarity.shape == (2, len(data.sel_rows))
+    assert data.pool.hist_counts.sum(axis=1).tolist() == [15, 15]
     assert data.contributions.shape[1] == 4  # 4 layers
     # each top doc's per-layer parts sum to its score for the target that chose it
-    sci_rows = np.unique(data.sel_rows[data.sel_target == 0])
-    np.testing.assert_allclose(data.contributions.sum(axis=1)[:len(sci_rows)],
-                               np.sort(data.similarity[0, sci_rows])[::-1], rtol=0, atol=1e-12)
+    sci = data.sel_target == 0
+    sci_scores = np.unique(data.pool.sel_similarity[0][sci])
+    np.testing.assert_allclose(data.contributions.sum(axis=1)[:len(np.unique(data.sel_rows[sci]))],
+                               np.sort(sci_scores)[::-1], rtol=0, atol=1e-12)
 
 
 def test_overlap_helpers():
@@ -106,3 +108,78 @@ def test_missing_manifest_is_a_clear_error(mixture_selection, golden_index, tmp_
     lone.write_bytes(mixture_selection.read_bytes())
     with pytest.raises(NagIndexError, match="manifest"):
         write_report(lone, golden_index, tmp_path / "x.html")
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory) -> dict[str, Path]:
+    """The same 2,463 records (3 ids repeated across files) as a one-folder index and as 3 shards, and a
+    two-target selection made on the one-folder index."""
+    from tests.query import pools
+
+    root = tmp_path_factory.mktemp("layouts")
+    files = pools.write_pool(root / "data", sizes=(300, 40, 3, 120, 2000))
+    targets = pools.write_targets(root / "data")
+    one, three = pools.build_index(files, root / "one"), pools.build_index(files, root / "three", 3)
+    sel = root / "mix.parquet"
+    query([TargetRequest("features", str(targets[t])) for t in ("alpha", "beta")], one, fraction=0.2, out=sel)
+    return {"one": one, "three": three, "sel": sel, "alpha": targets["alpha"], "beta": targets["beta"]}
+
+
+def _expected_pool(layouts: dict[str, Path]) -> dict[str, object]:
+    """The report's pool figures by brute force on the one-folder index: every document scored at once."""
+    import pyarrow.parquet as pq
+
+    from nagindex.index.dedup import docid_hashes
+    from nagindex.index.sharded import open_index
+    from nagindex.query.profile import count_profile
+    from nagindex.query.score import score_codes
+    from nagindex.sources.features import read_features
+    from tests.query import pools
+
+    view = open_index(layouts["one"])
+    profiles = np.stack([count_profile(np.stack([r[1] for r in read_features([layouts[t]], "fwd_up", **pools.SHAPE)]),
+                                       pools.SHAPE["width"]) for t in ("alpha", "beta")])
+    sim = score_codes(np.asarray(view.codes), profiles).similarity
+    ids = view.docids.numpy().tolist()
+    tokens = np.asarray(view.token_counts)
+    groups: dict[str, int] = {}
+    for source, n in zip(np.asarray(view.source_ids).tolist(), tokens.tolist()):
+        name = Path(view.sources[source]).name
+        groups[name] = groups.get(name, 0) + n
+    row = {d: i for i, d in enumerate(ids)}
+    sel_rows = [row[d] for d in pq.read_table(layouts["sel"]).column("docid").to_pylist()]
+    edges = [np.histogram_bin_edges(s, bins=40) for s in sim]
+    hashes = docid_hashes(view, 0)
+    return {"docs": len(ids), "tokens": int(tokens.sum()), "groups": groups, "edges": edges,
+            "counts": [np.histogram(s, bins=e)[0].tolist() for s, e in zip(sim, edges)],
+            "sel_similarity": sim[:, sel_rows],
+            "sample": [ids[i] for i in np.lexsort((np.arange(len(ids)), hashes))[:2000]],
+            "sel_rank_tokens": [int(tokens[sim[0] >= sim[0, r]].sum()) for r in sel_rows]}
+
+
+def test_report_streamed_over_shards_equals_the_whole_pool(layouts):
+    """One folder or 3 shards: the merged histograms, groups, selection scores, ranked curve and sample are
+    what scoring every document at once gives, and the pool's per-layer profile is bit for bit the same."""
+    from nagindex.index.sharded import open_index, take_docids
+
+    want = _expected_pool(layouts)
+    got = {name: collect(layouts["sel"], layouts[name]) for name in ("one", "three")}
+    for name, data in got.items():
+        pool = data.pool
+        assert (pool.docs, pool.tokens) == (want["docs"], want["tokens"]) == (2460, want["tokens"])
+        assert pool.group_tokens == want["groups"]
+        assert pool.hist_counts.tolist() == want["counts"]
+        np.testing.assert_array_equal(pool.hist_edges, np.stack(want["edges"]))
+        np.testing.assert_array_equal(pool.sel_similarity, want["sel_similarity"])
+        assert pool.sel_rank_tokens.tolist() == want["sel_rank_tokens"]
+        assert take_docids(open_index(layouts[name]), pool.sample_rows) == want["sample"]
+        assert all(t.matches for t in data.targets)
+    one, three = got["one"], got["three"]
+    assert one.contrib_labels == three.contrib_labels and len(one.contrib_labels) == 20
+    np.testing.assert_array_equal(one.contributions, three.contributions)
+    np.testing.assert_array_equal(one.pool_contrib, three.pool_contrib)
+    np.testing.assert_array_equal(one.pool.rank_tokens, three.pool.rank_tokens)
+    assert one.sel_groups.tolist() == three.sel_groups.tolist()
+    from nagindex.query.report_page import _summary_rows
+
+    assert _summary_rows(one) == _summary_rows(three)

@@ -251,8 +251,9 @@ def test_the_report_rescores_a_weighted_selection_as_the_query_did(data, tmp_pat
     assert got.targets[0].matches and not got.notes
     ids, sim, _ = _ranked(data, "gamma", "lift")
     by_id = dict(zip(ids, sim))
-    view = open_index(data["idx3"])
-    np.testing.assert_allclose(got.similarity[0], [by_id[d] for d in view.docids.numpy().tolist()], rtol=1e-13,
-                               atol=0)
-    np.testing.assert_allclose(np.sort(got.similarity[0])[::-1][:40], res.table.column("score").to_numpy(),
+    np.testing.assert_allclose(got.pool.sel_similarity[0], [by_id[d] for d in res.table.column("docid").to_pylist()],
                                rtol=1e-13, atol=0)
+    np.testing.assert_allclose(got.pool.sel_similarity[0], res.table.column("score").to_numpy(), rtol=1e-13, atol=0)
+    # the whole pool's histogram: every document's weighted score, binned over the pool's range
+    assert got.pool.hist_counts[0].tolist() == np.histogram(sim, bins=got.pool.hist_edges[0])[0].tolist()
+    np.testing.assert_allclose(got.pool.score_range[0], [sim.min(), sim.max()], rtol=1e-13, atol=0)

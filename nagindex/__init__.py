@@ -10,6 +10,7 @@ The Python API (README, "Python API")::
     view = nagindex.open_index("idx")
     nagindex.extract(["pool.parquet"], "pool_features.jsonl")   # reference-format features
     nagindex.evaluate(["arc.parquet"], "idx", target="arc_challenge")  # vs random, held-out, proxy LMs
+    nagindex.explain("arc_easy", "idx", doc="wiki-000123", deactivate=True)  # profile neurons, a doc, deactivation
     nagindex.write_training("arc.parquet", "train/", format="megatron")  # training shards, resumable
     nagindex.reattach_sources("idx", {"/data/corpus": "/mnt/corpus"})  # a moved corpus, checked record by record
 
@@ -32,6 +33,7 @@ _LAZY = {
     "mix": "nagindex.query.run:mix",
     "score": "nagindex.query.export:score_all",
     "evaluate": "nagindex.evaluate.run:evaluate",
+    "explain": "nagindex.explain.run:explain",
     "write_training": "nagindex.export.training:write_training",
     "source_states": "nagindex.ingest.relocate:source_states",
     "reattach_sources": "nagindex.ingest.relocate:reattach_sources",
@@ -51,7 +53,7 @@ def __getattr__(name: str) -> Any:
 
 
 #: subpackages that are also API functions: ``nagindex.query(...)`` runs ``nagindex.query.run.query``
-_CALLABLE_PACKAGES = ("ingest", "query", "evaluate")
+_CALLABLE_PACKAGES = ("ingest", "query", "evaluate", "explain")
 
 
 class CallablePackage(types.ModuleType):

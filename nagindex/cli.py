@@ -694,6 +694,64 @@ def evaluate(selections: tuple[str, ...], name: str | None, file: str | None, fi
     click.echo(f"time: {res.timings}", err=True)
 
 
+# ---------------------------------------------------------------- explain
+@main.command()
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True))
+@click.option("--target", "name", default=None, help="Registered target NAME to explain.")
+@click.option("--target-file", "file", default=None, type=click.Path(exists=True),
+              help="Target examples instead: jsonl/parquet (a doc or text field), txt or a target YAML.")
+@click.option("--target-filter", "filters", multiple=True, help="COL=VALUE row filter for --target-file.")
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Neurons per layer shown and, with --deactivate, switched off (the paper's 20).")
+@click.option("--doc", default=None, help="Also explain why this DOCID ranks where it does.")
+@click.option("--deactivate", is_flag=True,
+              help="Also run the paper's deactivation test on the index's backbone (held-out multiple-choice "
+                   "examples; minutes on a CPU).")
+@click.option("--against", multiple=True, help="--deactivate: also switch off this other target's top neurons "
+                                               "(repeatable).")
+@click.option("--draws", default=5, show_default=True, type=click.IntRange(min=1),
+              help="--deactivate: seeded draws of as many random neurons.")
+@click.option("--heldout", default=200, show_default=True, type=click.IntRange(min=1),
+              help="--deactivate: held-out examples measured (a seeded sample of those the profile did not use).")
+@click.option("--max-examples", type=click.IntRange(min=1), default=None,
+              help="Profile a random sample of this many examples [default: all; 200 with --deactivate].")
+@click.option("--example-seed", type=int, default=0, show_default=True, help="Seed of the --max-examples sample.")
+@click.option("--power", default=1.0, show_default=True, help="--doc: profile weights c^p / sum c^p, as the query's.")
+@click.option("--weighting", type=click.Choice(["none", "lift", "idf"]), default="none", show_default=True,
+              help="--doc: the query's --weighting.")
+@click.option("--device", default="auto", show_default=True, help="For the backbone (target encoding, --deactivate).")
+@click.option("--json", "json_out", default=None, type=click.Path(), help="Write the explanation as JSON here.")
+@click.option("--html", "html_out", default=None, type=click.Path(), help="Write an HTML page with plots here.")
+@_user_errors
+def explain(name: str | None, file: str | None, filters: tuple[str, ...], against: tuple[str, ...],
+            **kw: Any) -> None:
+    """Explain a target's profile: per layer its most frequent neurons with their frequency in the target and
+    in the pool (lift), how concentrated it is and which layers separate it from the pool most.
+
+    \b
+      nagindex explain --index idx --target arc_easy
+      nagindex explain --index idx --target arc_easy --doc wiki-000123
+      nagindex explain --index idx --target arc_easy --deactivate --against hellaswag --json deact.json
+
+    --doc: a document's score, rank and percentile, and the neurons it shares with the profile per layer.
+    --deactivate: zero the top neurons per layer in the backbone and measure its accuracy on held-out
+    examples, against the intact backbone, random neurons and other targets' neurons (paper Sec. 5).
+    """
+    from nagindex.explain.run import explain as run_explain
+    from nagindex.query.request import parse_target
+
+    if (name is None) == (file is None):
+        raise click.UsageError("give one target: --target NAME or --target-file FILE")
+    if filters and file is None:
+        raise click.UsageError("--target-filter applies to --target-file")
+    target = parse_target(name) if name is not None else parse_target(file, "file", filters)
+    res = run_explain(target, against=[parse_target(a) for a in against], **kw)
+    click.echo(res.table())
+    for path in (res.json_out, res.html_out):
+        if path is not None:
+            click.echo(f"-> {path}")
+
+
 # ---------------------------------------------------------------- demo
 @main.command()
 @click.option("--out", "out_dir", default="demo", show_default=True, type=click.Path(), help="Working folder.")

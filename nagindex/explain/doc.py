@@ -89,7 +89,7 @@ def neuron_terms(counts: np.ndarray, power: float, weights: np.ndarray | None) -
     return values, float(len(counts))
 
 
-def explain_codes(target: str, docid: str, nag: np.ndarray, counts: np.ndarray, power: float = 1.0,
+def explain_codes(nag: np.ndarray, counts: np.ndarray, power: float = 1.0,
                   weights: np.ndarray | None = None) -> list[LayerShare]:
     """Per layer, the neurons of one document's NAG ``(L, K)`` that the count profile ``(L, width)`` holds,
     largest term first (ties by neuron), with their terms of the score."""
@@ -104,12 +104,18 @@ def explain_codes(target: str, docid: str, nag: np.ndarray, counts: np.ndarray, 
     return out
 
 
-def explain_doc(request: Any, index_dir: str | os.PathLike, docid: str, *, max_examples: int | None = None,
-                example_seed: int = 0, power: float = 1.0, weighting: str = "none", with_text: bool = True,
-                device: str = "auto") -> DocExplanation:
-    """Explain ``docid``'s rank for one target (a ``TargetRequest``) on the index at ``index_dir``, its profile
-    drawn as a query's (``max_examples``, ``example_seed``) and scored with the query's ``power`` and
-    ``weighting``. ``with_text``: read the document's text back from its source (a note says why not)."""
+def explain_doc(request: Any, index_dir: str | os.PathLike, docid: str, **options: Any) -> DocExplanation:
+    """Explain ``docid``'s rank for one target (a ``TargetRequest``): ``explain_docs`` of one document."""
+    return explain_docs(request, index_dir, [docid], **options)[0]
+
+
+def explain_docs(request: Any, index_dir: str | os.PathLike, docids: list[str], *, max_examples: int | None = None,
+                 example_seed: int = 0, power: float = 1.0, weighting: str = "none", with_text: bool = True,
+                 device: str = "auto") -> list[DocExplanation]:
+    """Explain the ranks of ``docids`` for one target (a ``TargetRequest``) on the index at ``index_dir``, its
+    profile drawn as a query's (``max_examples``, ``example_seed``) and scored with the query's ``power`` and
+    ``weighting``, all ranked in one pass over the index. ``with_text``: read each document's text back from
+    its source (a note says why not where it cannot)."""
     from nagindex.explain.profile import target_profile_codes
     from nagindex.index.derived import open_shard
     from nagindex.index.sharded import shard_specs
@@ -120,19 +126,22 @@ def explain_doc(request: Any, index_dir: str | os.PathLike, docid: str, *, max_e
     counts = count_profile(codes, manifest["width"])
     weights = _weights(index_dir, counts, power, weighting, manifest["top_k"])
     specs = shard_specs(index_dir)
-    found = _find(specs, docid, index_dir)
-    view, row = open_shard(found["path"], rows=found["rows"]), found["row"]
-    nag = np.asarray(view.codes[row])
-    scorer = BlockScorer((1, *nag.shape), counts, None, power, None if weights is None else weights[None])
-    key = scorer.sums(nag[None])[0, 0]
-    above, pool_docs = _rank_among(specs, scorer, key, docid)
-    layers = explain_codes(request.display, docid, nag, counts, power, weights)
-    text = None
-    if with_text:
-        text, note = _text(view, found["path"], row, docid)
-        notes += [note] if note else []
-    return DocExplanation(target=request.display, docid=docid, score=float(key / scorer.norm[0]), rank=above + 1,
-                          pool_docs=pool_docs, layers=layers, text=text, notes=notes)
+    found = [_find(specs, docid, index_dir) for docid in docids]
+    views = [open_shard(f["path"], rows=f["rows"]) for f in found]
+    nags = np.stack([np.asarray(v.codes[f["row"]]) for v, f in zip(views, found)])
+    scorer = BlockScorer(nags.shape, counts, None, power, None if weights is None else weights[None])
+    keys = scorer.sums(nags)[:, 0]
+    above, pool_docs = _rank_among(specs, scorer, keys, docids)
+    out = []
+    for docid, view, f, nag, key, ahead in zip(docids, views, found, nags, keys, above):
+        text, doc_notes = None, list(notes)
+        if with_text:
+            text, note = _text(view, f["path"], f["row"], docid)
+            doc_notes += [note] if note else []
+        out.append(DocExplanation(target=request.display, docid=docid, score=float(key / scorer.norm[0]),
+                                  rank=int(ahead) + 1, pool_docs=pool_docs,
+                                  layers=explain_codes(nag, counts, power, weights), text=text, notes=doc_notes))
+    return out
 
 
 def _weights(index_dir: Any, counts: np.ndarray, power: float, weighting: str, top_k: int) -> np.ndarray | None:
@@ -170,13 +179,14 @@ def _find(specs: list[dict[str, Any]], docid: str, index_dir: Any) -> dict[str, 
     raise NagIndexError(f"docid {docid!r} is not in index {index_dir}")
 
 
-def _rank_among(specs: list[dict[str, Any]], scorer: Any, key: Any, docid: str) -> tuple[int, int]:
-    """``(documents ranked before the one scoring key, documents)``: those scoring more, and those scoring
-    the same with a smaller docid (the query's tie-break)."""
+def _rank_among(specs: list[dict[str, Any]], scorer: Any, keys: np.ndarray, docids: list[str]
+                ) -> tuple[np.ndarray, int]:
+    """``(documents ranked before each of ``docids`` scoring ``keys``, documents)``: those scoring more, and those
+    scoring the same with a smaller docid (the query's tie-break)."""
     from nagindex.index.derived import open_shard
     from nagindex.query.score import BLOCK_ROWS
 
-    above = total = 0
+    above, total = np.zeros(len(keys), np.int64), 0
     for spec in specs:
         view = open_shard(spec["path"], rows=spec["rows"])
         visible = _visible(spec, len(view))
@@ -184,9 +194,10 @@ def _rank_among(specs: list[dict[str, Any]], scorer: Any, key: Any, docid: str) 
         for lo in range(0, len(view), BLOCK_ROWS):
             sums = scorer.sums(view.codes[lo:lo + BLOCK_ROWS], lo)[:, 0]
             seen = visible[lo:lo + len(sums)]
-            above += int(np.count_nonzero((sums > key) & seen))
-            tied = np.flatnonzero((sums == key) & seen) + lo
-            above += sum(1 for other in view.docids.take(tied) if other < docid)
+            for j, (key, docid) in enumerate(zip(keys, docids)):
+                above[j] += np.count_nonzero((sums > key) & seen)
+                tied = np.flatnonzero((sums == key) & seen) + lo
+                above[j] += sum(1 for other in view.docids.take(tied) if other < docid)
     return above, total
 
 

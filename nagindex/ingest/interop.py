@@ -64,15 +64,36 @@ def write_features(out_path: str | os.PathLike, docids: Sequence[str], codes: np
         write_feature_lines(fh, docids, {neuron_type: codes})
 
 
+EXPORT_BLOCK = 1 << 16  # rows of a shard written per step: the memory of an export
+
+
 def export_features(index_dir: str | os.PathLike, out_path: str | os.PathLike) -> int:
-    """Write every document of an index as reference feature JSONL, in row order; return the count."""
+    """Write every document of an index as reference feature JSONL, in row order; return the count.
+
+    A sharded index is written shard by shard, ``EXPORT_BLOCK`` rows at a time, from each shard's
+    derived files at its reconciled rows (what a query serves), the later copies of an id left out:
+    the lines a one-folder index of the same documents gives, in its row order."""
+    from nagindex.index.catalog import load_catalog
+    from nagindex.index.sharded import ShardedView
+
+    catalog = load_catalog(index_dir)
     rows = 0
-    with IndexStore.open(index_dir) as store, store.snapshot() as snap, atomic_path(out_path) as tmp, \
-            open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        neuron_type = snap.manifest()["neuron_type"]
-        for _, chunk in snap.iter_chunks():
-            write_feature_lines(fh, chunk.docids, {neuron_type: chunk.codes})
-            rows += len(chunk)
+    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        if catalog is None:
+            with IndexStore.open(index_dir) as store, store.snapshot() as snap:
+                neuron_type = snap.manifest()["neuron_type"]
+                for _, chunk in snap.iter_chunks():
+                    write_feature_lines(fh, chunk.docids, {neuron_type: chunk.codes})
+                    rows += len(chunk)
+            return rows
+        view = ShardedView(catalog)
+        neuron_type = view.manifest["neuron_type"]
+        for part in view.parts:
+            for start in range(0, len(part.view), EXPORT_BLOCK):
+                block = np.arange(start, min(start + EXPORT_BLOCK, len(part.view)), dtype=np.int64)
+                kept = block[~np.isin(block, part.hidden)]
+                write_feature_lines(fh, part.view.docids.take(kept), {neuron_type: np.asarray(part.view.codes[kept])})
+                rows += len(kept)
     return rows
 
 

@@ -49,3 +49,24 @@ def test_cli(tmp_path):
     assert out.exit_code == 0, out.output
     assert "scored 70 documents against gamma" in out.output
     assert pq.read_table(tmp_path / "s.parquet").column_names == ["docid", "token_count", "score_gamma"]
+
+
+def test_export_features_of_a_sharded_index_equals_one_folder(tmp_path, monkeypatch):
+    """``nagindex export`` on 3 shards, a block smaller than a shard: the one-folder index's lines, later
+    copies of the 3 repeated ids left out."""
+    from nagindex.ingest import interop
+
+    files = pools.write_pool(tmp_path / "data", sizes=(300, 40, 3, 120))
+    one = pools.build_index(files, tmp_path / "one", 1)
+    three = pools.build_index(files, tmp_path / "three", 3)
+    assert interop.export_features(one, tmp_path / "one.jsonl") == 460
+    monkeypatch.setattr(interop, "EXPORT_BLOCK", 7)
+    out = CliRunner().invoke(main, ["export", "--index", str(three), "-o", str(tmp_path / "three.jsonl")])
+    assert out.exit_code == 0, out.output
+    assert "wrote 460 documents" in out.output
+    lines = (tmp_path / "three.jsonl").read_text("utf-8").splitlines()
+    assert lines == (tmp_path / "one.jsonl").read_text("utf-8").splitlines()
+    view = open_index(one)
+    first = json.loads(lines[0])
+    assert first["docid"] == view.docids.take([0])[0]
+    assert first["fwd_up_feature"]["layer_topk_value_index"] == np.asarray(view.codes[0]).ravel().tolist()

@@ -793,13 +793,16 @@ def report(selection: str, index_dir: str, out: str | None, group_by: str, devic
       nagindex report mix.parquet --index demo/idx --group-by docid-prefix
 
     Re-scores the pool from the index to plot scores, source composition, target
-    overlap and per-layer contributions. The target examples are the ones the
-    query used (its manifest records --max-examples and --example-seed), so
+    overlap and per-layer contributions, then each target's profile neurons and its
+    top documents, each linked to its explanation (`nagindex explain`). The target
+    examples are the ones the query used (its manifest records --max-examples and --example-seed), so
     their NAGs come from the target cache: no LLM pass.
     """
+    from nagindex.explain.html import report_section
     from nagindex.query.report_page import write_report
 
     if out is None:
         out = str(Path(selection).with_suffix(".html"))
-    path = write_report(selection, index_dir, out, group_by=group_by, device=device)
+    explained = functools.partial(report_section, index_dir=index_dir, device=device)
+    path = write_report(selection, index_dir, out, group_by=group_by, device=device, sections=[explained])
     click.echo(f"report -> {path}")

@@ -14,6 +14,7 @@ import html
 import io
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,16 @@ MAX_GROUPS = 12  # bars in the composition plot; the rest are summed as "other"
 
 def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike,
                  out_html: str | os.PathLike, group_by: str = "source", *,
-                 device: str = "auto") -> Path:
+                 device: str = "auto", sections: Sequence[Callable[[ReportData], str]] = ()) -> Path:
     """Write the HTML report of ``selection_path`` (a ``query``/``mix`` output) against ``index_dir``.
 
     ``group_by``: ``source`` (the input file each doc came from) or
     ``docid-prefix`` (the docid before its last ``-``: ``lambada-000123`` ->
     ``lambada``; the right grouping for the demo corpus, one file of many
     sources). Target NAGs come from the index's target cache; where they are
-    missing they are encoded again with the index's backbone on ``device``.
+    missing they are encoded again with the index's backbone on ``device``. ``sections``: more HTML after
+    the figures, each drawn from the report's data (``nagindex report`` adds ``explain.html.report_section``;
+    the report does not import the layers above it).
     """
     if group_by not in GROUP_BY:
         raise NagIndexError(f"group_by {group_by!r}: choose one of {', '.join(GROUP_BY)}")
@@ -51,6 +54,8 @@ def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike
     started = time.perf_counter()
     data = collect(selection_path, index_dir, group_by=group_by, device=device)
     page = render_page(data, group_by, started)
+    if sections:
+        page = page.removesuffix("</body></html>") + "\n".join(s(data) for s in sections) + "\n</body></html>"
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

@@ -179,8 +179,8 @@ class DeactivationResult:
 
     def table(self) -> str:
         """One line per arm: accuracy and gold log-prob, each difference to intact with its 95% interval."""
-        lines = [f"deactivation test: {self.target} on {self.backbone}, top {self.top} neurons per layer from "
-                 f"{self.profile_examples} profile examples, measured on {self.heldout} held-out examples",
+        lines = [(f"deactivation test: {self.target} on {self.backbone}, top {self.top} neurons per layer from "
+                  f"{self.profile_examples} profile examples, measured on {self.heldout} held-out examples"),
                  f"{'arm':<24} {'neurons':>7} {'acc':>6} {'d acc [95% CI]':>24} {'logp':>8} {'d logp [95% CI]':>26}"]
         for arm in self.arms:
             lines.append(f"{arm.name:<24} {arm.neurons:>7} {100 * arm.accuracy:>6.1f} "

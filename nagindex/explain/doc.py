@@ -65,8 +65,8 @@ class DocExplanation:
     def table(self, show: int = 6) -> str:
         """Text: the score line, one line per layer (its contribution, its ``show`` largest shared neurons as
         ``neuron:count``), then the text."""
-        lines = [f"{self.docid} for {self.target}: score {self.score:.6f}, rank {self.rank:,} of {self.pool_docs:,} "
-                 f"(percentile {self.percentile:.1f})",
+        lines = [(f"{self.docid} for {self.target}: score {self.score:.6f}, rank {self.rank:,} of "
+                  f"{self.pool_docs:,} (percentile {self.percentile:.1f})"),
                  f"{'layer':>5} {'contrib':>9} {'shared':>6}  largest shared neurons (neuron:target count)"]
         for p in self.layers:
             tops = "  ".join(f"{s.neuron}:{s.target_count}" for s in p.shared[:show])

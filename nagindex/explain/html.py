@@ -116,8 +116,8 @@ def write_page(explanation: Any, out: str | os.PathLike) -> Path:
     """The ``Explanation`` of ``explain`` as one HTML page."""
     from nagindex.fsio import atomic_path
 
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>nagindex explain: "
-             f"{html.escape(explanation.profile.target)}</title><style>{_CSS}</style></head><body>",
+    parts = [(f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>nagindex explain: "
+              f"{html.escape(explanation.profile.target)}</title><style>{_CSS}</style></head><body>"),
              profile_html(explanation.profile)]
     if explanation.doc is not None:
         parts.append(doc_html(explanation.doc))

@@ -80,8 +80,8 @@ class ProfileExplanation:
     def table(self, show: int = 5) -> str:
         """Text table: one line per layer (concentration, effective neurons, separation, its ``show`` top
         neurons as ``neuron:target%/pool%``), then the layers that separate the target most."""
-        lines = [f"target {self.target}: {self.examples.get('used')} examples, pool {self.pool_docs:,} documents, "
-                 f"top {self.top} of {self.width} neurons per layer (K={self.top_k})",
+        lines = [(f"target {self.target}: {self.examples.get('used')} examples, pool {self.pool_docs:,} "
+                  f"documents, top {self.top} of {self.width} neurons per layer (K={self.top_k})"),
                  f"{'layer':>5} {'conc':>6} {'eff':>7} {'sep':>6}  top neurons (target% / pool%, lift)"]
         for p in self.layers:
             tops = "  ".join(f"{s.neuron}:{100 * s.target_share:.0f}/{100 * s.pool_share:.0f} x{s.lift:.1f}"

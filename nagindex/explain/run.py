@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from nagindex.errors import NagIndexError
-from nagindex.explain.deactivate import DEFAULT_DRAWS, DEFAULT_HELDOUT, DeactivationResult
+from nagindex.explain.deactivate import (
+    DEFAULT_DRAWS,
+    DEFAULT_HELDOUT,
+    DeactivationResult,
+)
 from nagindex.explain.doc import DocExplanation
 from nagindex.explain.profile import DEFAULT_TOP, ProfileExplanation, write_json
 from nagindex.query.request import TargetLike

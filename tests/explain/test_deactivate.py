@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from nagindex.errors import NagIndexError
-from nagindex.explain.deactivate import deactivation_test, random_neurons, up_projections, zero_neurons
-from nagindex.models import Backbone
+from nagindex.explain.deactivate import (
+    deactivation_test,
+    random_neurons,
+    up_projections,
+    zero_neurons,
+)
 from nagindex.query.request import TargetRequest
 from tests.encode.test_architectures import FAMILIES, SEQS
 
@@ -62,9 +66,8 @@ def test_only_the_chosen_neurons_are_switched_off(family):
 def test_weights_restored_bit_for_bit_even_on_error(family):
     model = _family_model(family)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(RuntimeError, match="inside"):
-        with zero_neurons(model, KEYS[:3]):
-            raise RuntimeError("inside")
+    with pytest.raises(RuntimeError, match="inside"), zero_neurons(model, KEYS[:3]):
+        raise RuntimeError("inside")
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     with zero_neurons(model, KEYS[:3]):
@@ -77,9 +80,9 @@ def test_weights_restored_bit_for_bit_even_on_error(family):
 def test_neurons_outside_the_layer_are_an_error():
     model = _family_model("llama")
     before = up_projections(model)[0].weight.clone()
-    with pytest.raises(NagIndexError, match="neuron 80 is outside a layer of width 80"):
-        with zero_neurons(model, [np.array([1]), np.array([80]), np.array([]), ]):
-            pass
+    with pytest.raises(NagIndexError, match="neuron 80 is outside a layer of width 80"), \
+            zero_neurons(model, [np.array([1]), np.array([80]), np.array([])]):
+        pass
     assert torch.equal(up_projections(model)[0].weight, before)  # layer 0 was zeroed, then restored
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ def source_of(docid: str) -> str:
     return docid.rsplit("-", 1)[0]
 
 
-def source_mix(docids: list[str]) -> dict[str, float]:
+def source_mix(docids: Iterable[str]) -> dict[str, float]:
     """Share of each demo source among ``docids``, largest first."""
     counts = Counter(source_of(d) for d in docids)
     total = sum(counts.values()) or 1
@@ -63,7 +64,7 @@ def run_demo(out_dir: str | os.PathLike, *, n_docs: int = 2000, fraction: float 
     echo(f"2/{STEPS} ingest: {res.added:,} new documents ({res.tokens:,} tokens) encoded with smollm2-135m, "
          f"{res.rows:,} in the index ({res.timings})")
     view = open_index(out / "idx")
-    pool_mix = source_mix(view.docids.take(np.arange(len(view))))
+    pool_mix = source_mix(_pool_docids(view))
     results = []
     for step, names in enumerate(DEMO_TARGETS, 3):
         label = "+".join(names)
@@ -80,6 +81,14 @@ def run_demo(out_dir: str | os.PathLike, *, n_docs: int = 2000, fraction: float 
         _print_mix(pool_mix, source_mix(result.table.column("docid").to_pylist()), echo)
     _report(results[-1], out, echo)
     return results
+
+
+def _pool_docids(view: Any) -> Iterator[str]:
+    """Every visible docid of the index, read one shard at a time (the pool's mix never holds them all)."""
+    from nagindex.index.sharded import view_parts
+
+    for part in view_parts(view):
+        yield from part.view.docids.take(part.kept())
 
 
 def _report(result: QueryResult, out: Path, echo: Callable[[str], None]) -> None:

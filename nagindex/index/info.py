@@ -5,8 +5,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def _size(path: Path) -> int:
     if path.is_file():
@@ -63,19 +61,15 @@ def shard_table(catalog: Any) -> list[dict[str, Any]]:
 
 def _describe_sharded(catalog: Any) -> str:
     from nagindex.index.clusters import describe_clusters
-    from nagindex.index.derived import open_shard
-    from nagindex.index.sharded import shard_specs
+    from nagindex.index.sharded import ShardedView
 
     shards = shard_table(catalog)
     lines = [f"index            {catalog.root.resolve()} ({len(shards)} shards, catalog.json)"]
     for key, value in catalog.identity.items():
         lines.append(f"{key:<16} {value}")
     try:
-        docs = tokens = 0
-        for spec in shard_specs(catalog.root):  # counted shard by shard: nothing gathered in memory
-            view, hidden = open_shard(spec["path"], rows=spec["rows"]), spec["hidden"]
-            docs += len(view) - len(hidden)
-            tokens += view.total_tokens - int(np.asarray(view.token_counts)[hidden].sum())
+        view = ShardedView(catalog)  # counted shard by shard: nothing gathered in memory
+        docs, tokens = len(view), view.total_tokens
         pending = sum(r["documents"] for r in shards) - sum(catalog.dedup["rows"])  # stores past the reconcile
         lines.append(f"documents        {docs:,} queryable ({catalog.dedup.get('hidden', 0):,} repeated ids "
                      "across shards left out)" + (f"; {pending:,} committed since, served once their ingest "

@@ -5,6 +5,11 @@ works the same way (one folder or shards, later copies of an id left out), texts
 with the checks of ``--with-text`` (``ShardScan.fetch``: never another document's text), and the
 NAG similarity to the held-out examples is the score ``nagindex score`` computes. Rows here are
 positions in the pool: the visible rows of every shard, in shard order.
+
+Nothing is held per document of the whole pool: docids are looked up shard by shard, and a random
+draw orders the documents by a seeded hash of their docid (``dedup.docid_hashes`` mixed with the
+seed), so it is the same draw on any shard layout and is found in two passes over the shards (token
+sums per key bin, then the documents of the bins the budget reaches) without a permutation of the pool.
 """
 from __future__ import annotations
 
@@ -14,27 +19,25 @@ import numpy as np
 
 from nagindex.errors import InputError, NagIndexError
 
+KEY_BITS = 16  # 2^16 key bins in a draw's first pass: its second pass holds about N / 2^16 extra documents
+
 
 class Pool:
-    """The visible documents of an index: ``tokens`` (the index's token counts) and ``docids`` per pool row."""
+    """The visible documents of an index, as ``ShardPart``s of the fleet's parts (rows and tokens per shard)."""
 
     def __init__(self, fleet: Any) -> None:
-        import pyarrow as pa
-
-        from nagindex.arrays import numeric_array
+        from nagindex.index.sharded import ShardPart
 
         self.fleet = fleet
         self.manifest: dict[str, Any] = fleet.parts[0].view.manifest
-        parts, rows, tokens, ids = [], [], [], []
+        self.parts: list[ShardPart] = []
+        start = 0
         for i, part in enumerate(fleet.parts):
-            visible = np.setdiff1d(np.arange(len(part.view), dtype=np.int64), part.hidden)
-            parts.append(np.full(len(visible), i, np.int64))
-            rows.append(visible)
-            tokens.append(np.asarray(part.view.token_counts)[visible].astype(np.int64))
-            ids.append(pa.array(part.view.docids.arrow().take(numeric_array(visible)), pa.large_string()))
-        self.part, self.row = np.concatenate(parts), np.concatenate(rows)
-        self.tokens = np.concatenate(tokens)
-        self.docids = pa.concat_arrays(ids)
+            self.parts.append(ShardPart(i, part.view, np.asarray(part.hidden, np.int64), start))
+            start += len(self.parts[-1])
+        self._rows = start
+        self.total_tokens = sum(int(np.asarray(p.view.token_counts).sum())
+                                - int(np.asarray(p.view.token_counts)[p.hidden].sum()) for p in self.parts)
         self._scored = False
 
     @classmethod
@@ -48,47 +51,97 @@ class Pool:
         return cls(LocalFleet.open(specs))
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return self._rows
 
     def close(self) -> None:
         self.fleet.close()
 
+    def tokens_of(self, rows: np.ndarray) -> np.ndarray:
+        """The index's token count of each pool row of ``rows``, read from the shard that holds it."""
+        from nagindex.index.sharded import split_rows
+
+        rows = np.asarray(rows, np.int64)
+        out = np.zeros(len(rows), np.int64)
+        for part, where, local in split_rows(self.parts, rows):
+            out[where] = np.asarray(part.view.token_counts)[local]
+        return out
+
     def locate(self, docids: Any, where: Any) -> np.ndarray:
         """Pool rows of ``docids`` (an Arrow string array), in their order; a docid the index does not hold
         is an error naming ``where`` (the selection file) and the first ones missing."""
+        import pyarrow as pa
         import pyarrow.compute as pc
 
-        found = pc.index_in(docids, value_set=self.docids)
-        if found.null_count:
-            missing = docids.filter(pc.is_null(found))
+        wanted = docids.cast(pa.large_string())
+        rows = np.full(len(wanted), -1, np.int64)
+        for part in self.parts:
+            found = pc.index_in(wanted, value_set=part.view.docids.arrow())
+            valid = pc.is_valid(found)
+            hit = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+            local = found.filter(valid).to_numpy().astype(np.int64)
+            visible = ~np.isin(local, part.hidden)  # a hidden copy's id is held by an earlier shard
+            rows[hit[visible]] = part.start + local[visible] - np.searchsorted(part.hidden, local[visible])
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            first = wanted.take(pa.array(missing[:3])).to_pylist()
             raise InputError(f"{where}: {len(missing):,} of {len(docids):,} docids are not in the index (first: "
-                             f"{', '.join(repr(d) for d in missing.slice(0, 3).to_pylist())}): a selection must "
+                             f"{', '.join(repr(d) for d in first)}): a selection must "
                              "name documents of the index it is evaluated on")
-        return found.to_numpy().astype(np.int64)
+        return rows
 
     def draw(self, budget: int, seed: int) -> np.ndarray:
         """A seeded random selection within a token ``budget``: a random order, cut by the query's prefix
         rule (``select.select_budget``: it stops at the first document that would overflow)."""
-        from nagindex.query import select as sel
-
-        return self._random(seed, sel.Quota(tokens=int(budget)))
+        return self._random(seed, tokens=int(budget))
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         """``n`` documents drawn at random (all of them where the pool is smaller)."""
-        from nagindex.query import select as sel
+        return self._random(seed, k=min(int(n), len(self)))
 
-        return self._random(seed, sel.Quota(k=min(int(n), len(self))))
+    def _random(self, seed: int, *, k: int | None = None, tokens: int | None = None) -> np.ndarray:
+        """The pool rows of the prefix of the seeded order under ``k`` documents or ``tokens`` tokens, in that
+        order. First pass: documents and tokens per key bin over every shard, to find the bin the quota ends
+        in; second pass: the documents up to that bin, sorted by (key, docid), cut."""
+        bins, shift = 1 << KEY_BITS, np.uint64(64 - KEY_BITS)
+        docs = np.zeros(bins, np.int64)
+        sums = np.zeros(bins, np.int64)
+        for part in self.parts:
+            key, tok = self._keys(part, seed)
+            top = (key >> shift).astype(np.int64)
+            docs += np.bincount(top, minlength=bins)
+            sums += np.bincount(top, weights=tok, minlength=bins).astype(np.int64)
+        reach = np.cumsum(docs) if k is not None else np.cumsum(sums)
+        limit = k if k is not None else tokens
+        last = min(int(np.searchsorted(reach, limit, side="right")), bins - 1)  # the bin the quota ends in
+        keys, toks, rows = [], [], []
+        ids: list[str] = []
+        for part in self.parts:
+            key, tok = self._keys(part, seed)
+            take = np.flatnonzero(key >> shift <= np.uint64(last))
+            keys.append(key[take])
+            toks.append(tok[take])
+            rows.append(part.start + take)
+            ids.extend(part.view.docids.take(part.local_rows(take)))
+        key, tok, row = np.concatenate(keys), np.concatenate(toks), np.concatenate(rows)
+        order = np.lexsort((np.array(ids, dtype=str), key)) if len(key) else np.zeros(0, np.int64)
+        if k is not None:
+            return row[order[:k]]
+        kept = int(np.searchsorted(np.cumsum(tok[order]), tokens, side="right"))
+        return row[order[:kept]]
 
-    def _random(self, seed: int, quota: Any) -> np.ndarray:
-        from nagindex.index.derived import DocidColumn
-        from nagindex.query import select as sel
+    @staticmethod
+    def _keys(part: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The seeded keys and token counts of a part's visible rows: the docid hash mixed with the seed by
+        splitmix64's finaliser (a seed gives an unrelated order, the same on any layout)."""
+        from nagindex.index.dedup import docid_hashes
 
-        key = np.empty(len(self), np.int64)
-        key[np.random.default_rng(seed).permutation(len(self))] = np.arange(len(self))
-        _, offsets, blob = self.docids.buffers()
-        docids = DocidColumn(np.frombuffer(offsets, "<u8", count=len(self) + 1),
-                             np.frombuffer(blob, "u1") if blob is not None else np.zeros(0, "u1"))
-        return sel.select(key, docids, quota, self.tokens).rows
+        kept = part.kept()
+        with np.errstate(over="ignore"):
+            x = docid_hashes(part.view, 0)[kept] ^ (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1))
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            x ^= x >> np.uint64(31)
+        return x, np.asarray(part.view.token_counts)[kept].astype(np.int64)
 
     def score(self, profile: np.ndarray, weighting: str = "none") -> None:
         """Score every document against one count profile ``(L, width)`` over all layers (then ``fetch``
@@ -105,12 +158,17 @@ class Pool:
         """Text and similarity of each distinct pool row of ``rows``, read back from the sources."""
         if not self._scored:
             raise NagIndexError("Pool.fetch needs a profile: call score() first")
+        from nagindex.index.sharded import split_rows
+
         wanted = np.unique(np.asarray(rows, np.int64))
-        by_part = [wanted[self.part[wanted] == i] for i in range(len(self.fleet.parts))]
-        answers = self.fleet.fetch([self.row[w] for w in by_part], True)
+        local = [np.zeros(0, np.int64) for _ in self.parts]
+        where = [np.zeros(0, np.int64) for _ in self.parts]
+        for part, w, rows_of_part in split_rows(self.parts, wanted):
+            local[part.shard], where[part.shard] = rows_of_part, w
+        answers = self.fleet.fetch(local, True)
         texts: dict[int, str] = {}
         sims: dict[int, float] = {}
-        for w, got in zip(by_part, answers):
-            texts.update(zip(w.tolist(), got["text"]))
-            sims.update(zip(w.tolist(), got["similarity"][0].tolist()))
+        for w, got in zip(where, answers):
+            texts.update(zip(wanted[w].tolist(), got["text"]))
+            sims.update(zip(wanted[w].tolist(), got["similarity"][0].tolist()))
         return texts, sims

@@ -162,7 +162,7 @@ def evaluate(
             results.append({
                 "name": arm.name, "file": arm.file,
                 "documents": _mean_int(len(r) for r in distinct),
-                "tokens": _mean_int(int(docs.tokens[r].sum()) for r in distinct),
+                "tokens": _mean_int(docs.tokens(r) for r in distinct),
                 "proxy_tokens": _mean_int(proxy_tokens[arm.name][:len(distinct)]),
                 "kl_reduction": float(np.mean([kl_reduction(target_counts, pool_counts,
                                                             ngram_counts(texts[x] for x in r.tolist()))
@@ -186,8 +186,8 @@ def evaluate(
         "heldout_examples": len(examples), "examples_available": held.available,
         "profile_examples_excluded": held.excluded, "split_seed": split_seed, "heldout_ids": list(examples.ids),
         "multiple_choice": examples.choices is not None,
-        "index": str(Path(index_dir).resolve()), "pool_documents": len(docs.tokens),
-        "pool_tokens": int(docs.tokens.sum()), "pool_sample_documents": len(docs.sample),
+        "index": str(Path(index_dir).resolve()), "pool_documents": docs.pool_documents,
+        "pool_tokens": docs.pool_tokens, "pool_sample_documents": len(docs.sample),
         "pool_nag_similarity": docs.similarity(docs.sample), "weighting": weighting,
         "kl_target_pool": kl(target_counts, pool_counts),
         "seeds": list(range(seeds)), "train_tokens": steps * config.step_tokens,
@@ -218,13 +218,19 @@ def evaluate(
 @dataclass
 class _Documents:
     """What the evaluation reads from the index: the arms' and the pool sample's rows, their texts and
-    similarities to the held-out profile, and every pool document's token count (the index's)."""
+    similarities to the held-out profile, their token counts (the index's) and the pool's totals."""
 
     arms: list[_Arm]
     sample: np.ndarray
     texts: dict[int, str]
     sims: dict[int, float]
-    tokens: np.ndarray
+    pool_documents: int
+    pool_tokens: int
+    row_tokens: dict[int, int]
+
+    def tokens(self, rows: np.ndarray) -> int:
+        """The index's token count of ``rows``, summed."""
+        return sum(self.row_tokens[r] for r in rows.tolist())
 
     def similarity(self, rows: np.ndarray) -> float:
         """The mean NAG similarity of ``rows``, each counting once (not weighted by tokens)."""
@@ -245,7 +251,7 @@ def _documents(index_dir: Any, sels: Sequence[Any], seeds: int, pool_docs: int, 
     try:
         with timer("documents"):
             arms = [_Arm(s.name, str(s.path), [pool.locate(s.docids, s.path)] * seeds) for s in sels]
-            budget = max(int(pool.tokens[a.rows[0]].sum()) for a in arms)
+            budget = max(int(pool.tokens_of(a.rows[0]).sum()) for a in arms)
             arms.insert(0, _Arm(RANDOM, None, [pool.draw(budget, seed) for seed in range(seeds)]))
             sample = pool.sample(pool_docs, POOL_SEED)
         with timer("held-out NAGs"):
@@ -253,7 +259,10 @@ def _documents(index_dir: Any, sels: Sequence[Any], seeds: int, pool_docs: int, 
             pool.score(count_profile(codes, pool.manifest["width"]), weighting)
         with timer("texts"):
             texts, sims = pool.fetch(np.concatenate([*(r for a in arms for r in a.rows), sample]))
-        return _Documents(arms=arms, sample=sample, texts=texts, sims=sims, tokens=pool.tokens)
+        needed = np.unique(np.concatenate([*(r for a in arms for r in a.rows), sample]))
+        return _Documents(arms=arms, sample=sample, texts=texts, sims=sims, pool_documents=len(pool),
+                          pool_tokens=pool.total_tokens, row_tokens=dict(zip(needed.tolist(),
+                                                                             pool.tokens_of(needed).tolist())))
     finally:
         pool.close()
 

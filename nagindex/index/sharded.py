@@ -63,11 +63,10 @@ class ShardPart:
 
 
 def view_parts(view: Any) -> list[ShardPart]:
-    """The parts of any view ``open_index`` returns: a ``ShardedView``'s, or a one-folder
-    ``IndexView`` as one part, so a consumer streams both the same way."""
-    if isinstance(view, ShardedView):
-        return view.parts
-    return [ShardPart(0, view, np.zeros(0, np.int64), 0)]
+    """The parts of any view ``open_index`` returns: a ``ShardedView``'s (or any holder of ``parts``, as the
+    evaluation's pool), or a one-folder ``IndexView`` as one part, so a consumer streams both the same way."""
+    parts = getattr(view, "parts", None)
+    return parts if parts is not None else [ShardPart(0, view, np.zeros(0, np.int64), 0)]
 
 
 def split_rows(parts: Sequence[ShardPart], rows: np.ndarray) -> list[tuple[ShardPart, np.ndarray, np.ndarray]]:

@@ -11,9 +11,11 @@ On a sharded index (``bench_scale``'s 10M-document, 8-shard build), each arm run
 
 The report's selection is the first ``--selection-rows`` rows of ``--selection`` (a ``query``/``mix`` output
 with its manifest), written to ``--workdir``, so the pool, not the selection, is what the figures measure.
-Time is wall-clock; memory is the peak anonymous RSS (``RssAnon`` in /proc/self/status, sampled every 10 ms)
-above the process's once nagindex is imported. Both report arms' pool figures (histogram counts, tokens per
-group, the selection's scores) are hashed and must agree.
+Time is wall-clock; memory is the peak anonymous RSS of the arm's process (``RssAnon`` in /proc/<pid>/status,
+sampled by this driver every 10 ms, so an arm killed for memory still has its peak) above its RssAnon once
+nagindex is imported. Both report arms' pool figures (histogram counts, tokens per group, the selection's
+scores) are hashed and must agree. An anchor whose ``open_index`` is killed is not run for the report (which
+opens the index first).
 
     git worktree add /tmp/old_wt 58724a6
     python tools/bench_report.py --index /tmp/nagscale/<run>/eight --selection /tmp/nagscale/<run>/sel.parquet \\
@@ -41,12 +43,13 @@ sys.path.insert(0, str(REPO / "tools"))
 from _table import ResultTable, load_average, log  # noqa: E402
 
 
-def rss_anon_kib() -> int:
-    """This process's anonymous resident memory now, KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1])
-    raise RuntimeError("no RssAnon in /proc/self/status")
+def rss_anon_kib(pid: int) -> int:
+    """A process's anonymous resident memory now, KiB (0 once it has exited)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return next((int(line.split()[1]) for line in text.splitlines() if line.startswith("RssAnon:")), 0)
 
 
 def pool_digest(data: Any) -> str:
@@ -71,31 +74,52 @@ def pool_digest(data: Any) -> str:
 
 
 def run_arm(what: str, index: str, selection: str) -> dict[str, Any]:
-    """Time ``open_index`` or ``collect`` in this process and sample its peak RssAnon above the baseline."""
+    """Time ``open_index`` or ``collect`` in this process, once the driver has read its baseline."""
     from nagindex.index.sharded import open_index
     from nagindex.query.report import collect
 
-    base = rss_anon_kib()
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.01):
-            peak[0] = max(peak[0], rss_anon_kib())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    print("ready", flush=True)
+    sys.stdin.readline()  # the driver has read the baseline RssAnon
     start = time.perf_counter()
     if what == "open":
         view = open_index(index)
         figures = f"{len(view)}:{view.total_tokens}"
     else:
         figures = pool_digest(collect(selection, index))
+    return {"seconds": time.perf_counter() - start, "figures": figures}
+
+
+def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Run one arm, sampling its RssAnon from here; a killed arm reports its exit code and the seconds and
+    peak until then."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=cwd)
+    if proc.stdout.readline().strip() != "ready":
+        raise SystemExit(f"{cmd}: no ready line:\n{proc.stderr.read()[-3000:]}")
+    Path(f"/proc/{proc.pid}/oom_score_adj").write_text("1000")  # out of memory, the arm goes first, no one else
+    base = rss_anon_kib(proc.pid)
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], rss_anon_kib(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    out, err = proc.communicate()
     seconds = time.perf_counter() - start
     done.set()
     sampler.join()
-    peak[0] = max(peak[0], rss_anon_kib())
-    return {"seconds": seconds, "peak_mib": (peak[0] - base) / 1024, "figures": figures}
+    result = {"returncode": proc.returncode, "seconds": seconds, "peak_mib": (peak[0] - base) / 1024}
+    if proc.returncode == 0:
+        result.update(json.loads(out.splitlines()[-1]))
+    elif proc.returncode != -9:
+        raise SystemExit(f"{cmd} failed ({proc.returncode}):\n{err[-3000:]}")
+    return result
 
 
 def write_selection(selection: Path, rows: int, out: Path) -> None:
@@ -126,23 +150,35 @@ def main() -> None:
     table = ResultTable("seconds; peak RssAnon")
     log(f"{platform.node()}: {platform.processor() or platform.machine()}, load {load_average()}")
     trees = {"anchor": args.anchor_tree.resolve(), "new": REPO}
+    killed = False
     for what, label in (("open", "open_index"), ("report", f"report.collect, {args.selection_rows:,}-row selection")):
         measured = {}
         for arm in ("anchor", "new"):
+            if arm == "anchor" and killed:
+                table.add(f"{label}: anchor", "not run: it opens the index first, killed above", "")
+                continue
             log(f"{label}: {arm} (load {load_average()})")
             env = {**os.environ, "PYTHONPATH": str(trees[arm])}
-            out = subprocess.run([sys.executable, __file__, "--index", args.index, "--selection", str(args.selection),
-                                  "--anchor-tree", str(args.anchor_tree), "--workdir", str(args.workdir),
-                                  "--arm", what], capture_output=True, text=True, env=env, cwd=trees[arm], check=False)
-            if out.returncode:
-                raise SystemExit(f"{arm} {what} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-            measured[arm] = json.loads(out.stdout.splitlines()[-1])
-        anchor, new = measured["anchor"], measured["new"]
-        table.add(f"{label}: anchor (every shard's columns gathered)",
-                  f"{anchor['seconds']:.2f} s; {anchor['peak_mib']:,.0f} MiB", "1.00x")
-        table.add(f"{label}: new (shard by shard)", f"{new['seconds']:.2f} s; {new['peak_mib']:,.0f} MiB",
-                  f"{new['seconds'] / anchor['seconds']:.2f}x time, {new['peak_mib'] / anchor['peak_mib']:.3f}x "
-                  f"memory; same figures: {'yes' if new['figures'] == anchor['figures'] else '**no**'}")
+            measured[arm] = measure([sys.executable, __file__, "--index", args.index, "--selection",
+                                     str(args.selection), "--anchor-tree", str(args.anchor_tree), "--workdir",
+                                     str(args.workdir), "--arm", what], env, trees[arm])
+        anchor, new = measured.get("anchor"), measured["new"]
+        value = f"{new['seconds']:.2f} s; {new['peak_mib']:,.0f} MiB"
+        if anchor is None:
+            table.add(f"{label}: new (shard by shard)", value, "")
+        elif anchor["returncode"]:
+            killed = True
+            table.add(f"{label}: anchor (every shard's columns gathered)",
+                      f"killed (SIGKILL: out of memory) after {anchor['seconds']:.0f} s at {anchor['peak_mib']:,.0f} MiB",
+                      "1.00x")
+            table.add(f"{label}: new (shard by shard)", value,
+                      f"{new['peak_mib'] / anchor['peak_mib']:.4f}x the anchor's memory when it was killed")
+        else:
+            table.add(f"{label}: anchor (every shard's columns gathered)",
+                      f"{anchor['seconds']:.2f} s; {anchor['peak_mib']:,.0f} MiB", "1.00x")
+            table.add(f"{label}: new (shard by shard)", value,
+                      f"{new['seconds'] / anchor['seconds']:.2f}x time, {new['peak_mib'] / anchor['peak_mib']:.4f}x "
+                      f"memory; same figures: {'yes' if new['figures'] == anchor['figures'] else '**no**'}")
     print(f"load average at the end: {load_average()}")
     print(table.markdown())
 

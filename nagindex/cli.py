@@ -162,6 +162,13 @@ def extract(inputs: tuple[str, ...], out: str, neuron_types: str, **kw: Any) -> 
                    "the whole file's. .jsonl.gz, .jsonl.zst and remote .jsonl are read whole.")
 @click.option("--ray-gpus-per-worker", type=float, default=None,
               help="GPUs per actor [default: 1 when the cluster has a GPU per worker, else 0].")
+@click.option("--features", default="nag", show_default=True,
+              help="nag, or nag,nait: also store each document's dense activations (L x d in the index's "
+                   "dtype) for --method nait (README, NAIT).")
+@click.option("--nait-site", type=click.Choice(["residual", "mlp"]), default="residual", show_default=True,
+              help="NAIT's activation: the decoder block's output (residual stream) or its MLP's output.")
+@click.option("--nait-vector", type=click.Choice(["last", "delta"]), default="last", show_default=True,
+              help="Per layer and document: the last token's activation, or last minus first token's.")
 @_user_errors
 def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
     """Encode INPUTS once into the index: one LLM pass, resumable, safe with bad input.
@@ -182,9 +189,11 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
       nagindex ingest corpus/ --index idx --shards 8 --workers 2      # at most 2 at once
       nagindex ingest corpus/ --index idx --shards 64 --ray-address auto --device cuda
     """
+    from nagindex.encode.dense import parse_features
     from nagindex.ingest.run import ingest as run_ingest
 
     _load_text_template(kw)
+    kw["nait"] = parse_features(kw.pop("features"), kw.pop("nait_site"), kw.pop("nait_vector"))
     res = run_ingest(inputs, index_dir, **kw)
     click.echo(f"{index_dir}: +{res.added:,} documents (+{res.tokens:,} tokens), {res.rows:,} in total; "
                f"{res.rejects:,} skipped" + (" (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(

@@ -14,19 +14,21 @@ import numpy as np
 from nagindex.data import Reject, Window
 
 if TYPE_CHECKING:
+    from nagindex.encode.dense import DenseSpec
     from nagindex.encode.extract import NagExtractor
 
 
 def build_extractor(
     backbone: str, neuron_types: Sequence[str], *, top_k: int, max_length: int, batch_size: int,
-    device: str = "auto", dtype: str | None = None, trust_remote_code: bool = False,
+    device: str = "auto", dtype: str | None = None, trust_remote_code: bool = False, dense: "DenseSpec | None" = None,
 ) -> "NagExtractor":
-    """Load the backbone and wrap it in an extractor (the one place a model is loaded)."""
+    """Load the backbone and wrap it in an extractor (the one place a model is loaded); ``dense`` also
+    takes NAIT's activations in the same forward (``encode.dense``)."""
     from nagindex.encode.extract import NagExtractor
     from nagindex.models import load_backbone
 
     bb = load_backbone(backbone, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    return NagExtractor(bb, neuron_types, top_k=top_k, max_length=max_length, batch_size=batch_size)
+    return NagExtractor(bb, neuron_types, top_k=top_k, max_length=max_length, batch_size=batch_size, dense=dense)
 
 
 def describe_extractor(extractor: "NagExtractor") -> dict[str, Any]:
@@ -40,7 +42,7 @@ def describe_extractor(extractor: "NagExtractor") -> dict[str, Any]:
     bb = extractor.backbone
     return {"weights_sha256": bb.weights_sha256, "num_layers": extractor.num_layers,
             "widths": dict(extractor.widths), "top_k": extractor.top_k,
-            "dtype": dtype_name(bb.dtype), "device_kind": bb.device.type}
+            "dtype": dtype_name(bb.dtype), "device_kind": bb.device.type, "dense_width": extractor.dense_width}
 
 
 def encode_window(window: Window, extractor: "NagExtractor") -> Window:

@@ -24,6 +24,7 @@ from nagindex.errors import NagIndexError
 if TYPE_CHECKING:
     import torch
 
+    from nagindex.encode.dense import DenseSpec
     from nagindex.models import Backbone
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,10 @@ class NagExtractor:
         max_length: int = 120,
         batch_size: int = 32,
         padding_side: str = "right",
+        dense: "DenseSpec | None" = None,
     ) -> None:
+        from nagindex.encode.dense import dense_modules
+
         if padding_side not in ("left", "right"):
             raise NagIndexError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
         self.backbone = backbone
@@ -146,7 +150,10 @@ class NagExtractor:
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         self._hooks = find_hooks(backbone.model, self.neuron_types)
         self.num_layers = len(self._hooks)
+        self.dense = dense  # NAIT's activations, taken in the same forward (``encode.dense``)
+        self._dense_modules = dense_modules(backbone.model, dense.site) if dense is not None else []
         self.widths = self._probe_widths()
+        self.dense_width = self._probe_dense_width() if dense is not None else 0
         for ntype, width in self.widths.items():
             if not top_k <= width <= 65536:
                 raise NagIndexError(f"{ntype}: top_k {top_k} must be <= layer width {width} (<= 65536 for uint16)")
@@ -161,7 +168,8 @@ class NagExtractor:
 
     # -- extract ----------------------------------------------------------
     def codes(self, token_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-        """NAG codes per neuron type, ``(n, L, K)`` uint16, in input order."""
+        """NAG codes per neuron type, ``(n, L, K)`` uint16, in input order; with ``dense``, also the
+        first and last real token's activations (``encode.dense.DENSE_KEYS``, ``(n, L, d)`` float32)."""
         return self._run(token_ids, keep_impacts=False)
 
     def impacts(self, token_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
@@ -181,17 +189,21 @@ class NagExtractor:
                         np.float32 if keep_impacts else np.uint16)
             for t in self.neuron_types
         }
+        if self.dense is not None:
+            from nagindex.encode.dense import DENSE_KEYS
+
+            out.update({k: np.empty((n, self.num_layers, self.dense_width), np.float32) for k in DENSE_KEYS})
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
                 rows = order[start : start + self.batch_size]
                 for ntype, imp in self._forward([token_ids[i] for i in rows]).items():
-                    if not keep_impacts:
+                    if not keep_impacts and ntype in self.widths:
                         imp = torch.topk(imp, self.top_k, dim=-1, sorted=True).indices
                     out[ntype][rows] = imp.cpu().numpy()
         return out
 
     def _forward(self, seqs: list[Sequence[int]]) -> dict[str, "torch.Tensor"]:
-        """One padded batch -> impacts per type, ``(B, L, width)``."""
+        """One padded batch -> impacts per type, ``(B, L, width)`` (and the dense rows, ``(B, L, d)``)."""
         import torch
 
         dev = self.backbone.device
@@ -207,7 +219,8 @@ class NagExtractor:
         denom = mask.sum(-1, keepdim=True).clamp(min=1).float()  # reference: max(sum m, 1e-6)
         keep = mask.unsqueeze(-1)
         captured: dict[str, list["torch.Tensor"]] = {t: [] for t in self.neuron_types}
-        last = max(self._hooks[-1], key=lambda h: _ORDER[h.neuron_type])
+        # with dense features the last layer's dense hook (registered last, so it fires last) stops the forward
+        last = None if self.dense is not None else max(self._hooks[-1], key=lambda h: _ORDER[h.neuron_type])
 
         def make_hook(h: _Hook):
             def hook(_module, _inputs, output):
@@ -226,6 +239,23 @@ class NagExtractor:
             return hook
 
         handles = [h.module.register_forward_hook(make_hook(h)) for row in self._hooks for h in row]
+        if self.dense is not None:
+            from nagindex.encode.dense import FIRST, LAST
+
+            rows = torch.arange(len(seqs), device=dev)
+            first_pos = mask.int().argmax(-1)  # the first real token, whatever the padding side
+            last_pos = length - 1 - mask.flip(-1).int().argmax(-1)
+            captured[FIRST], captured[LAST] = [], []
+            final = self._dense_modules[-1]
+
+            def dense_hook(module, _inputs, output):
+                x = output[0] if isinstance(output, tuple) else output
+                captured[FIRST].append(x[rows, first_pos].float())
+                captured[LAST].append(x[rows, last_pos].float())
+                if module is final:
+                    raise _StopForward
+
+            handles += [m.register_forward_hook(dense_hook) for m in self._dense_modules]
         try:
             self.backbone.model.base_model(
                 input_ids=ids, attention_mask=mask.long(), position_ids=positions, use_cache=False
@@ -244,5 +274,14 @@ class NagExtractor:
         probe = tok("probe", add_special_tokens=False)["input_ids"] or [0]
         with torch.inference_mode():
             out = self._forward([probe])
-        return {t: int(v.shape[-1]) for t, v in out.items()}
+        return {t: int(out[t].shape[-1]) for t in self.neuron_types}
+
+    def _probe_dense_width(self) -> int:
+        from nagindex.encode.dense import LAST
+
+        probe = self.backbone.tokenizer("probe", add_special_tokens=False)["input_ids"] or [0]
+        import torch
+
+        with torch.inference_mode():
+            return int(self._forward([probe])[LAST].shape[-1])
 

@@ -67,6 +67,9 @@ COMPARED_SETTINGS = ("backbone", "weights_sha256", "neuron_type", "num_layers", 
 #: too. Here None is a value ("no template"), not "unknown": compared whenever the request names them; a store
 #: written before they existed has none.
 TEXT_SETTINGS = ("text_template",)
+#: dense features stored beside the NAGs (``ingest --features nag,nait``: ``{"site", "vector"}``, ``index.dense``);
+#: None is a value too ("NAG only"), so appending with other features, or none, to such an index is refused
+FEATURE_SETTINGS = ("nait",)
 _REQUIRED = ("neuron_type", "num_layers", "width", "top_k")
 #: path -> [env, refcount, handles (None until opened), open transactions]; LMDB allows one env per path per process
 _ENVS: dict[str, list[Any]] = {}
@@ -366,6 +369,8 @@ class IndexStore:
         diffs = [f"{k}: index has {have.get(k)!r}, requested {requested[k]!r}" for k in COMPARED_SETTINGS
                  if requested.get(k) is not None and have.get(k) is not None and have[k] != requested[k]]
         diffs += [f"{k}: index has {have.get(k)!r}, requested {requested[k]!r}" for k in TEXT_SETTINGS
+                  if k in requested and have.get(k) != requested[k]]
+        diffs += [f"{k}: index has {have.get(k)!r}, requested {requested[k]!r}" for k in FEATURE_SETTINGS
                   if k in requested and have.get(k) != requested[k]]
         if diffs:
             raise IndexMismatchError(f"index {self.directory} was built with other settings: " + "; ".join(diffs))

@@ -22,6 +22,7 @@ from nagindex.sources.render import check_text_template
 from nagindex.sources.split import DEFAULT_SPLIT_SIZE
 
 if TYPE_CHECKING:
+    from nagindex.encode.dense import DenseSpec
     from nagindex.encode.extract import NagExtractor
 
 
@@ -53,6 +54,7 @@ def ingest(
     split_size: int | str | None = DEFAULT_SPLIT_SIZE,
     extractor: "NagExtractor | None" = None,
     show_progress: bool | None = None,
+    nait: "DenseSpec | None" = None,
 ) -> IngestResult:
     """Encode every document of ``inputs`` once into the index at ``index_dir`` (created if absent).
 
@@ -70,6 +72,8 @@ def ingest(
     cores and available memory allow, ``ingest.sharded.default_workers``).
     ``text_template`` (Jinja, instead of ``text_field``) renders each record's text from its fields
     (``sources.render``); it is part of the index identity, like ``max_length``.
+    ``nait`` (``encode.dense.parse_features``, ``--features nag,nait``) also stores each document's
+    dense activations for ``--method nait`` (``index.dense``); part of the identity too.
     """
     from nagindex.index.catalog import CATALOG_FILE
     from nagindex.units import parse_size
@@ -79,14 +83,14 @@ def ingest(
         from nagindex.ingest.sharded import ingest_sharded
 
         backbone, requested = check_settings(Path(index_dir), backbone, neuron_type, top_k, max_length, dtype,
-                                             text_field, text_template)
+                                             text_field, text_template, nait)
         return ingest_sharded(inputs, index_dir, shards=shards, shard_root=shard_root, ray_address=ray_address,
                               ray_gpus_per_worker=ray_gpus_per_worker, requested=requested, workers=workers,
                               split_size=split_size, backbone=backbone, neuron_type=neuron_type, top_k=top_k,
                               max_length=max_length, batch_size=batch_size,
                               commit_every=commit_every, text_field=text_field, id_field=id_field,
                               token_field=token_field, text_template=text_template, limit=limit, strict=strict,
-                              device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+                              device=device, dtype=dtype, trust_remote_code=trust_remote_code, nait=nait)
     if workers is not None:
         raise NagIndexError("--workers applies to sharded ingests (--shards N, or an index with a catalog); a "
                             "one-shard ingest has one writer")
@@ -95,7 +99,8 @@ def ingest(
                          text_field=text_field, id_field=id_field, token_field=token_field,
                          text_template=text_template, limit=limit, strict=strict, device=device, dtype=dtype,
                          trust_remote_code=trust_remote_code, ray_address=ray_address, ray_workers=ray_workers,
-                         ray_gpus_per_worker=ray_gpus_per_worker, extractor=extractor, show_progress=show_progress)
+                         ray_gpus_per_worker=ray_gpus_per_worker, extractor=extractor, show_progress=show_progress,
+                         nait=nait)
 
 
 def extract_files(

@@ -33,6 +33,7 @@ from nagindex.sources.read import FieldUsage, Fields, read_input
 from nagindex.sources.render import check_text_template
 
 if TYPE_CHECKING:
+    from nagindex.encode.dense import DenseSpec
     from nagindex.encode.extract import NagExtractor
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ def estimate_records(files: Sequence[InputFile], starts: dict[str, int]) -> int 
 
 
 def check_settings(index_dir: Path, backbone: str, neuron_type: str, top_k: int, max_length: int,
-                   dtype: str | None, text_field: str, text_template: str | None) -> tuple[str, dict[str, Any]]:
+                   dtype: str | None, text_field: str, text_template: str | None,
+                   nait: "DenseSpec | None" = None) -> tuple[str, dict[str, Any]]:
     """Check an ingest's index folder and text settings before any model loads. Returns the backbone as
     recorded (a local model by absolute path) and the settings the index's identity must match
     (an explicit ``dtype`` is checked here; auto (None) is checked via the full manifest)."""
@@ -157,7 +159,8 @@ def check_settings(index_dir: Path, backbone: str, neuron_type: str, top_k: int,
         backbone = str(Path(backbone).expanduser().resolve())
     check_text_template(text_template, text_field)
     return backbone, {"backbone": backbone, "neuron_type": neuron_type, "top_k": top_k, "max_length": max_length,
-                      "dtype": canonical_dtype(dtype), "text_template": text_template}
+                      "dtype": canonical_dtype(dtype), "text_template": text_template,
+                      "nait": nait.identity() if nait is not None else None}
 
 
 def ingest_folder(
@@ -184,13 +187,14 @@ def ingest_folder(
     ray_gpus_per_worker: float | None = None,
     extractor: "NagExtractor | None" = None,
     show_progress: bool | None = None,
+    nait: "DenseSpec | None" = None,
 ) -> IngestResult:
     """``ingest`` (``run.ingest``, which documents the arguments) into the one store at ``index_dir``."""
     from nagindex.index.store import IndexStore
 
     index_dir = Path(index_dir)
     backbone, requested = check_settings(index_dir, backbone, neuron_type, top_k, max_length, dtype, text_field,
-                                         text_template)
+                                         text_template, nait)
     files = input_files(inputs)
     timer = StageTimer()
     result = IngestResult(index_dir)
@@ -204,7 +208,7 @@ def ingest_folder(
         if todo:
             with timer("load"):
                 model_kw = dict(top_k=top_k, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype,
-                                trust_remote_code=trust_remote_code)
+                                trust_remote_code=trust_remote_code, dense=nait)
                 if ray_address is not None:
                     from nagindex.ingest.distributed import RayEncoder
 
@@ -215,12 +219,14 @@ def ingest_folder(
             usage = FieldUsage()
             fields = Fields(text_field, id_field, token_field, usage, text_template)
             manifest = _manifest(encoder.describe(), backbone, neuron_type, max_length, fields)
+            if nait is not None:
+                manifest.update(nait=nait.identity(), nait_width=encoder.describe()["dense_width"])
             if store is None:
                 store = IndexStore.open_or_create(index_dir, manifest)
             store.check_compatible(manifest)
             try:
                 _ingest_files(store, todo, encoder, neuron_type, result, timer, progress, commit_every,
-                              fields, limit, strict, show_progress)
+                              fields, limit, strict, show_progress, nait)
             except NagIndexError:  # --strict or a network error: what was committed stays usable, then stop
                 _finish(store, index_dir, result, timer)
                 raise
@@ -286,7 +292,11 @@ def _manifest(model: dict[str, Any], backbone: str, neuron_type: str, max_length
 def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: str,
                   result: IngestResult, timer: StageTimer, progress: dict[str, dict[str, Any]],
                   commit_every: int, fields: Fields, limit: int | None, strict: bool,
-                  show_progress: bool | None) -> None:
+                  show_progress: bool | None, nait: "DenseSpec | None" = None) -> None:
+    from nagindex.encode.dense import FIRST, LAST, stored_vector
+    from nagindex.index.dense import DenseWriter
+
+    dense = DenseWriter(store.directory, store.manifest, len(store)) if nait is not None else None
     starts = {f.key: int(progress.get(f.key, {}).get("next_position", 0)) for f in todo}
     items = {f.key: f for f in todo}
     states: dict[str, dict[str, Any]] = {}  # size and stamp of each input, looked up once (remote: one request)
@@ -327,6 +337,8 @@ def _ingest_files(store: Any, todo: list[InputFile], encoder: Any, neuron_type: 
             progress = {c.key: {"next_position": c.next_position, "done": c.done, **states[c.key]}
                         for c in window.cursors.values()}
             with timer("store"):
+                if dense is not None:  # durable before the commit that counts its rows (``index.dense``)
+                    dense.append(stored_vector(window.codes[FIRST], window.codes[LAST], nait))
                 store.append(window.codes.get(neuron_type, np.zeros(0)), [d.docid for d in window.docs],
                              window.token_counts, [window.cursors[d.source].key for d in window.docs],
                              [d.position for d in window.docs], progress=progress, rejects=window.rejects)

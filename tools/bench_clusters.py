@@ -114,7 +114,7 @@ def _scale_rows(table: ResultTable, real: np.ndarray, size: int, radius: int, se
     (multihash's beyond 63 bits: a subset of flat's). Flat runs up to ``flat_max`` documents. Then the
     pass ``build_clusters`` runs (identical fingerprints collapsed, pairs streamed into the union-find,
     no pair list), in this process and on 2 worker processes: its links must be the anchor's pairs."""
-    from nagindex.index.clusters import _link, _PairSearch, _search
+    from nagindex.index.pairs import PairSearch, link, pair_list
 
     rng = np.random.default_rng(seed)
     bits = np.unpackbits(real[rng.integers(0, len(real), size)], axis=1, bitorder="little").astype(bool)
@@ -124,7 +124,7 @@ def _scale_rows(table: ResultTable, real: np.ndarray, size: int, radius: int, se
         row[rng.integers(0, row.size, int(0.3 * len(on)))] = True
     fp = np.packbits(bits, axis=1, bitorder="little")
     def search(method: str) -> tuple[np.ndarray, np.ndarray]:  # one shard, nothing hidden, every row new
-        return _search([fp], np.array([0, size]), [np.zeros(0, np.int64)], [np.arange(size)], radius, method)
+        return pair_list([fp], np.array([0, size]), [np.zeros(0, np.int64)], [np.arange(size)], radius, method)
 
     methods = {
         "FAISS flat range search": lambda: search("flat"),
@@ -149,10 +149,10 @@ def _scale_rows(table: ResultTable, real: np.ndarray, size: int, radius: int, se
         fp.tofile(path)  # memory-mapped as an index's, so worker processes reopen it
         for workers, method in ((1, "nagindex pass (identical collapsed, streamed union-find)"),
                                 (2, "nagindex pass, 2 worker processes")):
-            pass_search = _PairSearch([np.memmap(path, dtype="u1", mode="r", shape=fp.shape)], np.array([0, size]),
+            pass_search = PairSearch([np.memmap(path, dtype="u1", mode="r", shape=fp.shape)], np.array([0, size]),
                                       [np.zeros(0, np.int64)], [np.arange(size)], radius)
             start = time.perf_counter()
-            count[method] = _link(np.arange(size, dtype=np.int64), pass_search, "multihash", workers, None, False)
+            count[method] = link(np.arange(size, dtype=np.int64), pass_search, "multihash", workers, None, False)
             seconds[method] = time.perf_counter() - start
             assert count[method] == count[anchor]  # no identical fingerprints here: a link is a pair
     for method, took in seconds.items():

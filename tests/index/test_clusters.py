@@ -12,6 +12,7 @@ import pytest
 
 from nagindex.errors import NagIndexError
 from nagindex.index import clusters as cl
+from nagindex.index import pairs
 from nagindex.index.derived import fingerprints
 from nagindex.index.sharded import open_index
 from nagindex.ingest.interop import write_features
@@ -128,9 +129,9 @@ def test_multihash_finds_exactly_the_pairs_of_faiss_multi_hash_index(radius, mon
     exercise the packing and the tiling of long runs."""
     import faiss
 
-    monkeypatch.setattr(cl, "_PAIR_ROWS", 7)
-    monkeypatch.setattr(cl, "_SEGMENT", 5)
-    monkeypatch.setattr(cl, "_KEY_BUDGET", 8 * 700 * 5)  # 5 chunk columns per pass
+    monkeypatch.setattr(pairs, "_PAIR_ROWS", 7)
+    monkeypatch.setattr(pairs, "_SEGMENT", 5)
+    monkeypatch.setattr(pairs, "_KEY_BUDGET", 8 * 700 * 5)  # 5 chunk columns per pass
     rng = np.random.default_rng(radius)
     base = np.packbits(rng.random((300, 4096)) < 0.15, axis=1)
     rows = [base]
@@ -145,8 +146,8 @@ def test_multihash_finds_exactly_the_pairs_of_faiss_multi_hash_index(radius, mon
     shards = [codes[:400], codes[400:]]
     offsets = np.array([0, 400, 712])
     hidden = [np.zeros(0, np.int64), np.array([3, 50, 200], np.int64)]
-    queries = [np.arange(250, 400), cl._visible(np.arange(312), hidden[1])]  # shard 0: rows from 250 on are new
-    a, b = cl._search(shards, offsets, hidden, queries, radius, "multihash")
+    queries = [np.arange(250, 400), pairs.visible(np.arange(312), hidden[1])]  # shard 0: rows from 250 on are new
+    a, b = pairs.pair_list(shards, offsets, hidden, queries, radius, "multihash")
     got = set(zip(a.tolist(), b.tolist()))
     assert len(got) == len(a)  # each pair once, (smaller, larger)
     assert all(x < y for x, y in got)
@@ -347,7 +348,7 @@ def test_both_methods_count_each_link_once(data):
 def test_fingerprints_whose_hashes_collide_are_compared_whole(data, monkeypatch):
     """Every fingerprint given one hash: only rows equal to their group's first are taken as copies; the
     others are searched like any row, so the clusters do not change."""
-    monkeypatch.setattr(cl, "_hash_rows", lambda block: np.zeros(len(block), np.uint64))
+    monkeypatch.setattr(pairs, "_hash_rows", lambda block: np.zeros(len(block), np.uint64))
     (Path(data["idx2"]) / cl.CLUSTER_INFO).unlink(missing_ok=True)
     cl.build_clusters(data["idx2"], radius=4)
     assert _partition(data["idx2"]) == _brute_partition(data["idx1"], 4)
@@ -355,15 +356,15 @@ def test_fingerprints_whose_hashes_collide_are_compared_whole(data, monkeypatch)
 
 _MEMORY_SCRIPT = """
 import sys, numpy as np
-from nagindex.index import clusters as cl
+from nagindex.index import pairs
 
 def status(key):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
 
 def cluster(fp):
-    search = cl._PairSearch([fp], np.array([0, len(fp)]), [np.zeros(0, np.int64)], [np.arange(len(fp))], 100)
+    search = pairs.PairSearch([fp], np.array([0, len(fp)]), [np.zeros(0, np.int64)], [np.arange(len(fp))], 100)
     parent = np.arange(len(fp), dtype=np.int64)
-    return cl._link(parent, search, "multihash", 1, None, False), cl._roots(parent)
+    return pairs.link(parent, search, "multihash", 1, None, False), pairs.find_roots(parent)
 
 fp = np.memmap(sys.argv[1], dtype="u1", mode="r").reshape(-1, 512)
 cluster(np.array(fp[-50:]))  # numba kernels loaded outside the measure

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nagindex.errors import NagIndexError
 from nagindex.index.derived import open_shard, sync_derived
 from nagindex.index.neuron_file import COUNTS_FILE, count_neurons, prefix_counts, read_counts, write_counts
 from nagindex.index.neuron_stats import pool_neuron_counts
@@ -39,6 +40,9 @@ def test_count_neurons_by_hand_and_against_the_definition(make_codes):
     codes = make_codes(np.random.default_rng(5), 300)
     assert np.array_equal(count_neurons(codes, 256), _loop_counts(codes, 256))
     assert count_neurons(codes[:0], 256).shape == (4, 256) and not count_neurons(codes[:0], 256).any()
+    codes[7, 2, 3] = 256  # a neuron outside the width: a corrupt index, never counted into the next layer
+    with pytest.raises(NagIndexError, match="hold a neuron >= width 256"):
+        count_neurons(codes, 256)
 
 
 def test_the_derive_stores_the_counts_and_appends_to_them(tmp_path, monkeypatch):

@@ -124,15 +124,16 @@ def plan_shards(index_dir: Path, shards: int, shard_root: str | os.PathLike | No
     return catalog, plan
 
 
-def finish_shards(catalog: Any) -> int:
+def finish_shards(catalog: Any, workers: int = 1, ray_address: str | None = None) -> int:
     """After every shard is written: give each shard its folder, check and record their shared
-    identity, hide cross-shard repeats of an id (``dedup.reconcile``); return the rows hidden."""
+    identity, hide cross-shard repeats of an id (``dedup.reconcile``, its tasks on ``workers`` local
+    processes or on Ray at ``ray_address``, like the shards'); return the rows hidden."""
     from nagindex.index.dedup import reconcile
 
     for i in range(len(catalog.shards)):
         catalog.shard_path(i).mkdir(parents=True, exist_ok=True)
     _check_identity(catalog)
-    return reconcile(catalog)
+    return reconcile(catalog, workers=workers, ray_address=ray_address)
 
 
 def _ingest_shard(files: list[dict[str, Any]], shard_dir: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +207,7 @@ def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.Path
     jobs = [(i, files) for i, files in plan.items() if files]
     results = _run_ray(catalog, jobs, ray_address, ray_gpus_per_worker, options) if ray_address \
         else _run_local(catalog, jobs, options, workers or default_workers(len(jobs), str(options.get("backbone"))))
-    hidden = finish_shards(catalog)
+    hidden = finish_shards(catalog, workers=workers or 1, ray_address=ray_address)
     total = IngestResult(index_dir)
     for res in results:
         total.added += res["added"]

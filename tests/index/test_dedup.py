@@ -146,7 +146,7 @@ def test_a_rebuilt_shard_is_refused_until_reconciled_again_from_scratch(tmp_path
         shard_specs(index)
     # rebuilt from other data (longer ids), its reconcile not run yet
     _write(data, "a0", [*range(1000, 1060)], 3)
-    monkeypatch.setattr(sharded_mod, "finish_shards", lambda catalog: 0)
+    monkeypatch.setattr(sharded_mod, "finish_shards", lambda catalog, **options: 0)
     _import(files, index)
     with pytest.raises(NagIndexError, match=rf"the first \d+ documents of shard {name} changed since their ids "
                                             r"were reconciled \(the shard was rebuilt\)"):

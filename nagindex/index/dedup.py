@@ -350,9 +350,9 @@ def _settle(rank: dict[str, int], shards: list[tuple[str, int]],
     repeat = np.zeros(len(table), dtype=bool)
     if len(table) > 1:  # a row whose docid equals the previous row's is a later copy
         repeat[1:] = pc.equal(docids.slice(1), docids.slice(0, len(table) - 1)).to_numpy(zero_copy_only=False)
-    shards, rows = table.column("shard").to_numpy(), table.column("row").to_numpy()
-    losers = [np.sort(rows[repeat & (shards == s)]) for s in range(len(shards))]
-    winners = [np.sort(rows[~repeat & (shards == s)]) for s in range(len(shards))]
+    of, rows = table.column("shard").to_numpy(), table.column("row").to_numpy()
+    losers = [np.sort(rows[repeat & (of == s)]) for s in range(len(shards))]
+    winners = [np.sort(rows[~repeat & (of == s)]) for s in range(len(shards))]
     return losers, winners
 
 

@@ -241,3 +241,147 @@ def test_queries_answer_from_the_last_reconcile_while_shards_append(tmp_path, ta
     after, fresh = _answers(targets, index, tmp_path / "after"), _answers(targets, tmp_path / "one", tmp_path / "fresh")
     assert [t.equals(u) for t, u in zip(after[:3], fresh[:3])] == [True] * 3 and after[3] == fresh[3]
     assert len(after[-1]) > len(before[-1])
+
+
+def _random_batches(seed: int) -> list[dict[str, list[int]]]:
+    """A first ingest of 4 inputs and two appends of 2, ids drawn from 300 so that many repeat, within an
+    input, across inputs and shards, and across appends."""
+    rng = np.random.default_rng(seed)
+    return [{f"r{k}{i}": rng.integers(0, 300, int(rng.integers(30, 90))).tolist() for i in range(n)}
+            for k, n in enumerate((4, 2, 2))]
+
+
+def _bucketed(monkeypatch, **options) -> None:
+    """Sharded ingests reconcile with ``options`` (buckets, workers, ray_address)."""
+    real = dedup.reconcile
+    monkeypatch.setattr(dedup, "reconcile", lambda catalog, **kw: real(catalog, **{**kw, **options}))
+
+
+def _reconciled_hashes(index: Path) -> tuple[bytes, bytes]:
+    """Every bucket's hashes and ids at the catalog's state, concatenated in bucket order."""
+    catalog = load_catalog(index)
+    gens = catalog.dedup["buckets"]
+    files = [dedup.bucket_files(index, b, len(gens), g) for b, g in enumerate(gens) if g]
+    return tuple(b"".join(f[k].read_bytes() for f in files) for k in (0, 1))
+
+
+def _ingest_both(tmp_path: Path, monkeypatch, seed: int, **options) -> None:
+    """The same inputs into ``one`` (1 bucket, here) and ``many`` (``options``): after each ingest both
+    hide the rule's rows, and the buckets hold, in order, the bytes of the single file."""
+    data = tmp_path / "data"
+    files: list[Path] = []
+    for k, batch in enumerate(_random_batches(seed)):
+        files += [_write(data, name, ids, 7 * k + i) for i, (name, ids) in enumerate(batch.items())]
+        for name, run in (("one", {"buckets": 1}), ("many", options)):
+            _bucketed(monkeypatch, **run)
+            _import(files, tmp_path / name, shards=3)
+            monkeypatch.undo()
+        expected = _hidden_from_scratch(tmp_path / "one")
+        assert sum(map(len, expected)) > 20 and _hidden_now(tmp_path / "one") == expected
+        assert _hidden_now(tmp_path / "many") == expected, k
+        assert _reconciled_hashes(tmp_path / "many") == _reconciled_hashes(tmp_path / "one"), k
+    assert len(load_catalog(tmp_path / "many").dedup["buckets"]) == options["buckets"]
+
+
+@pytest.mark.parametrize("options", [{"buckets": 8}, {"buckets": 64, "workers": 2}])
+def test_buckets_hide_what_one_bucket_hides(tmp_path, monkeypatch, options):
+    _ingest_both(tmp_path, monkeypatch, 11, **options)
+
+
+@pytest.fixture(scope="module")
+def private_ray():
+    """A private 2-CPU Ray cluster for this module's Ray test (never one another process runs)."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield "local"
+    if started:
+        ray.shutdown()
+
+
+def test_buckets_settled_as_ray_tasks_hide_the_same_rows(tmp_path, monkeypatch, private_ray):
+    _ingest_both(tmp_path, monkeypatch, 12, buckets=16, ray_address=private_ray)
+
+
+def test_an_append_rewrites_only_the_buckets_its_new_ids_fall_in(tmp_path, monkeypatch):
+    data, index = tmp_path / "data", tmp_path / "idx"
+    files = _batch(data, "first")
+    _bucketed(monkeypatch, buckets=16)
+    _import(files, index, shards=3)
+    first = load_catalog(index).dedup["buckets"]
+    assert len(first) == 16 and set(first) == {1}
+    files.append(_write(data, "one-more", [3, 500], 5))  # a repeat of a reconciled id, and a new id
+    _import(files, index)
+    view = open_shard(load_catalog(index).shard_path(load_catalog(index).input_shards()[str(files[-1].resolve())]))
+    touched = {int(h) >> 60 for h in dedup.docid_hashes(view, len(view) - 2)}
+    gens = load_catalog(index).dedup["buckets"]
+    assert {b for b, g in enumerate(gens) if g == 2} == touched and {g for g in gens} == {1, 2}
+    assert _hidden_now(index) == _hidden_from_scratch(index)
+    kept = [dedup.bucket_files(index, b, 16, 1)[0].name for b in range(16) if b not in touched]
+    assert all((index / name).is_file() for name in kept)  # untouched buckets keep their generation-1 files
+
+
+def test_a_single_file_index_is_split_into_buckets_on_its_next_reconcile(tmp_path, monkeypatch):
+    """An index of the single-file layout (its catalog with no bucket list) is read as one bucket; the
+    next reconcile asking for 8 splits it and settles the new rows, the one after removes the old files."""
+    data, index = tmp_path / "data", tmp_path / "idx"
+    files = _batch(data, "first")
+    _bucketed(monkeypatch, buckets=1)
+    _import(files, index, shards=3)
+    catalog = load_catalog(index)
+    del catalog.dedup["buckets"]
+    catalog.save()
+    monkeypatch.undo()
+    _bucketed(monkeypatch, buckets=8)
+    for batch in ("second", "third"):
+        files += _batch(data, batch)
+        _import(files, index)
+        assert _hidden_now(index) == _hidden_from_scratch(index), batch
+    dedup_record = load_catalog(index).dedup
+    assert dedup_record["generation"] == 3 and len(dedup_record["buckets"]) == 8
+    assert not list(index.glob("reconciled-hashes.*.u64"))  # the single files went two generations later
+    hashes = np.frombuffer(_reconciled_hashes(index)[0], "<u8")
+    assert len(hashes) == sum(dedup_record["rows"]) and np.all(hashes[1:] >= hashes[:-1])
+
+
+def test_a_reconcile_stopped_midway_and_run_again_hides_the_same_rows(tmp_path, monkeypatch):
+    """Killed after 3 of the buckets were written: the catalog and hidden rows stay as before; the next
+    ingest writes the same generation over and ends where an uninterrupted run does."""
+    data = tmp_path / "data"
+    batches = _random_batches(13)
+    first = [_write(data, name, ids, i) for i, (name, ids) in enumerate(batches[0].items())]
+    second = [_write(data, name, ids, 9 + i) for i, (name, ids) in enumerate(batches[1].items())]
+    _bucketed(monkeypatch, buckets=8)
+    for name in ("killed", "whole"):
+        _import(first, tmp_path / name, shards=3)
+    _import(first + second, tmp_path / "whole")
+    before = load_catalog(tmp_path / "killed").dedup, _hidden_now(tmp_path / "killed")
+    merged, real = [], dedup._merge
+
+    def killed_at_fourth_bucket(*args):
+        merged.append(args[-1])
+        if len(merged) == 4:
+            raise KeyboardInterrupt
+        real(*args)
+
+    monkeypatch.setattr(dedup, "_merge", killed_at_fourth_bucket)
+    with pytest.raises(KeyboardInterrupt):
+        _import(first + second, tmp_path / "killed")
+    assert (load_catalog(tmp_path / "killed").dedup, _hidden_now(tmp_path / "killed")) == before
+    monkeypatch.setattr(dedup, "_merge", real)
+    _import(first + second, tmp_path / "killed")
+    assert _hidden_now(tmp_path / "killed") == _hidden_now(tmp_path / "whole") == _hidden_from_scratch(
+        tmp_path / "whole")
+    assert _reconciled_hashes(tmp_path / "killed") == _reconciled_hashes(tmp_path / "whole")
+    assert not list((tmp_path / "killed").glob("dedup-new.*"))
+
+
+def test_the_default_bucket_count_follows_the_pool_and_never_shrinks():
+    assert [dedup._bucket_count(None, n, 1) for n in (0, 1, dedup.BUCKET_ROWS, dedup.BUCKET_ROWS + 1,
+                                                     10 ** 7, 10 ** 9)] == [1, 1, 1, 2, 4, 256]
+    assert dedup._bucket_count(None, 10, 16) == 16 and dedup._bucket_count(4, 10 ** 9, 8) == 8
+    assert dedup._bucket_bounds(4).tolist() == [0, 1 << 62, 2 << 62, 3 << 62]
+    for bad in (0, 3, 1 << 17):
+        with pytest.raises(NagIndexError, match=rf"dedup buckets must be a power of two from 1 to 65536, got {bad}"):
+            dedup._bucket_count(bad, 10, 1)

@@ -395,6 +395,9 @@ def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Weigh each profile neuron by its specificity to the target: none (the paper's score), "
                           "lift (its frequency in the target over its frequency in the pool) or idf (the pool's "
                           "inverse document frequency); README, \"Weighting\"."),
+        click.option("--method", type=click.Choice(["nag", "nait"]), default="nag", show_default=True,
+                     help="nag: the NAG profile score; nait: each target a direction per layer, documents scored "
+                          "by their dense activations (an index ingested with --features nag,nait; README, NAIT)."),
         click.option("--quality-file", type=click.Path(exists=True), help="parquet/jsonl with docid and a quality column."),
         click.option("--quality-col", help="The quality column of --quality-file."),
         click.option("--invert-quality", is_flag=True,

@@ -21,14 +21,11 @@ converting them back to the index's dtype is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from nagindex.errors import NagIndexError
-
-if TYPE_CHECKING:
-    import torch
 
 SITES = ("residual", "mlp")
 VECTORS = ("last", "delta")
@@ -36,7 +33,6 @@ FEATURES = ("nag", "nait")
 #: keys of the extractor's output dict (beside the neuron types): ``(n, L, d)`` float32 each
 FIRST, LAST = "nait_first", "nait_last"
 DENSE_KEYS = (FIRST, LAST)
-_MLP_PATHS = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2")
 
 
 @dataclass(frozen=True)
@@ -61,6 +57,11 @@ class DenseSpec:
         return cls(site=record["site"], vector=record["vector"])
 
 
+def as_spec(value: DenseSpec | dict[str, str] | None) -> DenseSpec | None:
+    """A spec from itself or its ``identity()`` (the JSON form a sharded ingest sends its workers)."""
+    return DenseSpec.from_identity(value) if isinstance(value, dict) else value
+
+
 def parse_features(spec: str, site: str = "residual", vector: str = "last") -> DenseSpec | None:
     """``"nag"`` -> None (NAG only, the default); ``"nag,nait"`` -> the dense spec. NAG is always kept:
     it is the index's row record (docids, token counts, codes)."""
@@ -69,22 +70,6 @@ def parse_features(spec: str, site: str = "residual", vector: str = "last") -> D
     if bad or "nag" not in items:
         raise NagIndexError(f"--features {spec!r}: a comma list of {', '.join(FEATURES)} that includes nag")
     return DenseSpec(site, vector) if "nait" in items else None
-
-
-def dense_modules(model: "torch.nn.Module", site: str) -> list["torch.nn.Module"]:
-    """Per decoder layer, the module whose output is the activation ``site`` names."""
-    from nagindex.encode.extract import _get_path, decoder_layers
-
-    layers = decoder_layers(model)
-    if site == "residual":
-        return list(layers)
-    found = []
-    for idx, layer in enumerate(layers):
-        mod = next((m for m in (_get_path(layer, p) for p in _MLP_PATHS) if m is not None), None)
-        if mod is None:
-            raise NagIndexError(f"--nait-site mlp: layer {idx} has none of {', '.join(_MLP_PATHS)}")
-        found.append(mod)
-    return found
 
 
 def stored_vector(first: np.ndarray, last: np.ndarray, spec: DenseSpec) -> np.ndarray:

@@ -117,6 +117,21 @@ def find_hooks(model: "torch.nn.Module", neuron_types: Sequence[str]) -> list[li
     return found
 
 
+def dense_modules(model: "torch.nn.Module", site: str) -> list["torch.nn.Module"]:
+    """Per decoder layer, the module whose output is the activation NAIT's ``site`` names (``encode.dense``):
+    the block itself (its output is the residual stream) or its MLP's down projection."""
+    layers = decoder_layers(model)
+    if site == "residual":
+        return list(layers)
+    found = []
+    for idx, layer in enumerate(layers):
+        mod = next((m for m in (_get_path(layer, p) for p in _MODULE_PATHS["fwd_down"]) if m is not None), None)
+        if mod is None:
+            raise NagIndexError(f"--nait-site mlp: layer {idx} has none of {', '.join(_MODULE_PATHS['fwd_down'])}")
+        found.append(mod)
+    return found
+
+
 class NagExtractor:
     """Computes NAG codes for token sequences with a frozen backbone.
 
@@ -136,8 +151,6 @@ class NagExtractor:
         padding_side: str = "right",
         dense: "DenseSpec | None" = None,
     ) -> None:
-        from nagindex.encode.dense import dense_modules
-
         if padding_side not in ("left", "right"):
             raise NagIndexError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
         self.backbone = backbone

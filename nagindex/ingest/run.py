@@ -90,7 +90,8 @@ def ingest(
                               max_length=max_length, batch_size=batch_size,
                               commit_every=commit_every, text_field=text_field, id_field=id_field,
                               token_field=token_field, text_template=text_template, limit=limit, strict=strict,
-                              device=device, dtype=dtype, trust_remote_code=trust_remote_code, nait=nait)
+                              device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                              nait=nait.identity() if nait is not None else None)  # JSON, to the shard workers
     if workers is not None:
         raise NagIndexError("--workers applies to sharded ingests (--shards N, or an index with a catalog); a "
                             "one-shard ingest has one writer")

@@ -187,10 +187,13 @@ def ingest_folder(
     ray_gpus_per_worker: float | None = None,
     extractor: "NagExtractor | None" = None,
     show_progress: bool | None = None,
-    nait: "DenseSpec | None" = None,
+    nait: "DenseSpec | dict[str, str] | None" = None,
 ) -> IngestResult:
     """``ingest`` (``run.ingest``, which documents the arguments) into the one store at ``index_dir``."""
+    from nagindex.encode.dense import as_spec
     from nagindex.index.store import IndexStore
+
+    nait = as_spec(nait)
 
     index_dir = Path(index_dir)
     backbone, requested = check_settings(index_dir, backbone, neuron_type, top_k, max_length, dtype, text_field,

@@ -121,7 +121,8 @@ def execute(spec: QuerySpec) -> QueryResult:
             plan = ScorePlan(profiles, tuple(int(x) for x in kept), spec.power, spec.scoring_device, candidates,
                              quality, (float(spec.temperature), int(spec.seed)) if spec.sample else None, groups,
                              spec.one_per_cluster, target_weights(fleet, spec.weighting, profiles, kept, spec.power,
-                                                                  visible))
+                                                                  visible),
+                             profiles if spec.method == "nait" else None)
             names = [t.display for t in spec.targets]
             if parts:
                 from nagindex.query.parts import write_parts
@@ -275,10 +276,15 @@ def profile_targets(fleet: Any, spec: QuerySpec, notes: list[str],
     visible = sum(d["visible_rows"] for d in described)
     if visible == 0:
         raise NagIndexError(f"index {spec.index_dir} holds no documents")
+    kept = resolve_layers(spec.layers, manifest["num_layers"])
+    if spec.method == "nait":  # directions (L, d) per target instead of NAGs (query/nait.py)
+        with timer("target"):
+            encoded = [target_example_codes(t, Path(spec.index_dir), manifest, spec.max_examples,
+                                            spec.example_seed, spec.device, notes, "nait") for t in spec.targets]
+        return manifest, visible, kept, np.stack([d[kept] for d, _ in encoded]), encoded
     with timer("target"):
         encoded = [target_example_codes(t, Path(spec.index_dir), manifest, spec.max_examples, spec.example_seed,
                                         spec.device, notes) for t in spec.targets]
-    kept = resolve_layers(spec.layers, manifest["num_layers"])
     with timer("profile"):
         profiles = np.stack([count_profile(c, manifest["width"], kept) for c, _ in encoded])
     return manifest, visible, kept, profiles, encoded
@@ -315,9 +321,12 @@ def default_output(targets: Sequence[TargetRequest], stem: str | None = None) ->
 
 
 def target_example_codes(t: TargetRequest, index_dir: Path, manifest: dict[str, Any], max_examples: int | None,
-                         seed: int, device: str, notes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
+                         seed: int, device: str, notes: list[str],
+                         method: str = "nag") -> tuple[np.ndarray, dict[str, Any]]:
     """The target's example NAGs and how many examples they are (of how many available): ``max_examples`` of
-    them drawn with ``seed`` (``target.sample_indices``), as every query, report and explanation draws them."""
+    them drawn with ``seed`` (``target.sample_indices``), as every query, report and explanation draws them.
+    ``method="nait"``: the ``(L, d)`` NAIT directions of the same examples instead (``query/nait.py``)."""
+    from nagindex.query.nait import target_directions
     from nagindex.query.target_nags import target_codes
 
     if t.kind == "features":
@@ -327,7 +336,8 @@ def target_example_codes(t: TargetRequest, index_dir: Path, manifest: dict[str, 
     if ts.note:
         notes.append(f"{t.display}: {ts.note}")
     log.info("target %s: %d examples from %s", t.display, len(ts.texts), ts.source)
-    codes = target_codes(index_dir, manifest, ts.texts, name=t.display, device=device)
+    encode = target_directions if method == "nait" else target_codes
+    codes = encode(index_dir, manifest, ts.texts, name=t.display, device=device)
     return codes, {"used": len(ts), "available": ts.n_available or len(ts), "source": ts.source}
 
 
@@ -395,6 +405,7 @@ def _write(result: QueryResult, spec: QuerySpec, decontamination: dict[str, Any]
         "one_per_cluster": clusters,
         "quota": {k: v for k, v in vars(spec.quota).items() if v is not None}, "mode": spec.mode,
         "dedup": spec.dedup, "power": spec.power, "weighting": spec.weighting,
+        **({"method": spec.method} if spec.method != "nag" else {}),
         "layers": [int(x) for x in result.layers], "approx": spec.approx,
         "rows": len(result), "tokens": result.tokens, "notes": result.notes,
     }

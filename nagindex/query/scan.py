@@ -80,6 +80,7 @@ class ScorePlan:
     groups: GroupSpec | None = None  # candidates carry each row's group (group caps)
     clusters: bool = False  # candidates carry each row's near-duplicate cluster (``--one-per-cluster``)
     weights: np.ndarray | None = None
+    nait: np.ndarray | None = None  # (P, L', d) float64 NAIT directions: dense rows scored instead (query/nait.py)
 
 
 @dataclass(frozen=True)
@@ -239,13 +240,18 @@ class ShardScan:
         self.plan = plan
         manifest = self.view.manifest
         shape = (len(self.view), manifest["num_layers"], manifest["top_k"])
-        scorer = make_scorer(shape, plan.profiles, np.asarray(plan.layers), plan.power, plan.device, plan.weights)
+        if plan.nait is not None:
+            from nagindex.query.nait import NaitScorer
+
+            scorer = NaitScorer(self.path, manifest, len(self.view), plan.nait, plan.layers)
+        else:
+            scorer = make_scorer(shape, plan.profiles, np.asarray(plan.layers), plan.power, plan.device, plan.weights)
         self._norm, self._exact = scorer.norm, scorer.exact
         n, p = len(self.view), scorer.num_profiles
         wide = len(plan.layers) * shape[2] * int(np.max(plan.profiles, initial=0)) >= 2**31
         self._sums = self._scratch("sums", (p, n), (np.int64 if wide else np.int32) if self._exact else np.float64)
         self._align_side_files(plan)
-        codes = self.view.codes
+        codes = self.view.codes if plan.nait is None else scorer.rows
         for lo, hi, take in self._blocks(CODE_BLOCK):
             if plan.approx is not None:
                 queries, radius = plan.approx

@@ -46,6 +46,9 @@ class QuerySpec:
     group -> share). ``one_per_cluster``: only the best document of each near-duplicate cluster.
 
     Output: ``out`` (``.parquet`` or ``.jsonl``, with a manifest beside it; None: no file), ``with_text``.
+
+    ``method``: ``nag`` (the profiles above) or ``nait`` (each target a direction per layer, documents scored
+    by their dense activations, ``query/nait.py``; needs an index ingested with ``--features nag,nait``).
     """
 
     targets: tuple[TargetRequest, ...]
@@ -80,6 +83,7 @@ class QuerySpec:
     max_group_share: float | None = None
     group_quota: str | os.PathLike | Mapping[str, float] | None = None
     one_per_cluster: bool = False
+    method: str = "nag"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(as_targets(list(self.targets))))
@@ -93,6 +97,9 @@ class QuerySpec:
         if self.quality_file is not None and not self.quality_col:
             raise NagIndexError("--quality-file needs --quality-col")
         self._check_caps()
+        from nagindex.query.nait import check_method
+
+        check_method(self)
 
     @classmethod
     def of(cls, targets: TargetLike | Sequence[TargetLike], index_dir: str | os.PathLike = "idx",

@@ -18,13 +18,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from nagindex.errors import NagIndexError
 from nagindex.fsio import atomic_path
 from nagindex.progress import format_duration, notice, progress_bar
+
+if TYPE_CHECKING:
+    from nagindex.encode.dense import DenseSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +68,31 @@ def target_codes(
     an index that records none (built before dtypes were recorded).
     """
     path = Path(index_dir) / CACHE_DIR / f"{cache_key(texts, manifest)}.npy"
+    return cached_array(path, f"target {name}: cached NAGs", lambda: encode_examples(
+        index_dir, manifest, texts, path, name=name, device=device, dtype=dtype, batch_size=batch_size,
+        trust_remote_code=trust_remote_code)[manifest["neuron_type"]])
+
+
+def cached_array(path: Path, what: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``path`` (``.npy``) if a query wrote it, else ``compute()`` saved there atomically: concurrent
+    queries may compute the same target, and a reader never sees half a file."""
     if path.is_file():
-        log.info("target %s: cached NAGs %s", name, path.name)
+        log.info("%s %s", what, path.name)
         return np.load(path, allow_pickle=False)
+    out = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, out, allow_pickle=False)
+    return out
+
+
+def encode_examples(
+    index_dir: str | os.PathLike, manifest: dict[str, Any], texts: Sequence[str], path: Path, *, name: str = "",
+    device: str = "auto", dtype: str | None = None, batch_size: int = 32, trust_remote_code: bool = False,
+    dense: "DenseSpec | None" = None,
+) -> dict[str, np.ndarray]:
+    """The extractor's outputs for ``texts`` (NAGs; with ``dense``, NAIT's activations too), with the
+    index's backbone and settings, announced as a once-per-index step cached at ``path``."""
     if not manifest.get("backbone"):
         raise NagIndexError(
             f"index {index_dir} records no backbone (imported features), so target texts cannot be encoded: "
@@ -90,7 +115,7 @@ def target_codes(
            f"once per index and target (cached in {path.parent}){hint}")
     extractor = build_extractor(manifest["backbone"], [manifest["neuron_type"]], top_k=manifest["top_k"],
                                 max_length=manifest["max_length"], batch_size=batch_size, device=device,
-                                dtype=dtype, trust_remote_code=trust_remote_code)
+                                dtype=dtype, trust_remote_code=trust_remote_code, dense=dense)
     if extractor.backbone.weights_sha256 and manifest.get("weights_sha256") not in (None, "",
                                                                                     extractor.backbone.weights_sha256):
         raise NagIndexError(f"backbone {manifest['backbone']!r} now has other weights than the index was built "
@@ -101,15 +126,11 @@ def target_codes(
         log.warning("target %s: %d examples have no tokens and are dropped", name, len(ids) - len(kept))
     if not kept:
         raise NagIndexError(f"target {name}: no example has any token")
-    codes = _encode(extractor, kept, manifest["neuron_type"], label, str(on))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # concurrent queries may encode the same target
-        np.save(fh, codes, allow_pickle=False)
-    return codes
+    return _encode(extractor, kept, label, str(on))
 
 
-def _encode(extractor: Any, seqs: list[list[int]], neuron_type: str, label: str, on: str) -> np.ndarray:
-    """``extractor.codes(seqs)[neuron_type]``, computed in slices so progress can be shown.
+def _encode(extractor: Any, seqs: list[list[int]], label: str, on: str) -> dict[str, np.ndarray]:
+    """``extractor.codes(seqs)``, computed in slices so progress can be shown.
 
     The slices follow the extractor's own longest-first order, so each slice is a run of
     the batches one call would make: the codes are bit-identical to one call's. Work
@@ -120,13 +141,16 @@ def _encode(extractor: Any, seqs: list[list[int]], neuron_type: str, label: str,
     order = np.argsort(-lengths, kind="stable")
     step = extractor.batch_size * SLICE_BATCHES
     total = int(lengths.sum())
-    out = np.empty((len(seqs), extractor.num_layers, extractor.top_k), dtype=np.uint16)
+    out: dict[str, np.ndarray] = {}
     bar = progress_bar(total=total, desc=label, unit="tok")
     start = time.perf_counter()
     try:
         for lo in range(0, len(seqs), step):
             rows = order[lo : lo + step]
-            out[rows] = extractor.codes([seqs[i] for i in rows])[neuron_type]
+            for key, part in extractor.codes([seqs[i] for i in rows]).items():
+                if key not in out:
+                    out[key] = np.empty((len(seqs), *part.shape[1:]), dtype=part.dtype)
+                out[key][rows] = part
             bar.set_postfix_str(f"{lo + len(rows):,}/{len(seqs):,} ex", refresh=False)
             bar.update(int(lengths[rows].sum()))
             if lo == 0 and len(rows) < len(seqs):

@@ -64,6 +64,8 @@ BUCKET_ROWS = 1 << 22  # pool rows per bucket the default bucket count aims at (
 MAX_BUCKETS = 1 << 16
 _MERGE_BLOCK = 1 << 22  # reconciled hashes rewritten per step (32 MiB of both files)
 _HASH_BLOCK = 1 << 22  # docids hashed and sorted per step of a shard task
+_TASKS_PER_WORKER = 4  # bucket tasks per local worker
+_RAY_TASK_BUCKETS = 16  # buckets per Ray task
 _GENERATION_FILE = re.compile(
     r"^(?:hidden-[^.]+|reconciled-(?:hashes|rows)(?:-\d+of\d+)?)(?:\.(\d+))?\.u64$")
 
@@ -141,10 +143,11 @@ def reconcile(catalog: Catalog, buckets: int | None = None, workers: int = 1, ra
         todo = [b for b in range(count) if filled[b] or (split and old[b * len(old) // count])]
         rank = {item["key"]: i for i, item in enumerate(catalog.inputs)}
         shards = [(str(path), n) for path, n in zip(paths, sizes)]
-        settled = run_tasks(_settle_bucket, [
-            (str(catalog.root), b, count, len(old), old[b * len(old) // count], generation, str(spill), rank,
-             shards, {s: blocks[:, b:b + 2] for s, blocks in offsets.items()}) for b in todo],
-            workers, ray_address)
+        groups = np.array_split(np.array(todo, np.int64), max(1, min(len(todo), _task_count(len(todo), workers, ray_address))))
+        settled = [pair for pairs in run_tasks(_settle_buckets, [(
+            str(catalog.root), [(int(b), old[b * len(old) // count]) for b in group], count, len(old), generation,
+            str(spill), rank, shards, {s: blocks[:, group[0]:group[-1] + 2] for s, blocks in offsets.items()})
+            for group in groups if len(group)], workers, ray_address) for pair in pairs]
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     gens = [0] * count if split else list(old)
@@ -246,25 +249,44 @@ def _spill_files(spill: Path, shard: int) -> tuple[Path, Path]:
     return spill / f"{shard}.hashes.u64", spill / f"{shard}.rows.u64"
 
 
-def _settle_bucket(root: str, bucket: int, count: int, old_count: int, old_generation: int, generation: int,
-                   spill: str, rank: dict[str, int], shards: list[tuple[str, int]], blocks: dict[int, np.ndarray],
-                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """A bucket task: its new rows (from the spilled blocks of each shard in ``blocks``, the bucket's
-    offsets per block) against its old rows (a slice of the old bucket it lies in), the candidates settled
-    by docid (``shards``: each shard's folder and rows), the merged bucket written at ``generation``; return
-    the rows that became later copies (losers) and the rows that keep their id (winners) per shard."""
-    new_hashes, new_rows = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
-    for shard, offsets in sorted(blocks.items()):
-        for path, out in zip(_spill_files(Path(spill), shard), (new_hashes, new_rows)):
-            mapped = _mapped(path)
-            out.extend(np.asarray(mapped[lo:hi]) for lo, hi in offsets)
-    new_h, new_r = np.concatenate(new_hashes), np.concatenate(new_rows)
-    order = np.argsort(new_h, kind="stable")  # equal hashes stay in shard, then row order
-    new_h, new_r = new_h[order], new_r[order]
-    old_h, old_r = _old_bucket(Path(root), bucket, count, old_count, old_generation)
-    losers, winners = _settle(rank, shards, _candidates(old_h, old_r, new_h, new_r))
-    _merge(old_h, old_r, new_h, new_r, bucket_files(Path(root), bucket, count, generation))
-    return losers, winners
+def _task_count(buckets: int, workers: int, ray_address: str | None) -> int:
+    """Bucket tasks to run: a few per worker (so a slow bucket does not hold the others back), each settling
+    a run of buckets one at a time and opening the shards it reads once."""
+    return max(1, buckets // _RAY_TASK_BUCKETS) if ray_address is not None else _TASKS_PER_WORKER * workers
+
+
+def _settle_buckets(root: str, buckets: list[tuple[int, int]], count: int, old_count: int, generation: int,
+                    spill: str, rank: dict[str, int], shards: list[tuple[str, int]], blocks: dict[int, np.ndarray],
+                    ) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """A bucket task: for each (bucket, its old generation) of a run of buckets, its new rows (from the
+    spilled blocks of each shard in ``blocks``, offsets per block from the run's first bucket on) against its
+    old rows (a slice of the old bucket it lies in), the candidates settled by docid (``shards``: each shard's
+    folder and rows, opened once), the merged bucket written at ``generation``; return, per bucket, the rows
+    that became later copies (losers) and the rows that keep their id (winners) per shard."""
+    from nagindex.index.derived import open_shard
+
+    views: dict[int, Any] = {}
+
+    def view(shard: int) -> Any:
+        if shard not in views:
+            views[shard] = open_shard(shards[shard][0], rows=shards[shard][1])
+        return views[shard]
+
+    first, out = buckets[0][0], []
+    for bucket, old_generation in buckets:
+        new_hashes, new_rows = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
+        for shard, offsets in sorted(blocks.items()):
+            at = offsets[:, bucket - first:bucket - first + 2]
+            for path, parts in zip(_spill_files(Path(spill), shard), (new_hashes, new_rows)):
+                mapped = _mapped(path)
+                parts.extend(np.asarray(mapped[lo:hi]) for lo, hi in at)
+        new_h, new_r = np.concatenate(new_hashes), np.concatenate(new_rows)
+        order = np.argsort(new_h, kind="stable")  # equal hashes stay in shard, then row order
+        new_h, new_r = new_h[order], new_r[order]
+        old_h, old_r = _old_bucket(Path(root), bucket, count, old_count, old_generation)
+        out.append(_settle(rank, view, len(shards), _candidates(old_h, old_r, new_h, new_r)))
+        _merge(old_h, old_r, new_h, new_r, bucket_files(Path(root), bucket, count, generation))
+    return out
 
 
 def _old_bucket(root: Path, bucket: int, count: int, old_count: int, old_generation: int,
@@ -318,21 +340,19 @@ def _candidates(old_hashes: np.ndarray, old_rows: np.ndarray, new_hashes: np.nda
     return np.concatenate([new, np.asarray(old_rows[at], np.uint64)])
 
 
-def _settle(rank: dict[str, int], shards: list[tuple[str, int]],
+def _settle(rank: dict[str, int], view_of: Callable[[int], Any], n_shards: int,
             members: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per shard, the rows of ``members`` that are later copies of an id (losers) and the rows that keep
     their id (winners): sorted by (docid, input rank, position, shard), the first of each docid wins.
-    ``rank``: each input's place in the catalog; ``shards``: each shard's folder and rows to open."""
+    ``rank``: each input's place in the catalog; ``view_of``: a shard's view at its reconciled rows."""
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    from nagindex.index.derived import open_shard
 
     shard_of = (members >> np.uint64(ROW_BITS)).astype(np.int64)
     row_of = (members & np.uint64((1 << ROW_BITS) - 1)).astype(np.int64)
     tables = []
     for s in np.unique(shard_of):
-        view, rows = open_shard(shards[s][0], rows=shards[s][1]), row_of[shard_of == s]
+        view, rows = view_of(int(s)), row_of[shard_of == s]
         source_rank = np.array([rank.get(src, len(rank)) for src in view.sources], dtype=np.int64)
         tables.append(pa.table({
             "docid": view.docids.arrow().take(pa.array(rows, pa.int64())),
@@ -341,7 +361,7 @@ def _settle(rank: dict[str, int], shards: list[tuple[str, int]],
             "shard": np.full(len(rows), s, dtype=np.int32),
             "row": rows,
         }))
-    none = [np.zeros(0, np.int64) for _ in shards]
+    none = [np.zeros(0, np.int64) for _ in range(n_shards)]
     if not tables:
         return none, list(none)
     table = pa.concat_tables(tables).sort_by([("docid", "ascending"), ("rank", "ascending"),
@@ -351,8 +371,8 @@ def _settle(rank: dict[str, int], shards: list[tuple[str, int]],
     if len(table) > 1:  # a row whose docid equals the previous row's is a later copy
         repeat[1:] = pc.equal(docids.slice(1), docids.slice(0, len(table) - 1)).to_numpy(zero_copy_only=False)
     of, rows = table.column("shard").to_numpy(), table.column("row").to_numpy()
-    losers = [np.sort(rows[repeat & (of == s)]) for s in range(len(shards))]
-    winners = [np.sort(rows[~repeat & (of == s)]) for s in range(len(shards))]
+    losers = [np.sort(rows[repeat & (of == s)]) for s in range(n_shards)]
+    winners = [np.sort(rows[~repeat & (of == s)]) for s in range(n_shards)]
     return losers, winners
 
 

@@ -316,7 +316,7 @@ def test_an_append_rewrites_only_the_buckets_its_new_ids_fall_in(tmp_path, monke
     view = open_shard(load_catalog(index).shard_path(load_catalog(index).input_shards()[str(files[-1].resolve())]))
     touched = {int(h) >> 60 for h in dedup.docid_hashes(view, len(view) - 2)}
     gens = load_catalog(index).dedup["buckets"]
-    assert {b for b, g in enumerate(gens) if g == 2} == touched and {g for g in gens} == {1, 2}
+    assert {b for b, g in enumerate(gens) if g == 2} == touched and set(gens) == {1, 2}
     assert _hidden_now(index) == _hidden_from_scratch(index)
     kept = [dedup.bucket_files(index, b, 16, 1)[0].name for b in range(16) if b not in touched]
     assert all((index / name).is_file() for name in kept)  # untouched buckets keep their generation-1 files

@@ -788,7 +788,7 @@ def demo(out_dir: str, n_docs: int, fraction: float, max_examples: int, planted:
 
 # ---------------------------------------------------------------- report
 @main.command()
-@click.argument("selection", type=click.Path(exists=True, dir_okay=False))
+@click.argument("selection", type=click.Path(exists=True))
 @click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True),
               help="The index the selection was made from.")
 @click.option("-o", "--output", "out", default=None, type=click.Path(),
@@ -798,7 +798,8 @@ def demo(out_dir: str, n_docs: int, fraction: float, max_examples: int, planted:
 @click.option("--device", default="auto", show_default=True, help="For encoding target examples not cached.")
 @_user_errors
 def report(selection: str, index_dir: str, out: str | None, group_by: str, device: str) -> None:
-    """Write a one-file HTML report with plots of a SELECTION written by `query` or `mix`.
+    """Write a one-file HTML report with plots of a SELECTION written by `query` or `mix` (a file, or the
+    folder of parts the shards wrote with `-o DIR`).
 
     \b
       nagindex report arc_challenge.parquet --index idx/ -o report.html

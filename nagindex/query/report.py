@@ -39,6 +39,7 @@ from nagindex.query.report_pool import PoolStats
 
 GROUP_BY = ("source", "docid-prefix")
 TOP_DOCS = 20  # documents in the per-layer plot
+REPRODUCE_ROWS = 4096  # selection rows re-scored to check that the target examples still give its scores
 _SCORE_ATOL = 1e-9
 
 
@@ -104,8 +105,11 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     requests = _requests(manifest)
     names = _target_names(columns, requests)
     if "target" in columns and len(names) > 1:
-        lookup = {n: i for i, n in enumerate(names)}
-        sel_target = np.array([lookup[t] for t in columns["target"]], dtype=np.int64)
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        sel_target = pc.index_in(columns["target"], value_set=pa.array(names)).to_numpy(
+            zero_copy_only=False).astype(np.int64)
     else:
         sel_target = np.zeros(len(sel_rows), dtype=np.int64)
     expected = [np.asarray(columns[f"score_{n}"] if f"score_{n}" in columns else columns["score"], dtype=np.float64)
@@ -124,8 +128,7 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     with tempfile.TemporaryDirectory(prefix="nagindex-report-") as spill:
         pool = pool_stats(view, profiles, layers, power, weights, sel_rows, group_by, Path(spill))
 
-    top = _top_rows(sel_rows, sel_target, pool.sel_similarity, np.array([str(d) for d in columns["docid"]]),
-                    len(targets))
+    top = _top_rows(sel_rows, sel_target, pool.sel_similarity, columns["docid"], len(targets))
     contrib_labels: list[str] = []
     contrib_target: list[int] = []
     parts = []
@@ -175,23 +178,39 @@ def shared_share(sets: Sequence[set[Any]]) -> float:
 
 # ---------------------------------------------------------------- reading
 
-def _read_selection(path: Path) -> dict[str, list[Any]]:
-    if not path.is_file():
-        raise InputError(f"{path}: no such selection file")
-    if path.suffix == ".parquet":
+def _read_selection(path: Path) -> dict[str, Any]:
+    """The selection's columns as arrays (docids an Arrow array, the rest numpy): a file, or the folder of
+    parts the shards wrote (``query -o DIR``), in rank order."""
+    import pyarrow as pa
+
+    if path.is_dir() and any(path.glob("*.parquet")):
         import pyarrow.parquet as pq
 
-        columns = pq.read_table(path).to_pydict()
+        table = pq.read_table(sorted(path.glob("*.parquet"))).sort_by("rank")
+    elif not path.is_file():
+        raise InputError(f"{path}: no such selection file or folder of parts")
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
     elif path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-        columns = {k: [r.get(k) for r in rows] for k in (rows[0] if rows else {})}
+        from pyarrow import json as pa_json
+
+        table = pa_json.read_json(path) if path.stat().st_size else pa.table({})
     else:
-        raise InputError(f"{path}: a selection is a .parquet or .jsonl file written by nagindex query/mix")
-    missing = {"docid", "score", "token_count"} - set(columns)
-    if columns and missing:
+        raise InputError(f"{path}: a selection is a .parquet or .jsonl file, or a folder of parts, written by "
+                         "nagindex query/mix")
+    missing = {"docid", "score", "token_count"} - set(table.column_names)
+    if table.num_columns and missing:
         raise InputError(f"{path}: not a nagindex selection (missing column(s) {', '.join(sorted(missing))})")
-    if not columns or not columns["docid"]:
+    if not table.num_rows:
         raise InputError(f"{path}: the selection is empty: nothing to report")
+    columns: dict[str, Any] = {"docid": table.column("docid").combine_chunks().cast(pa.large_string())}
+    for name in table.column_names:
+        if name == "target":
+            columns[name] = table.column(name).combine_chunks().cast(pa.string())
+        elif name == "token_count" or name == "score" or name.startswith("score_"):
+            columns[name] = table.column(name).to_numpy()
     return columns
 
 
@@ -203,14 +222,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return json.loads(side.read_text("utf-8"))
 
 
-def _rows_of(view: Any, docids: list[str], index_dir: Any) -> np.ndarray:
-    """Global index row of each selected docid (docids are unique in an index), looked up shard by shard."""
-    import pyarrow as pa
+def _rows_of(view: Any, docids: Any, index_dir: Any) -> np.ndarray:
+    """Global index row of each selected docid (an Arrow array; docids are unique in an index), looked up
+    shard by shard."""
     import pyarrow.compute as pc
 
     from nagindex.index.sharded import view_parts
 
-    wanted = pa.array([str(d) for d in docids], pa.large_string())
+    wanted = docids
     rows = np.full(len(docids), -1, dtype=np.int64)
     for part in view_parts(view):
         ids = part.view.docids.arrow()
@@ -223,7 +242,7 @@ def _rows_of(view: Any, docids: list[str], index_dir: Any) -> np.ndarray:
     missing = np.flatnonzero(rows < 0)
     if len(missing):
         raise InputError(f"{len(missing):,} selected docids are not in index {index_dir} (first: "
-                         f"{docids[missing[0]]!r}): is this the index the selection was made from?")
+                         f"{docids[int(missing[0])].as_py()!r}): is this the index the selection was made from?")
     return rows
 
 
@@ -293,10 +312,16 @@ def _resolve_target(req: Any, name: str, view: Any, layers: np.ndarray, power: f
 
 def _reproduces(codes: np.ndarray, view: Any, layers: np.ndarray, power: float, rows: np.ndarray,
                 expected: np.ndarray, weigh: Callable[[np.ndarray], np.ndarray | None]) -> bool:
+    """Whether the target's codes give the selection file's scores, checked on ``REPRODUCE_ROWS`` selection
+    rows spread evenly over it (all of a smaller one): changed examples change nearly every score, and the
+    codes of a large selection's every row would cost 2 x L x K bytes each."""
     from nagindex.index.sharded import take_codes
     from nagindex.query.profile import count_profile
     from nagindex.query.score import score_codes
 
+    if len(rows) > REPRODUCE_ROWS:
+        at = np.linspace(0, len(rows) - 1, REPRODUCE_ROWS).astype(np.int64)
+        rows, expected = rows[at], expected[at]
     uniq, inverse = np.unique(rows, return_inverse=True)
     profile = count_profile(codes, view.manifest["width"], layers)
     got = score_codes(take_codes(view, uniq), profile, layers, power=power,
@@ -306,15 +331,14 @@ def _reproduces(codes: np.ndarray, view: Any, layers: np.ndarray, power: float, 
 
 # ---------------------------------------------------------------- derived data
 
-def _sel_groups(view: Any, rows: np.ndarray, docids: list[str], group_by: str) -> np.ndarray:
+def _sel_groups(view: Any, rows: np.ndarray, docids: Any, group_by: str) -> np.ndarray:
     """Group label of each selection row: its input file's short name, or its docid before the last ``-``."""
     if group_by == "docid-prefix":
-        import pyarrow as pa
         import pyarrow.compute as pc
 
-        prefix = pc.replace_substring_regex(pa.array([str(d) for d in docids], pa.string()), pattern="-[^-]*$",
-                                            replacement="")
-        return np.asarray(prefix.to_pylist(), dtype=object)
+        prefix = pc.replace_substring_regex(docids, pattern="-[^-]*$", replacement="").dictionary_encode()
+        labels = np.asarray(prefix.dictionary.to_pylist(), dtype=object)  # one string per group, shared
+        return labels[prefix.indices.to_numpy()]
     from nagindex.index.sharded import split_rows, view_parts
     from nagindex.query.report_pool import short_names
 
@@ -326,16 +350,22 @@ def _sel_groups(view: Any, rows: np.ndarray, docids: list[str], group_by: str) -
     return out
 
 
-def _top_rows(sel_rows: np.ndarray, sel_target: np.ndarray, sel_similarity: np.ndarray, sel_docids: np.ndarray,
+def _top_rows(sel_rows: np.ndarray, sel_target: np.ndarray, sel_similarity: np.ndarray, sel_docids: Any,
               n_targets: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per target, its best selected docs by its own score and those scores; ``TOP_DOCS`` in all, split evenly.
-    Ties go by docid (as in a query), so the rows shown do not depend on the shard layout."""
+    Ties go by docid (as in a query), so the rows shown do not depend on the shard layout; docids are read
+    for the rows scoring at least the last one shown only."""
     per = max(1, TOP_DOCS // n_targets)
     out = []
     for t in range(n_targets):
-        mine = sel_target == t
+        mine = np.flatnonzero(sel_target == t)
         rows, first = np.unique(sel_rows[mine], return_index=True)
         scores = sel_similarity[t][mine][first]
-        order = np.lexsort((sel_docids[mine][first], -scores))[:per]
+        if len(scores) > per:
+            cut = np.partition(-scores, per - 1)[per - 1]
+            keep = np.flatnonzero(-scores <= cut)
+            rows, first, scores = rows[keep], first[keep], scores[keep]
+        docids = np.asarray(sel_docids.take(mine[first]).to_pylist(), dtype=object)
+        order = np.lexsort((docids, -scores))[:per]
         out.append((rows[order], scores[order]))
     return out

@@ -183,3 +183,29 @@ def test_report_streamed_over_shards_equals_the_whole_pool(layouts):
     from nagindex.query.report_page import _summary_rows
 
     assert _summary_rows(one) == _summary_rows(three)
+
+
+def test_a_selection_written_by_the_shards_reports_as_its_one_file(layouts, tmp_path, monkeypatch):
+    """``query -o DIR`` (each shard writes its part) gives the report of the same selection as one file; the
+    target check re-scores a spread sample of the selection rows (``REPRODUCE_ROWS``) and still tells changed
+    target examples."""
+    from nagindex.query import report as report_mod
+
+    targets = [TargetRequest("features", str(layouts[t])) for t in ("alpha", "beta")]
+    query(targets, layouts["three"], fraction=0.2, out=tmp_path / "one.parquet")
+    query(targets, layouts["three"], fraction=0.2, out=tmp_path / "parts")
+    monkeypatch.setattr(report_mod, "REPRODUCE_ROWS", 5)
+    file, parts = collect(tmp_path / "one.parquet", layouts["three"]), collect(tmp_path / "parts", layouts["three"])
+    assert len(file.sel_rows) > 100 and all(t.matches for t in file.targets + parts.targets)
+    for name in ("sel_rows", "sel_target", "sel_tokens", "sel_groups", "contributions"):
+        np.testing.assert_array_equal(getattr(file, name), getattr(parts, name))
+    np.testing.assert_array_equal(file.pool.sel_similarity, parts.pool.sel_similarity)
+    assert file.contrib_labels == parts.contrib_labels
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "one.parquet")
+    scores = table.column("score_alpha").to_numpy().copy()
+    scores[::7] += 0.01  # a few rows' scores no longer what the examples give: caught by the spread sample
+    pq.write_table(table.set_column(table.column_names.index("score_alpha"), "score_alpha", [scores]),
+                   tmp_path / "one.parquet")
+    assert [t.matches for t in collect(tmp_path / "one.parquet", layouts["three"]).targets] == [False, True]

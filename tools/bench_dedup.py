@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
-from _table import ResultTable, load_average, log  # noqa: E402
+from _table import ResultTable, load_average, log
 
 ANCHOR_COMMIT = "cd09d59"
 DATA_FILES = ["docids.off", "docids.bin", "positions.i64", "source_ids.u32", "sources.json"]

@@ -143,7 +143,7 @@ def reconcile(catalog: Catalog, buckets: int | None = None, workers: int = 1, ra
         todo = [b for b in range(count) if filled[b] or (split and old[b * len(old) // count])]
         rank = {item["key"]: i for i, item in enumerate(catalog.inputs)}
         shards = [(str(path), n) for path, n in zip(paths, sizes)]
-        groups = np.array_split(np.array(todo, np.int64), max(1, min(len(todo), _task_count(len(todo), workers, ray_address))))
+        groups = np.array_split(np.array(todo, np.int64), _task_count(len(todo), workers, ray_address))
         settled = [pair for pairs in run_tasks(_settle_buckets, [(
             str(catalog.root), [(int(b), old[b * len(old) // count]) for b in group], count, len(old), generation,
             str(spill), rank, shards, {s: blocks[:, group[0]:group[-1] + 2] for s, blocks in offsets.items()})
@@ -252,7 +252,8 @@ def _spill_files(spill: Path, shard: int) -> tuple[Path, Path]:
 def _task_count(buckets: int, workers: int, ray_address: str | None) -> int:
     """Bucket tasks to run: a few per worker (so a slow bucket does not hold the others back), each settling
     a run of buckets one at a time and opening the shards it reads once."""
-    return max(1, buckets // _RAY_TASK_BUCKETS) if ray_address is not None else _TASKS_PER_WORKER * workers
+    wanted = -(-buckets // _RAY_TASK_BUCKETS) if ray_address is not None else _TASKS_PER_WORKER * workers
+    return max(1, min(buckets, wanted))
 
 
 def _settle_buckets(root: str, buckets: list[tuple[int, int]], count: int, old_count: int, generation: int,

@@ -28,7 +28,7 @@ from tests.query import pools
 #: input files in import order (a first ingest, two appends), each a list of id numbers; repeats
 #: within a file, across files of one ingest and across appends, some landing on the same shard
 BATCHES = {
-    "first": {"a0": [*range(0, 60)], "a1": [*range(60, 100), 5, 6, 7], "a2": [*range(100, 180), 65, 62],
+    "first": {"a0": [*range(60)], "a1": [*range(60, 100), 5, 6, 7], "a2": [*range(100, 180), 65, 62],
               "a3": [*range(180, 190), 0, 1, 181]},
     "second": {"b0": [*range(190, 260), 2, 61, 101, 185], "b1": [*range(260, 300), 3, 200, 262, 105]},
     "third": {"c0": [*range(300, 340), 4, 201, 270, 190, 150], "c1": [0, 190, 260, 300, *range(340, 350)]},

@@ -599,6 +599,8 @@ def mix(mixture: str, out: str | None, **kw: Any) -> None:
 @click.option("--example-seed", type=int, default=0, show_default=True, help="Seed of the --max-examples sample.")
 @click.option("--device", default="auto", show_default=True,
               help="For encoding new target examples; cuda or cuda:N also scores on that GPU.")
+@click.option("--method", type=click.Choice(["nag", "nait"]), default="nag", show_default=True,
+              help="nag: the NAG similarity; nait: NAIT's score (an index ingested with --features nag,nait).")
 @_user_errors
 def score(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ...], features: tuple[str, ...],
           **kw: Any) -> None:

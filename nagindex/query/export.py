@@ -28,9 +28,11 @@ class ScoreExport:
 
 def score_all(targets: TargetLike | Sequence[TargetLike], index_dir: str | os.PathLike = "idx", *,
               out: str | os.PathLike, layers: Any = None, power: float = 1.0, weighting: str = "none",
-              max_examples: int | None = None, example_seed: int = 0, device: str = "auto") -> ScoreExport:
-    """Write ``docid, token_count, score_<target>...`` (the similarity to each target) for every document
-    of the index to ``out`` (``.parquet`` or ``.jsonl``). Targets and options as for ``query``."""
+              max_examples: int | None = None, example_seed: int = 0, device: str = "auto",
+              method: str = "nag") -> ScoreExport:
+    """Write ``docid, token_count, score_<target>...`` (the similarity to each target; NAIT's score with
+    ``method="nait"``) for every document of the index to ``out`` (``.parquet`` or ``.jsonl``). Targets
+    and options as for ``query``."""
     import pyarrow as pa
 
     from nagindex.index.sharded import shard_specs
@@ -42,7 +44,7 @@ def score_all(targets: TargetLike | Sequence[TargetLike], index_dir: str | os.Pa
     from nagindex.query.write import check_output
 
     spec = QuerySpec.of(targets, index_dir, out=out, layers=layers, power=power, weighting=weighting,
-                        max_examples=max_examples, example_seed=example_seed, device=device)
+                        max_examples=max_examples, example_seed=example_seed, device=device, method=method)
     out = check_output(out, spec.input_paths())
     timer = StageTimer()
     fleet = LocalFleet.open(shard_specs(index_dir))
@@ -53,7 +55,8 @@ def score_all(targets: TargetLike | Sequence[TargetLike], index_dir: str | os.Pa
     try:
         _, visible, kept, profiles, _ = profile_targets(fleet, spec, [], timer)
         plan = ScorePlan(profiles, tuple(int(x) for x in kept), power, spec.scoring_device,
-                         weights=target_weights(fleet, weighting, profiles, kept, power, visible))
+                         weights=target_weights(fleet, weighting, profiles, kept, power, visible),
+                         nait=profiles if method == "nait" else None)
         with timer("score"):
             fleet.score(plan)
         out.parent.mkdir(parents=True, exist_ok=True)

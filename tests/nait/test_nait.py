@@ -223,3 +223,27 @@ def test_query_options_nait_cannot_honour_are_refused(tmp_path):
             query("arc_challenge", tmp_path, k=1, method="nait", **option)
     with pytest.raises(NagIndexError, match="choose one of nag, nait"):
         query("arc_challenge", tmp_path, k=1, method="nai")
+
+
+def test_score_export_mixture_and_ray_agree_with_the_query(three_way, golden_dir, tmp_path):
+    """``score`` writes the query's NAIT scores for every document; a paper mixture of NAIT targets and a
+    query on Ray actors (one per shard) select what the in-process query selects."""
+    from nagindex.query.export import score_all
+
+    target = {"file": str(three_way / "target.jsonl")}
+    full = query(target, three_way / "one", fraction=1.0, method="nait")
+    score_all(target, three_way / "three", out=tmp_path / "s.parquet", method="nait")
+    written = pq.read_table(tmp_path / "s.parquet").to_pydict()
+    assert dict(zip(written["docid"], written["score_target"])) == dict(
+        zip(full.table.column("docid").to_pylist(), full.table.column("score").to_pylist()))
+    sci = {"file": str(golden_dir / "data/target/target.parquet"), "filter": {"dataset": "sci_target"}, "weight": 3}
+    mixed = [query([target, sci], root, k=12, method="nait", mode="paper", dedup=True)
+             for root in (three_way / "one", three_way / "three")]
+    assert mixed[0].table.column("docid").to_pylist() == mixed[1].table.column("docid").to_pylist()
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = query(target, three_way / "three", k=9, method="nait", ray_address="local")
+    finally:
+        ray.shutdown()
+    assert on_ray.table.equals(query(target, three_way / "one", k=9, method="nait").table)

@@ -8,8 +8,8 @@ shard's rows repeat an id of another shard (earlier or later input, so both side
 ``index_info.json`` first names its first rows only (the rest are rows committed, not derived: what an
 append leaves), then all of them.
 
-Each arm, in a fresh subprocess with its own index root (data files hard-linked, its own
-``index_info.json``): the first reconcile of ``--docs`` rows, then the append's reconcile. Arms:
+Each arm, with its own index root (data files hard-linked, its own ``index_info.json``): the first
+reconcile of ``--docs`` rows, then the append's reconcile, each in a fresh subprocess. Arms:
 
 - anchor: ``dedup.py`` as of commit ``cd09d59`` (one sorted hash file, everything in the driver),
   loaded from git;
@@ -17,8 +17,8 @@ Each arm, in a fresh subprocess with its own index root (data files hard-linked,
 - ``buckets=B`` here, then on ``--workers`` local processes.
 
 Time is wall-clock per reconcile; memory is the peak anonymous RSS (``RssAnon`` of /proc/<pid>/status,
-sampled every 10 ms by this driver) of the arm's process plus its worker processes, above its RssAnon before
-the reconcile. Every arm must hide the same rows (their digest is compared).
+sampled every 10 ms by this driver) of the step's process plus its worker processes, above its RssAnon
+when the reconcile starts. Every arm must hide the same rows (their digest is compared).
 
     python tools/bench_dedup.py --docs 10000000 --shards 8 --workdir /tmp/bench_dedup
 """
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
+import importlib
 import json
 import os
 import platform
@@ -112,18 +112,17 @@ def make_root(work: Path, arm: str) -> Path:
     return root
 
 
-def run_arm(work: Path, arm: str, buckets: int, workers: int) -> None:
-    """The child: two reconciles of its root, each announced on stdout (for the driver's sampling), then a
-    JSON line of times and the hidden rows' digest."""
+def run_arm(work: Path, arm: str, step: str, buckets: int, workers: int) -> None:
+    """The child: one reconcile of its root (``first``, or ``append`` after the shards' later rows are
+    derived), announced on stdout for the driver's sampling, then a JSON line of its time and the hidden
+    rows' digest. Each step is a fresh process, so memory freed by one does not hide the next one's."""
     from nagindex.index.catalog import load_catalog
     from nagindex.index.dedup import hidden_rows
 
     root = work / arm
     if arm == "anchor":
-        spec = importlib.util.spec_from_file_location("anchor_dedup", work / "anchor_dedup.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        reconcile = module.reconcile
+        sys.path.insert(0, str(work))  # imported by name: numba's cache finds its kernel's module again
+        reconcile = importlib.import_module("anchor_dedup").reconcile
     else:
         from nagindex.index.dedup import reconcile as bucketed
 
@@ -131,24 +130,20 @@ def run_arm(work: Path, arm: str, buckets: int, workers: int) -> None:
             return bucketed(catalog, buckets=buckets, workers=workers)
 
     layout = json.loads((work / "data" / "layout.json").read_text())
-    out = {}
-    for step in ("first", "append"):
-        if step == "append":
-            for s in range(layout["shards"]):
-                info = index_info(layout["per"] + layout["more"])
-                (root / f"shard-{s:05d}" / "index_info.json").write_text(json.dumps(info))
-        print(f"start {step}", flush=True)
-        started = time.perf_counter()
-        hidden = reconcile(load_catalog(root))
-        out[step] = time.perf_counter() - started
-        print(f"end {step}", flush=True)
-        out[f"{step}_hidden"] = hidden
+    if step == "append":
+        for s in range(layout["shards"]):
+            info = index_info(layout["per"] + layout["more"])
+            (root / f"shard-{s:05d}" / "index_info.json").write_text(json.dumps(info))
+    print("start", flush=True)
+    started = time.perf_counter()
+    hidden = reconcile(load_catalog(root))
+    seconds = time.perf_counter() - started
+    print("end", flush=True)
     catalog = load_catalog(root)
     digest = hashlib.sha256()
     for s in range(len(catalog.shards)):
         digest.update(hidden_rows(catalog, s).tobytes())
-    out["digest"] = digest.hexdigest()[:16]
-    print(json.dumps(out), flush=True)
+    print(json.dumps({"seconds": seconds, "hidden": hidden, "digest": digest.hexdigest()[:16]}), flush=True)
 
 
 def _anon_kb(pid: int) -> int:
@@ -177,32 +172,31 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def measure(work: Path, arm: str, buckets: int, workers: int) -> dict[str, Any]:
-    """Run ``arm`` in a subprocess, sampling its tree's RssAnon; peaks per reconcile above the baseline."""
+def measure(work: Path, arm: str, step: str, buckets: int, workers: int) -> dict[str, Any]:
+    """Run one step of ``arm`` in a subprocess, sampling its tree's RssAnon; the peak above its RssAnon
+    when the reconcile starts (imports done)."""
     import select
 
-    make_root(work, arm)
-    proc = subprocess.Popen([sys.executable, __file__, "--workdir", str(work), "--arm", f"{arm}:{buckets}:{workers}"],
-                            stdout=subprocess.PIPE, text=True)
-    peaks, base, step, result = {}, 0, None, None
+    proc = subprocess.Popen([sys.executable, __file__, "--workdir", str(work), "--arm",
+                             f"{arm}:{step}:{buckets}:{workers}"], stdout=subprocess.PIPE, text=True)
+    peak, base, running, result = 0, 0, False, None
     while True:
         ready, _, _ = select.select([proc.stdout], [], [], 0.01)
         if ready:
             line = proc.stdout.readline()
             if not line:
                 break
-            if line.startswith("start "):
-                step, base = line.split()[1], sum(_anon_kb(p) for p in _tree(proc.pid))
-                peaks[step] = 0
-            elif line.startswith("end "):
-                step = None
+            if line.startswith("start"):
+                running, base = True, sum(_anon_kb(p) for p in _tree(proc.pid))
+            elif line.startswith("end"):
+                running = False
             elif line.startswith("{"):
                 result = json.loads(line)
-        if step is not None:
-            peaks[step] = max(peaks[step], sum(_anon_kb(p) for p in _tree(proc.pid)) - base)
+        if running:
+            peak = max(peak, sum(_anon_kb(p) for p in _tree(proc.pid)) - base)
     if proc.wait() or result is None:
-        raise SystemExit(f"arm {arm} failed ({proc.returncode})")
-    result["peak_mib"] = {k: v / 1024 for k, v in peaks.items()}
+        raise SystemExit(f"arm {arm} {step} failed ({proc.returncode})")
+    result["peak_mib"] = peak / 1024
     return result
 
 
@@ -215,11 +209,11 @@ def main() -> None:
     ap.add_argument("--buckets", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_dedup"))
-    ap.add_argument("--arm", help=argparse.SUPPRESS)  # internal: name:buckets:workers
+    ap.add_argument("--arm", help=argparse.SUPPRESS)  # internal: name:step:buckets:workers
     args = ap.parse_args()
     if args.arm:
-        arm, buckets, workers = args.arm.split(":")
-        run_arm(args.workdir, arm, int(buckets), int(workers))
+        arm, step, buckets, workers = args.arm.split(":")
+        run_arm(args.workdir, arm, step, int(buckets), int(workers))
         return
     extra = args.docs // 100 if args.append is None else args.append
     work = args.workdir
@@ -229,15 +223,17 @@ def main() -> None:
     source = subprocess.run(["git", "-C", str(REPO), "show", f"{ANCHOR_COMMIT}:nagindex/index/dedup.py"],
                             check=True, capture_output=True, text=True).stdout
     (work / "anchor_dedup.py").write_text(source)
+    shutil.rmtree(work / "__pycache__", ignore_errors=True)  # numba's cache of an earlier copy
     arms = [("anchor", 1, 1), ("one", 1, 1), ("many", args.buckets, 1), ("many-procs", args.buckets, args.workers)]
     log(f"{platform.node()}: {os.cpu_count()} cores, load {load_average()}")
     measured = {}
     for arm, buckets, workers in arms:
         log(f"{arm}: buckets={buckets} workers={workers} (load {load_average()})")
-        measured[arm] = measure(work, arm, buckets, workers)
+        make_root(work, arm)
+        measured[arm] = {step: measure(work, arm, step, buckets, workers) for step in ("first", "append")}
         log(f"  {measured[arm]}")
         shutil.rmtree(work / arm, ignore_errors=True)
-    digests = {m["digest"] for m in measured.values()}
+    digests = {(m["first"]["digest"], m["append"]["digest"]) for m in measured.values()}
     if len(digests) != 1:
         raise SystemExit(f"arms hide different rows: {measured}")
     table = ResultTable("seconds; peak RssAnon")
@@ -248,12 +244,13 @@ def main() -> None:
               "many-procs": f"buckets={args.buckets}, {args.workers} processes"}
     for step, what in (("first", f"first reconcile, {args.docs:,} rows"), ("append", f"append of {extra:,} rows")):
         for arm, m in measured.items():
-            base = anchor["peak_mib"][step]
-            ratio = f"{m[step] / anchor[step]:.2f}x time" + (
-                f", {m['peak_mib'][step] / base:.2f}x memory" if base >= 1 else "")
-            table.add(f"{what}: {labels[arm]}", f"{m[step]:.2f} s; {m['peak_mib'][step]:,.0f} MiB", ratio)
+            got, base = m[step], anchor[step]
+            ratio = f"{got['seconds'] / base['seconds']:.2f}x time" + (
+                f", {got['peak_mib'] / base['peak_mib']:.2f}x memory" if base["peak_mib"] >= 1 else "")
+            table.add(f"{what}: {labels[arm]}", f"{got['seconds']:.2f} s; {got['peak_mib']:,.0f} MiB", ratio)
     print(f"{args.docs:,} + {extra:,} docids over {args.shards} shards, {args.repeat:.0%} of rows repeat another "
-          f"shard's id; hidden {anchor['first_hidden']:,} then {anchor['append_hidden']:,} (digest {anchor['digest']}, "
+          f"shard's id; hidden {anchor['first']['hidden']:,} then {anchor['append']['hidden']:,} (digests "
+          f"{anchor['first']['digest']}, {anchor['append']['digest']}, "
           f"same in every arm); load {load_average()}\n")
     print(table.markdown())
 

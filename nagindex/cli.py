@@ -169,6 +169,10 @@ def extract(inputs: tuple[str, ...], out: str, neuron_types: str, **kw: Any) -> 
               help="NAIT's activation: the decoder block's output (residual stream) or its MLP's output.")
 @click.option("--nait-vector", type=click.Choice(["last", "delta"]), default="last", show_default=True,
               help="Per layer and document: the last token's activation, or last minus first token's.")
+@click.option("--nait-dims", type=click.IntRange(min=1), default=None,
+              help="Store a seeded random projection to this many values per layer instead of the full width "
+                   "(README, NAIT: rank agreement with exact scores).")
+@click.option("--nait-seed", type=int, default=0, show_default=True, help="Seed of the --nait-dims projection.")
 @_user_errors
 def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
     """Encode INPUTS once into the index: one LLM pass, resumable, safe with bad input.
@@ -193,7 +197,8 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
     from nagindex.ingest.run import ingest as run_ingest
 
     _load_text_template(kw)
-    kw["nait"] = parse_features(kw.pop("features"), kw.pop("nait_site"), kw.pop("nait_vector"))
+    kw["nait"] = parse_features(kw.pop("features"), kw.pop("nait_site"), kw.pop("nait_vector"), kw.pop("nait_dims"),
+                                kw.pop("nait_seed"))
     res = run_ingest(inputs, index_dir, **kw)
     click.echo(f"{index_dir}: +{res.added:,} documents (+{res.tokens:,} tokens), {res.rows:,} in total; "
                f"{res.rejects:,} skipped" + (" (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(

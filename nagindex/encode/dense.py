@@ -21,6 +21,7 @@ converting them back to the index's dtype is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -37,24 +38,34 @@ DENSE_KEYS = (FIRST, LAST)
 
 @dataclass(frozen=True)
 class DenseSpec:
-    """Which activation NAIT reads (``site``) and which per-layer vector an index row keeps (``vector``)."""
+    """Which activation NAIT reads (``site``), which per-layer vector an index row keeps (``vector``) and,
+    with ``dims``, its seeded random projection to ``dims`` values per layer (``projection``)."""
 
     site: str = "residual"
     vector: str = "last"
+    dims: int | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.site not in SITES:
             raise NagIndexError(f"--nait-site {self.site!r}: choose from {', '.join(SITES)}")
         if self.vector not in VECTORS:
             raise NagIndexError(f"--nait-vector {self.vector!r}: choose from {', '.join(VECTORS)}")
+        if self.dims is not None and self.dims < 1:
+            raise NagIndexError(f"--nait-dims must be >= 1, got {self.dims}")
 
-    def identity(self) -> dict[str, str]:
-        """What the manifest records under ``"nait"`` and an append must match."""
-        return {"site": self.site, "vector": self.vector}
+    def identity(self) -> dict[str, Any]:
+        """What the manifest records under ``"nait"`` and an append must match (``dims``/``seed`` only
+        for a projected index)."""
+        record: dict[str, Any] = {"site": self.site, "vector": self.vector}
+        if self.dims is not None:
+            record.update(dims=self.dims, seed=self.seed)
+        return record
 
     @classmethod
     def from_identity(cls, record: dict[str, Any]) -> DenseSpec:
-        return cls(site=record["site"], vector=record["vector"])
+        return cls(site=record["site"], vector=record["vector"], dims=record.get("dims"),
+                   seed=record.get("seed", 0))
 
 
 def as_spec(value: DenseSpec | dict[str, str] | None) -> DenseSpec | None:
@@ -62,16 +73,38 @@ def as_spec(value: DenseSpec | dict[str, str] | None) -> DenseSpec | None:
     return DenseSpec.from_identity(value) if isinstance(value, dict) else value
 
 
-def parse_features(spec: str, site: str = "residual", vector: str = "last") -> DenseSpec | None:
+def parse_features(spec: str, site: str = "residual", vector: str = "last", dims: int | None = None,
+                   seed: int = 0) -> DenseSpec | None:
     """``"nag"`` -> None (NAG only, the default); ``"nag,nait"`` -> the dense spec. NAG is always kept:
     it is the index's row record (docids, token counts, codes)."""
     items = [s.strip() for s in spec.split(",") if s.strip()]
     bad = [s for s in items if s not in FEATURES]
     if bad or "nag" not in items:
         raise NagIndexError(f"--features {spec!r}: a comma list of {', '.join(FEATURES)} that includes nag")
-    return DenseSpec(site, vector) if "nait" in items else None
+    if "nait" not in items:
+        if dims is not None:
+            raise NagIndexError("--nait-dims needs --features nag,nait")
+        return None
+    return DenseSpec(site, vector, dims, seed)
+
+
+@lru_cache(maxsize=2)  # drawn once per ingest and query, not per window
+def projection(spec: DenseSpec, num_layers: int, width: int) -> np.ndarray:
+    """``(L, d, dims)`` float64 Gaussian matrices scaled by 1/sqrt(dims), from ``numpy.random.default_rng(seed)``:
+    E[(a R)·(v R)] = a·v (Johnson-Lindenstrauss), so projected rows dotted with projected directions
+    estimate the exact score. The same seed and shape give the same matrices for the ingest and every query."""
+    rng = np.random.default_rng(spec.seed)
+    return rng.standard_normal((num_layers, width, spec.dims)) / np.sqrt(spec.dims)
+
+
+def project(rows: np.ndarray, spec: DenseSpec) -> np.ndarray:
+    """``(n, L, d)`` -> ``(n, L, dims)`` with ``projection`` (rows unchanged without ``dims``), in float64."""
+    if spec.dims is None:
+        return rows
+    matrices = projection(spec, rows.shape[-2], rows.shape[-1])
+    return np.einsum("...ld,ldr->...lr", np.asarray(rows, dtype=np.float64), matrices)
 
 
 def stored_vector(first: np.ndarray, last: np.ndarray, spec: DenseSpec) -> np.ndarray:
-    """The ``(n, L, d)`` float32 rows an index keeps for ``spec.vector`` (before rounding to its dtype)."""
-    return last if spec.vector == "last" else last - first
+    """The ``(n, L, d or dims)`` rows an index keeps for ``spec`` (before rounding to its dtype)."""
+    return project(last if spec.vector == "last" else last - first, spec)

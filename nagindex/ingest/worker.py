@@ -223,7 +223,7 @@ def ingest_folder(
             fields = Fields(text_field, id_field, token_field, usage, text_template)
             manifest = _manifest(encoder.describe(), backbone, neuron_type, max_length, fields)
             if nait is not None:
-                manifest.update(nait=nait.identity(), nait_width=encoder.describe()["dense_width"])
+                manifest.update(nait=nait.identity(), nait_width=nait.dims or encoder.describe()["dense_width"])
             if store is None:
                 store = IndexStore.open_or_create(index_dir, manifest)
             store.check_compatible(manifest)

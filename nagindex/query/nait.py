@@ -75,8 +75,9 @@ def target_directions(
     index_dir: str | os.PathLike, manifest: dict[str, Any], texts: Sequence[str], *, name: str = "",
     device: str = "auto", batch_size: int = 32, trust_remote_code: bool = False,
 ) -> np.ndarray:
-    """``(L, d)`` float64 directions of a target's examples, computed once per index and target."""
-    from nagindex.encode.dense import FIRST, LAST, DenseSpec
+    """``(L, d)`` float64 directions of a target's examples, computed once per index and target (an index
+    projected to ``dims``: the directions found in the full width, then projected as its rows were)."""
+    from nagindex.encode.dense import FIRST, LAST, DenseSpec, project
     from nagindex.index.dense import dense_layout
     from nagindex.query.target_nags import CACHE_DIR, cached_array, encode_examples
 
@@ -87,7 +88,7 @@ def target_directions(
     def compute() -> np.ndarray:
         acts = encode_examples(index_dir, manifest, texts, path, name=name, device=device, batch_size=batch_size,
                                trust_remote_code=trust_remote_code, dense=spec)
-        return principal_directions(acts[LAST].astype(np.float64) - acts[FIRST])
+        return project(principal_directions(acts[LAST].astype(np.float64) - acts[FIRST]), spec)
 
     return cached_array(path, f"target {name}: cached NAIT directions", compute)
 

@@ -247,3 +247,35 @@ def test_score_export_mixture_and_ray_agree_with_the_query(three_way, golden_dir
     finally:
         ray.shutdown()
     assert on_ray.table.equals(query(target, three_way / "one", k=9, method="nait").table)
+
+
+def test_projected_index_scores_are_projected_rows_and_directions(golden_dir, tmp_path):
+    """``--nait-dims``: the index keeps A_l R_l, the target's directions are found in the full width and
+    projected with the same seeded R_l, and the scores are their dot products."""
+    from nagindex.encode.dense import project
+    from nagindex.models import load_backbone
+
+    bb = load_backbone(str(golden_dir / "model"), device="cpu", dtype="float32")
+    spec = DenseSpec(dims=16, seed=3)
+    texts = _corpus(golden_dir, tmp_path / "pool.jsonl")
+    examples = _targets(golden_dir, tmp_path / "target.jsonl")
+    kw = dict(backbone=str(golden_dir / "model"), dtype="float32", batch_size=1, **SETTINGS)
+    ingest([tmp_path / "pool.jsonl"], tmp_path / "idx", nait=spec, **kw)
+    manifest = json.loads((tmp_path / "idx" / "index_info.json").read_text())["manifest"]
+    assert manifest["nait"] == {"site": "residual", "vector": "last", "dims": 16, "seed": 3}
+    assert manifest["nait_width"] == 16
+    stored = np.fromfile(tmp_path / "idx" / "nait.f32", "<f4").reshape(len(texts), 4, 16)
+    full = np.stack([_hooked(bb.model, bb.tokenizer, t, "residual")[1] for t in texts])
+    np.testing.assert_allclose(stored, project(full, spec), rtol=0, atol=2e-6)
+    assert not np.allclose(stored, project(full, DenseSpec(dims=16, seed=4)), atol=1e-2)  # the seed matters
+    res = query({"file": str(tmp_path / "target.jsonl")}, tmp_path / "idx", fraction=1.0, method="nait")
+    cached = np.load(next((tmp_path / "idx" / "targets").glob("nait-*.npy")))
+    deltas = np.stack([np.subtract(*_hooked(bb.model, bb.tokenizer, t, "residual")[::-1], dtype=np.float64)
+                       for t in examples])
+    np.testing.assert_allclose(cached, project(_pc1_by_eigh(deltas), spec), rtol=0, atol=2e-6)
+    expected = np.einsum("nld,ld->n", stored.astype(np.float64), cached)
+    got = dict(zip(res.table.column("docid").to_pylist(), res.table.column("score").to_numpy()))
+    docids = [f"{d}-0" for d in pq.read_table(golden_dir / "data/pool/pool.parquet").column("docid").to_pylist()]
+    np.testing.assert_allclose([got[d] for d in docids], expected, rtol=1e-12, atol=1e-15)
+    with pytest.raises(IndexMismatchError, match="'dims': 16"):
+        ingest([tmp_path / "pool.jsonl"], tmp_path / "idx", nait=DenseSpec(), **kw)

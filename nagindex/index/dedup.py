@@ -153,9 +153,10 @@ def reconcile(catalog: Catalog, buckets: int | None = None, workers: int = 1, ra
     gens = [0] * count if split else list(old)
     for b in todo:
         gens[b] = generation
-    for losers, winners in settled:  # buckets hold disjoint rows: their changes apply in any order
-        for s in range(len(views)):
-            hidden[s] = np.union1d(np.setdiff1d(hidden[s], winners[s]), losers[s])
+    for s in range(len(views)):  # buckets hold disjoint rows: their changes apply together
+        winners = np.concatenate([np.zeros(0, np.int64), *(w[s] for _, w in settled)])
+        losers = np.concatenate([np.zeros(0, np.int64), *(lo[s] for lo, _ in settled)])
+        hidden[s] = np.union1d(np.setdiff1d(hidden[s], winners), losers)
     for s, rows in enumerate(hidden):
         with atomic_path(catalog.hidden_file(s, generation)) as tmp:
             rows.astype("<u8").tofile(tmp)

@@ -280,6 +280,9 @@ def _ingest_both(tmp_path: Path, monkeypatch, seed: int, **options) -> None:
         assert sum(map(len, expected)) > 20 and _hidden_now(tmp_path / "one") == expected
         assert _hidden_now(tmp_path / "many") == expected, k
         assert _reconciled_hashes(tmp_path / "many") == _reconciled_hashes(tmp_path / "one"), k
+        catalog = load_catalog(tmp_path / "many")  # the next reconcile builds on this one (no start over)
+        views = [open_shard(path) for path in catalog.shard_paths()]
+        assert dedup._reconciled_rows(catalog, catalog.shard_paths(), views) == catalog.dedup["rows"], k
     assert len(load_catalog(tmp_path / "many").dedup["buckets"]) == options["buckets"]
 
 
@@ -324,7 +327,8 @@ def test_an_append_rewrites_only_the_buckets_its_new_ids_fall_in(tmp_path, monke
 
 def test_a_single_file_index_is_split_into_buckets_on_its_next_reconcile(tmp_path, monkeypatch):
     """An index of the single-file layout (its catalog with no bucket list) is read as one bucket; the
-    next reconcile asking for 8 splits it and settles the new rows, the one after removes the old files."""
+    next reconcile asking for 64 splits it (buckets with no new row too) and hashes the new rows only; the
+    one after builds on the split buckets, and removes the single files."""
     data, index = tmp_path / "data", tmp_path / "idx"
     files = _batch(data, "first")
     _bucketed(monkeypatch, buckets=1)
@@ -333,16 +337,21 @@ def test_a_single_file_index_is_split_into_buckets_on_its_next_reconcile(tmp_pat
     del catalog.dedup["buckets"]
     catalog.save()
     monkeypatch.undo()
-    _bucketed(monkeypatch, buckets=8)
+    _bucketed(monkeypatch, buckets=64)
+    starts: list[int] = []
+    real = dedup.docid_hashes
+    monkeypatch.setattr(dedup, "docid_hashes", lambda view, start, stop: starts.append(start) or real(view, start, stop))
     for batch in ("second", "third"):
+        rows, starts[:] = load_catalog(index).dedup["rows"], []
         files += _batch(data, batch)
         _import(files, index)
+        assert sorted(starts) == sorted(r for r, n in zip(rows, load_catalog(index).dedup["rows"]) if n > r), batch
         assert _hidden_now(index) == _hidden_from_scratch(index), batch
-    dedup_record = load_catalog(index).dedup
-    assert dedup_record["generation"] == 3 and len(dedup_record["buckets"]) == 8
+        record = load_catalog(index).dedup
+        hashes = np.frombuffer(_reconciled_hashes(index)[0], "<u8")
+        assert len(hashes) == sum(record["rows"]) and np.all(hashes[1:] >= hashes[:-1]), batch
+    assert record["generation"] == 3 and len(record["buckets"]) == 64 and set(record["buckets"]) == {2, 3}
     assert not list(index.glob("reconciled-hashes.*.u64"))  # the single files went two generations later
-    hashes = np.frombuffer(_reconciled_hashes(index)[0], "<u8")
-    assert len(hashes) == sum(dedup_record["rows"]) and np.all(hashes[1:] >= hashes[:-1])
 
 
 def test_a_reconcile_stopped_midway_and_run_again_hides_the_same_rows(tmp_path, monkeypatch):

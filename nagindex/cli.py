@@ -345,15 +345,26 @@ def targets_list() -> None:
 @targets.command(name="show")
 @click.argument("name")
 @click.option("-n", "--examples", default=3, show_default=True, help="How many example texts to print.")
+@click.option("--method", type=click.Choice(["nag", "nait"]), default="nag", show_default=True,
+              help="nait: also print the target's NAIT directions in --index (computed once, cached).")
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(),
+              help="--method nait: the index (ingested with --features nag,nait) whose directions to show.")
 @_user_errors
-def targets_show(name: str, examples: int) -> None:
+def targets_show(name: str, examples: int, method: str, index_dir: str) -> None:
     """Load target NAME here and print its size, the source used and a few example texts.
 
     \b
       nagindex targets show arc_challenge
+      nagindex targets show arc_challenge --method nait --index it-idx
     """
     from nagindex.query.target import load_target
 
+    if method == "nait":
+        from nagindex.query.nait import describe_directions
+
+        for line in describe_directions(name, index_dir):
+            click.echo(line)
+        return
     ts = load_target(name)
     click.echo(f"{ts.name}: {len(ts.texts):,} examples from {ts.source} (split {ts.split})")
     if ts.note:

@@ -148,3 +148,27 @@ def check_method(spec: Any) -> None:
         raise NagIndexError(f"--method nait scores dense activations, not NAGs: {', '.join(refused)} "
                             "applies to --method nag only")
 
+
+
+def describe_directions(name: str, index_dir: str | os.PathLike, top: int = 5) -> list[str]:
+    """``targets show --method nait``: a registry target's directions in the index (computed once, cached),
+    as lines: per layer, its ``top`` largest coordinates by magnitude and how much of the direction they carry."""
+    from nagindex.index.sharded import shard_specs
+    from nagindex.query.fleet import LocalFleet
+    from nagindex.query.target import load_target
+
+    fleet = LocalFleet.open(shard_specs(index_dir))
+    try:
+        manifest = fleet.describe()[0]["manifest"]
+    finally:
+        fleet.close()
+    ts = load_target(name)
+    directions = target_directions(index_dir, manifest, ts.texts, name=name)
+    lines = [f"{name}: NAIT directions of {len(ts.texts):,} examples from {ts.source} in {index_dir} "
+             f"({directions.shape[0]} layers x {directions.shape[1]}, {manifest['nait']})"]
+    for layer, v in enumerate(directions):
+        big = np.argsort(-np.abs(v), kind="stable")[:top]
+        share = float(np.sum(v[big] ** 2))
+        lines.append(f"layer {layer:>3}: " + ", ".join(f"{int(i)}:{v[i]:+.3f}" for i in big)
+                     + f"  ({share:.0%} of the squared norm)")
+    return lines

@@ -279,3 +279,28 @@ def test_projected_index_scores_are_projected_rows_and_directions(golden_dir, tm
     np.testing.assert_allclose([got[d] for d in docids], expected, rtol=1e-12, atol=1e-15)
     with pytest.raises(IndexMismatchError, match="'dims': 16"):
         ingest([tmp_path / "pool.jsonl"], tmp_path / "idx", nait=DenseSpec(), **kw)
+
+
+def test_targets_show_prints_the_cached_directions(three_way, golden_dir, monkeypatch):
+    """``targets show NAME --method nait``: per layer, the largest coordinates of the directions a query uses."""
+    from click.testing import CliRunner
+
+    from nagindex.cli import main
+    from nagindex.query import target
+    from nagindex.query.target import TargetSet
+
+    examples = pq.read_table(golden_dir / "data/target/target.parquet").column("doc").to_pylist()
+    monkeypatch.setattr(target, "load_target", lambda name, *a, **k: TargetSet(
+        name, examples, [str(i) for i in range(len(examples))], "golden", "test"))
+    out = CliRunner().invoke(main, ["targets", "show", "golden", "--method", "nait", "--index",
+                                    str(three_way / "one")])
+    assert out.exit_code == 0, out.output
+    from nagindex.query.nait import directions_key
+
+    manifest = json.loads((three_way / "one" / "index_info.json").read_text())["manifest"]
+    cached = np.load(three_way / "one" / "targets" / f"nait-{directions_key(examples, manifest)}.npy")
+    lines = [line for line in out.output.splitlines() if line.startswith(("golden:", "layer"))]  # not progress
+    assert lines[0].startswith("golden: NAIT directions of 6 examples from golden") and len(lines) == 5
+    for layer, line in enumerate(lines[1:]):
+        big = np.argsort(-np.abs(cached[layer]), kind="stable")[:5]
+        assert line.startswith(f"layer {layer:>3}: {int(big[0])}:{cached[layer][big[0]]:+.3f}, ")

@@ -156,21 +156,15 @@ def report_section(data: Any, index_dir: str | os.PathLike, *, device: str = "au
 
 
 def _top_docids(selection: str | os.PathLike, names: list[str]) -> list[list[str]]:
-    """Per target, the docids of its first ``REPORT_DOCS`` rows of the selection file (``target`` column for
-    a mixture), in selection order."""
-    import pyarrow.parquet as pq
+    """Per target, the docids of its first ``REPORT_DOCS`` rows of the selection (a file or a folder of parts,
+    read as the report reads it; its ``target`` column for a mixture), in selection order."""
+    from nagindex.query.report import _read_selection
 
-    path = Path(selection)
-    if path.suffix == ".parquet":
-        table = pq.read_table(path).to_pydict()
-    else:
-        import json
-
-        rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-        table = {k: [r.get(k) for r in rows] for k in (rows[0] if rows else {})}
-    owner = table.get("target") or [names[0]] * len(table["docid"])
+    columns = _read_selection(Path(selection))
+    docids = columns["docid"].to_pylist()
+    owner = columns["target"].to_pylist() if "target" in columns else [names[0]] * len(docids)
     out: list[list[str]] = [[] for _ in names]
-    for docid, name in zip(table["docid"], owner):
+    for docid, name in zip(docids, owner):
         picked = out[names.index(name)] if name in names else None
         if picked is not None and len(picked) < REPORT_DOCS and docid not in picked:
             picked.append(docid)

@@ -153,15 +153,10 @@ def check_method(spec: Any) -> None:
 def describe_directions(name: str, index_dir: str | os.PathLike, top: int = 5) -> list[str]:
     """``targets show --method nait``: a registry target's directions in the index (computed once, cached),
     as lines: per layer, its ``top`` largest coordinates by magnitude and how much of the direction they carry."""
-    from nagindex.index.sharded import shard_specs
-    from nagindex.query.fleet import LocalFleet
+    from nagindex.index.sharded import open_index
     from nagindex.query.target import load_target
 
-    fleet = LocalFleet.open(shard_specs(index_dir))
-    try:
-        manifest = fleet.describe()[0]["manifest"]
-    finally:
-        fleet.close()
+    manifest = open_index(index_dir).manifest
     ts = load_target(name)
     directions = target_directions(index_dir, manifest, ts.texts, name=name)
     lines = [f"{name}: NAIT directions of {len(ts.texts):,} examples from {ts.source} in {index_dir} "

@@ -157,15 +157,24 @@ def report_section(data: Any, index_dir: str | os.PathLike, *, device: str = "au
 
 def _top_docids(selection: str | os.PathLike, names: list[str]) -> list[list[str]]:
     """Per target, the docids of its first ``REPORT_DOCS`` rows of the selection (a file or a folder of parts,
-    read as the report reads it; its ``target`` column for a mixture), in selection order."""
+    read as the report reads it; its ``target`` column for a mixture), in selection order; only those rows'
+    docids become Python strings."""
+    import pyarrow.compute as pc
+
     from nagindex.query.report import _read_selection
 
     columns = _read_selection(Path(selection))
-    docids = columns["docid"].to_pylist()
-    owner = columns["target"].to_pylist() if "target" in columns else [names[0]] * len(docids)
-    out: list[list[str]] = [[] for _ in names]
-    for docid, name in zip(docids, owner):
-        picked = out[names.index(name)] if name in names else None
-        if picked is not None and len(picked) < REPORT_DOCS and docid not in picked:
-            picked.append(docid)
+    docids = columns["docid"]
+    out: list[list[str]] = []
+    for k, name in enumerate(names):
+        mine = docids.filter(pc.equal(columns["target"], name)) if "target" in columns else docids if k == 0 \
+            else docids.slice(0, 0)
+        picked: list[str] = []
+        for lo in range(0, len(mine), 4 * REPORT_DOCS):
+            for docid in mine.slice(lo, 4 * REPORT_DOCS).to_pylist():
+                if len(picked) < REPORT_DOCS and docid not in picked:
+                    picked.append(docid)
+            if len(picked) == REPORT_DOCS:
+                break
+        out.append(picked)
     return out

@@ -92,7 +92,11 @@ def test_cli_report(mixture_selection, golden_index, tmp_path):
     result = CliRunner().invoke(main, ["report", str(mixture_selection), "--index", str(golden_index), "-o",
                                        str(out), "--group-by", "docid-prefix"])
     assert result.exit_code == 0, result.output
-    assert out.is_file() and len(_images(out.read_text("utf-8"))) == 4
+    page = out.read_text("utf-8")
+    plots, explained = page.split("<h2>Explanation: profile neurons and top documents</h2>")
+    assert len(_images(plots)) == 4  # the report's own plots, then per target its profile and each top document
+    links = re.findall(r"<a href='#explain-(\d+)-(\d+)'>", explained)
+    assert len({t for t, _ in links}) == 2 and len(_images(explained)) == 2 + len(links)
     assert str(out) in result.output
 
 

@@ -37,8 +37,16 @@ from nagindex.query.rank import Pool, Ranking, _budget, _merge, _pool, rank_tabl
 
 logger = logging.getLogger(__name__)
 
-#: rows of (key, docid) a shard hands the coordinator's merge at a time
+#: rows of (key, docid) a shard hands the coordinator's merge at a time, at most
 MERGE_BATCH = 1 << 16
+#: rows of all shards the merge holds at a time, at most (about 32 MiB): with many shards each hands fewer
+MERGE_ROWS = 1 << 20
+
+
+def merge_batch(shards: int) -> int:
+    """Rows a shard hands the merge at a time: ``MERGE_BATCH``, fewer when ``MERGE_ROWS`` over the shards is
+    less (never under 1,024), so that the coordinator's memory does not grow with the shard count."""
+    return min(MERGE_BATCH, max(1024, MERGE_ROWS // max(shards, 1)))
 
 
 @dataclass
@@ -147,9 +155,9 @@ def _merge_ranks(fleet: Any, t: int, counts: list[int], offset: int, out: Path, 
     paths = [str(out / _part_name(spec["part"])) for spec in fleet.specs]
     fetched, written = [0] * p, [0] * p
     pending: list[Any] = [None] * p
-    rank = offset + 1
+    rank, per_shard = offset + 1, merge_batch(p)
     while True:
-        want = [MERGE_BATCH if fetched[s] < counts[s] and (pending[s] is None or pending[s].num_rows < MERGE_BATCH)
+        want = [per_shard if fetched[s] < counts[s] and (pending[s] is None or pending[s].num_rows < per_shard)
                 else 0 for s in range(p)]
         if any(want):
             for s, got in enumerate(fleet.chosen_keys(t, fetched, want)):

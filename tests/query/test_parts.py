@@ -76,3 +76,12 @@ def test_a_pool_with_no_eligible_row_chooses_nothing(data):  # noqa: F811
         assert scan.sort_chosen(0) == 0 and scan.chosen_keys(0, 0, 10).num_rows == 0
     finally:
         scan.close()
+
+
+def test_the_merge_takes_fewer_rows_per_shard_the_more_shards_there_are(monkeypatch):
+    """The merge holds at most ``MERGE_ROWS`` rows of all shards (one batch each), whatever the shard count."""
+    from nagindex.query import parts
+
+    assert [parts.merge_batch(n) for n in (1, 8, 16, 64, 800, 10**6)] == [65536, 65536, 65536, 16384, 1310, 1024]
+    monkeypatch.setattr(parts, "MERGE_ROWS", 20)
+    assert [parts.merge_batch(n) for n in (1, 3)] == [1024, 1024]

@@ -15,6 +15,7 @@ import torch
 
 from nagindex.encode.extract import NagExtractor
 from nagindex.models import Backbone
+from tests.hooks import forward_with_hooks
 
 VOCAB = 512  # the fixture tokenizer's vocabulary
 SEQS = [[5, 17, 300, 42, 9, 77, 12], [8, 3], [400, 401, 402, 403, 11], [250]]
@@ -70,17 +71,8 @@ def _layers(model) -> list:
 def _naive_impacts(model, seq: list[int], path: str) -> np.ndarray:
     """(L, width) mean |output| of ``path`` in every decoder layer, for one unpadded document."""
     grabbed = []
-    handles = []
-    for layer in _layers(model):
-        module = layer.get_submodule(path)
-        handles.append(module.register_forward_hook(
-            lambda _m, _i, out: grabbed.append((out[0] if isinstance(out, tuple) else out)[0].abs().mean(0))))
-    try:
-        with torch.inference_mode():
-            model(torch.tensor([seq]))
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, [layer.get_submodule(path) for layer in _layers(model)], lambda _m, _i, out: grabbed.append(
+        (out[0] if isinstance(out, tuple) else out)[0].abs().mean(0)), seq)
     return torch.stack(grabbed).float().numpy()
 
 

@@ -15,6 +15,7 @@ from nagindex.explain.deactivate import (
 )
 from nagindex.query.request import TargetRequest
 from tests.encode.test_architectures import FAMILIES, SEQS
+from tests.hooks import forward_with_hooks
 
 KEYS = [np.array([0, 5, 17]), np.array([], np.int64), np.array([3, 79]), np.array([40])]
 
@@ -34,14 +35,7 @@ def _family_model(family: str):
 def _hooked_forward(model, seq):
     """Each layer's up-projection input and output for one document."""
     grabbed = []
-    handles = [m.register_forward_hook(lambda _m, i, o: grabbed.append((i[0].clone(), o.clone())))
-               for m in up_projections(model)]
-    try:
-        with torch.inference_mode():
-            model(torch.tensor([seq]))
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, up_projections(model), lambda _m, i, o: grabbed.append((i[0].clone(), o.clone())), seq)
     return grabbed
 
 

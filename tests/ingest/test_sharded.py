@@ -71,13 +71,9 @@ def test_sharded_ingest_equals_one_shard(golden_dir, corpus, tmp_path, shards):
 
 def test_kill_9_of_a_sharded_ingest_then_resume(golden_dir, tmp_path):
     """kill -9 of the driver and its workers part-way, then the same command: the one-shard index."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
 
-    from nagindex.index.store import IndexStore
 
     pool = pq.read_table(golden_dir / "data/pool/pool.parquet").to_pylist()
     root = tmp_path / "corpus"
@@ -90,20 +86,7 @@ def test_kill_9_of_a_sharded_ingest_then_resume(golden_dir, tmp_path):
     args = [sys.executable, "-m", "nagindex", "ingest", str(root), "--index", str(tmp_path / "idx"), "--shards", "2",
             "--backbone", model, "--top-k", "8", "--max-length", "64", "--commit-every", "2", "--batch-size", "2",
             "--device", "cpu"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    committed, deadline = 0, time.time() + 240
-    while committed < 10 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-        committed = 0
-        for shard in tmp_path.glob("idx/shard-*"):
-            if (shard / "store.lmdb").exists():
-                try:
-                    with IndexStore.open(shard) as store:
-                        committed += len(store)
-                except Exception:  # noqa: BLE001 - a store being created
-                    pass
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    committed = ingest_until_killed(args, tmp_path / "idx")
     assert 10 <= committed < 150, committed  # it really stopped part-way
     resumed = subprocess.run(args, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -202,3 +185,29 @@ def test_default_workers_fit_cores_memory_and_shards(golden_dir, tmp_path, monke
     with pytest.raises(NagIndexError, match="--workers 2: give at least 1, and only without --ray-address"):
         ingest([tmp_path], tmp_path / "many", backbone=str(golden_dir / "model"), shards=2, workers=2,
                ray_address="auto", **SETTINGS)
+
+
+def ingest_until_killed(args: list[str], index: Path, at_least: int = 10) -> int:
+    """Run the ingest command ``args`` in its own process group and ``kill -9`` the group once the shards of
+    ``index`` have committed ``at_least`` documents (or it ended, or 240 s passed); how many were committed."""
+    import signal
+    import subprocess
+    import time
+
+    from nagindex.index.store import IndexStore
+
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    committed, deadline = 0, time.time() + 240
+    while committed < at_least and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+        committed = 0
+        for shard in index.glob("shard-*"):
+            if (shard / "store.lmdb").exists():
+                try:
+                    with IndexStore.open(shard) as store:
+                        committed += len(store)
+                except Exception:  # noqa: BLE001 - a store being created
+                    pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return committed

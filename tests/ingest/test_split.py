@@ -13,7 +13,7 @@ from nagindex.index.catalog import load_catalog, new_catalog
 from nagindex.ingest.run import ingest
 from nagindex.ingest.sharded import assign_inputs
 from nagindex.sources.inputs import Part, input_files
-from tests.ingest.test_sharded import SETTINGS, _rows
+from tests.ingest.test_sharded import SETTINGS, _rows, ingest_until_killed
 
 SPLIT = 1500  # bytes: the big .jsonl (~7 KB) in 5 parts, the parquet (9 row groups) in several runs
 
@@ -147,11 +147,8 @@ def test_progress_estimate_counts_the_records_of_a_worker_s_parts(corpus):
 def test_kill_9_mid_part_then_resume(golden_dir, tmp_path):
     """kill -9 of the driver and its workers while the shards are inside their parts of one big .jsonl,
     then the same command: the plan recorded before is kept and the index is the one-shard index."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from nagindex.index.store import IndexStore
 
@@ -165,20 +162,7 @@ def test_kill_9_mid_part_then_resume(golden_dir, tmp_path):
     args = [sys.executable, "-m", "nagindex", "ingest", str(root), "--index", str(tmp_path / "idx"), "--shards", "2",
             "--split-size", "5000", "--backbone", model, "--top-k", "8", "--max-length", "64", "--commit-every", "2",
             "--batch-size", "2", "--device", "cpu"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    committed, deadline = 0, time.time() + 240
-    while committed < 10 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-        committed = 0
-        for shard in tmp_path.glob("idx/shard-*"):
-            if (shard / "store.lmdb").exists():
-                try:
-                    with IndexStore.open(shard) as store:
-                        committed += len(store)
-                except Exception:  # noqa: BLE001 - a store being created
-                    pass
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    committed = ingest_until_killed(args, tmp_path / "idx")
     catalog = load_catalog(tmp_path / "idx")
     inside = []  # shards stopped inside one of their parts, neither before it nor at its end
     for entry in catalog.inputs:

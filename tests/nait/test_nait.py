@@ -16,6 +16,7 @@ from nagindex.errors import IndexMismatchError, NagIndexError
 from nagindex.ingest.run import ingest
 from nagindex.query.nait import principal_directions
 from nagindex.query.run import query
+from tests.hooks import forward_with_hooks
 
 SETTINGS = dict(top_k=8, max_length=64)
 
@@ -46,15 +47,9 @@ def _hooked(model, tokenizer, text: str, site: str) -> tuple[np.ndarray, np.ndar
     grabbed = []
     layers = list(model.base_model.layers)
     modules = layers if site == "residual" else [layer.mlp.down_proj for layer in layers]
-    handles = [m.register_forward_hook(lambda _m, _i, out: grabbed.append(
-        (out[0] if isinstance(out, tuple) else out)[0].float())) for m in modules]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:SETTINGS["max_length"]]
-    try:
-        with torch.inference_mode():
-            model(torch.tensor([ids]))
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, modules, lambda _m, _i, out: grabbed.append(
+        (out[0] if isinstance(out, tuple) else out)[0].float()), ids)
     acts = torch.stack(grabbed).numpy()  # (L, T, d)
     return acts[:, 0], acts[:, -1]
 

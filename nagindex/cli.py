@@ -59,6 +59,20 @@ def main(verbose: int) -> None:
 
 
 # ---------------------------------------------------------------- shared options
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _stacked(opts: list[Decorator]) -> Decorator:
+    """One decorator applying click ``opts`` in order (the first one listed first in ``--help``)."""
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return apply
+
+
 def _extraction_options(multi_type: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The flags shared by `extract` and `ingest` (backbone, K, max_length, device...)."""
     type_opt = (click.option("--neuron-types", default="fwd_up", show_default=True,
@@ -89,12 +103,7 @@ def _extraction_options(multi_type: bool) -> Callable[[Callable[..., Any]], Call
         click.option("--trust-remote-code", is_flag=True, help="Allow a hub model to run its own code (off by default)."),
     ]
 
-    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for opt in reversed(opts):
-            fn = opt(fn)
-        return fn
-
-    return apply
+    return _stacked(opts)
 
 
 def _load_text_template(kw: dict[str, Any]) -> None:
@@ -484,9 +493,19 @@ def _target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--target-features", "features", multiple=True, type=click.Path(exists=True),
                      help="Reference-format features of target docs (no backbone needed)."),
     ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
+    return _stacked(opts)(fn)
+
+
+def _one_target_options(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--target NAME` or `--target-file` (with `--target-filter`): the one target of `evaluate` and `explain`."""
+    opts = [
+        click.option("--target", "name", default=None, help=f"Registered target NAME {verb}."),
+        click.option("--target-file", "file", default=None, type=click.Path(exists=True),
+                     help="Target examples instead: jsonl/parquet (a doc or text field), txt or a target YAML."),
+        click.option("--target-filter", "filters", multiple=True, help="COL=VALUE row filter for --target-file."),
+    ]
+
+    return _stacked(opts)
 
 
 def _targets(names: tuple[str, ...], files: tuple[str, ...], filters: tuple[str, ...],
@@ -676,10 +695,7 @@ def write_training(selection: str, **kw: Any) -> None:
 @click.argument("selections", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True),
               help="The index the selections name documents of.")
-@click.option("--target", "name", default=None, help="Registered target NAME to evaluate toward.")
-@click.option("--target-file", "file", default=None, type=click.Path(exists=True),
-              help="Target examples instead: jsonl/parquet (a doc or text field), txt or a target YAML.")
-@click.option("--target-filter", "filters", multiple=True, help="COL=VALUE row filter for --target-file.")
+@_one_target_options("to evaluate toward")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1),
               help="Proxy models per arm (seeds 0..N-1); intervals are over seeds.")
 @click.option("--tokens", default=None,
@@ -727,10 +743,7 @@ def evaluate(selections: tuple[str, ...], name: str | None, file: str | None, fi
 # ---------------------------------------------------------------- explain
 @main.command()
 @click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True))
-@click.option("--target", "name", default=None, help="Registered target NAME to explain.")
-@click.option("--target-file", "file", default=None, type=click.Path(exists=True),
-              help="Target examples instead: jsonl/parquet (a doc or text field), txt or a target YAML.")
-@click.option("--target-filter", "filters", multiple=True, help="COL=VALUE row filter for --target-file.")
+@_one_target_options("to explain")
 @click.option("--top", default=20, show_default=True, type=click.IntRange(min=1),
               help="Neurons per layer shown and, with --deactivate, switched off (the paper's 20).")
 @click.option("--doc", default=None, help="Also explain why this DOCID ranks where it does.")

@@ -159,14 +159,6 @@ def test_cuda_without_a_gpu_says_so(data):
         query([TargetRequest("features", str(data["alpha"]))], data["idx1"], k=3, device="cuda")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_actors_give_the_same_selection(data, ray_cluster):
     forms = _forms(data)
     for form in ("paper", "quality_mix", "union_k"):

@@ -13,7 +13,7 @@ import pytest
 from nagindex.errors import NagIndexError
 from nagindex.index.sharded import open_index
 from nagindex.query.export import score_all
-from nagindex.query.profile import count_profile, profile_weights, resolve_layers
+from nagindex.query.profile import count_profile, resolve_layers
 from nagindex.query.request import TargetRequest
 from nagindex.query.run import query
 from nagindex.query.score import score_codes
@@ -223,14 +223,6 @@ def test_score_and_the_manifest_say_the_weighting(data, tmp_path):
     assert json.loads(Path(f"{res.out}.manifest.json").read_text())["weighting"] == "lift"
     with pytest.raises(NagIndexError, match="weighting 'tf': choose one of none, lift, idf"):
         query([_t(data, "beta")], data["idx1"], k=5, weighting="tf")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def test_ray_actors_give_the_same_weighted_selection(data, ray_cluster):

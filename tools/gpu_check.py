@@ -269,8 +269,9 @@ def torch_scorer_on(device: str) -> Iterator[None]:
 
     original = score_torch.make_scorer
 
-    def make(shape: tuple[int, int, int], profiles: np.ndarray, layers: Any, power: float, _device: str) -> Any:
-        return score_torch.TorchScorer(shape, profiles, layers, power, device)
+    def make(shape: tuple[int, int, int], profiles: np.ndarray, layers: Any, power: float, _device: str,
+             weights: np.ndarray | None = None) -> Any:
+        return score_torch.TorchScorer(shape, profiles, layers, power, device, weights)
 
     score_torch.make_scorer = make
     try:

@@ -139,8 +139,8 @@ def test_torch_scorer_selects_like_numba(data, monkeypatch):
     forms = _forms(data)
     before = {f: query(*forms[f][:1], data["idx2"], **forms[f][1]).table for f in ("paper", "union_k", "power")}
     monkeypatch.setattr(score_torch, "make_scorer",
-                        lambda shape, profiles, layers, power, device="cpu":
-                        score_torch.TorchScorer(shape, profiles, layers, power, "cpu"))
+                        lambda shape, profiles, layers, power, device="cpu", weights=None:
+                        score_torch.TorchScorer(shape, profiles, layers, power, "cpu", weights))
     for f, table in before.items():
         got = query(*forms[f][:1], data["idx2"], **forms[f][1]).table
         if f == "power":  # float weights summed in another order: equal to rounding

@@ -36,8 +36,7 @@ class Pool:
             self.parts.append(ShardPart(i, part.view, np.asarray(part.hidden, np.int64), start))
             start += len(self.parts[-1])
         self._rows = start
-        self.total_tokens = sum(int(np.asarray(p.view.token_counts).sum())
-                                - int(np.asarray(p.view.token_counts)[p.hidden].sum()) for p in self.parts)
+        self.total_tokens = sum(p.tokens() for p in self.parts)
         self._scored = False
 
     @classmethod
@@ -70,20 +69,13 @@ class Pool:
         """Pool rows of ``docids`` (an Arrow string array), in their order; a docid the index does not hold
         is an error naming ``where`` (the selection file) and the first ones missing."""
         import pyarrow as pa
-        import pyarrow.compute as pc
 
-        wanted = docids.cast(pa.large_string())
-        rows = np.full(len(wanted), -1, np.int64)
-        for part in self.parts:
-            found = pc.index_in(wanted, value_set=part.view.docids.arrow())
-            valid = pc.is_valid(found)
-            hit = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
-            local = found.filter(valid).to_numpy().astype(np.int64)
-            visible = ~np.isin(local, part.hidden)  # a hidden copy's id is held by an earlier shard
-            rows[hit[visible]] = part.start + local[visible] - np.searchsorted(part.hidden, local[visible])
+        from nagindex.index.sharded import locate
+
+        rows = locate(self.parts, docids)
         missing = np.flatnonzero(rows < 0)
         if len(missing):
-            first = wanted.take(pa.array(missing[:3])).to_pylist()
+            first = docids.take(pa.array(missing[:3])).to_pylist()
             raise InputError(f"{where}: {len(missing):,} of {len(docids):,} docids are not in the index (first: "
                              f"{', '.join(repr(d) for d in first)}): a selection must "
                              "name documents of the index it is evaluated on")

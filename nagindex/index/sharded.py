@@ -54,6 +54,11 @@ class ShardPart:
         mask[self.hidden] = False
         return np.flatnonzero(mask)
 
+    def tokens(self) -> int:
+        """Tokens of the visible rows."""
+        counts = np.asarray(self.view.token_counts)
+        return int(counts.sum()) - int(counts[self.hidden].sum())
+
     def local_rows(self, visible: np.ndarray) -> np.ndarray:
         """Local rows of the ``visible``-th visible rows: the v-th visible row is v plus the hidden rows
         at or before it, found on the hidden rows alone."""
@@ -83,6 +88,24 @@ def split_rows(parts: Sequence[ShardPart], rows: np.ndarray) -> list[tuple[Shard
         if len(where):
             out.append((part, where, part.local_rows(rows[where] - part.start)))
     return out
+
+
+def locate(parts: Sequence[ShardPart], docids: Any) -> np.ndarray:
+    """The global row of each docid (an Arrow string array) among the parts' visible rows, looked up shard by
+    shard; -1 where none holds it (a hidden copy's id is held by an earlier shard)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = docids.cast(pa.large_string())
+    rows = np.full(len(wanted), -1, np.int64)
+    for part in parts:
+        found = pc.index_in(wanted, value_set=part.view.docids.arrow())
+        valid = pc.is_valid(found)
+        hit = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+        local = found.filter(valid).to_numpy().astype(np.int64)
+        visible = ~np.isin(local, part.hidden)
+        rows[hit[visible]] = part.start + local[visible] - np.searchsorted(part.hidden, local[visible])
+    return rows
 
 
 def take_codes(view: Any, rows: np.ndarray) -> np.ndarray:
@@ -122,8 +145,7 @@ class ShardedView:
             start += len(part)
         self._rows = start
         self.sources: list[str] = sorted({src for v in self.shards for src in v.sources})
-        self._tokens = sum(int(np.asarray(p.view.token_counts).sum())
-                           - int(np.asarray(p.view.token_counts)[p.hidden].sum()) for p in self.parts)
+        self._tokens = sum(p.tokens() for p in self.parts)
         self.manifest: dict[str, Any] = {**self.shards[0].manifest, "rows": self._rows, "tokens": self._tokens}
         self.info = {"rows": self._rows, "manifest": self.manifest, "shards": len(self.shards)}
         self.pending = sum(v.pending for v in self.shards)

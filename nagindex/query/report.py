@@ -223,22 +223,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _rows_of(view: Any, docids: Any, index_dir: Any) -> np.ndarray:
-    """Global index row of each selected docid (an Arrow array; docids are unique in an index), looked up
-    shard by shard."""
-    import pyarrow.compute as pc
+    """Global index row of each selected docid (an Arrow array; docids are unique in an index)."""
+    from nagindex.index.sharded import locate, view_parts
 
-    from nagindex.index.sharded import view_parts
-
-    wanted = docids
-    rows = np.full(len(docids), -1, dtype=np.int64)
-    for part in view_parts(view):
-        ids = part.view.docids.arrow()
-        found = pc.index_in(wanted, value_set=ids).to_numpy(zero_copy_only=False)
-        hit = ~np.isnan(found.astype(np.float64))
-        local = found[hit].astype(np.int64)
-        visible = local - np.searchsorted(part.hidden, local)  # a hidden copy's id is held by an earlier shard
-        hidden = np.isin(local, part.hidden)
-        rows[np.flatnonzero(hit)[~hidden]] = part.start + visible[~hidden]
+    rows = locate(view_parts(view), docids)
     missing = np.flatnonzero(rows < 0)
     if len(missing):
         raise InputError(f"{len(missing):,} selected docids are not in index {index_dir} (first: "

@@ -227,15 +227,25 @@ def ingest(inputs: tuple[str, ...], index_dir: str, **kw: Any) -> None:
 
 @main.command()
 @click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(exists=True))
+@click.option("--derive", is_flag=True,
+              help="First rebuild the derived files (arrays, fingerprints, pool counts) from the store where "
+                   "they are missing, short or behind: after copying an index's store alone, or losing a file.")
 @_user_errors
-def info(index_dir: str) -> None:
+def info(index_dir: str, derive: bool) -> None:
     """Print an index's manifest, counts, tokens and sizes on disk.
 
     \b
       nagindex info --index idx/
+      nagindex info --index idx/ --derive     # rebuild lost derived files first
     """
     from nagindex.index.info import describe_index
 
+    if derive:
+        from nagindex.index.derived import derive_index
+
+        for done in derive_index(index_dir):
+            click.echo(f"derived {done['derived_new_rows']:,} rows ({done['rows']:,} in all) "
+                       f"in {done['build_seconds']:.1f} s", err=True)
     click.echo(describe_index(index_dir))
 
 

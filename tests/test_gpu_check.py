@@ -27,8 +27,21 @@ def test_dry_run_prints_the_table_and_selections_are_equal(tmp_path):
                   "selections equal"):
         assert sum(m.startswith(start) for m in metrics) == 1, start
     rows = {row["metric"].split(" (")[0].split(",")[0]: row for row in result["rows"]}
-    assert rows["selections equal"]["met"] is True and rows["selections equal"]["value"] == "6/6"
+    assert rows["selections equal"]["met"] is True and rows["selections equal"]["value"] == "8/8"
     assert all(result["details"]["selections_equal"].values())
     speed = [row for row in result["rows"] if row["goal"] and not row["metric"].startswith("selections")]
     assert len(speed) == 2 and all(row["met"] is None for row in speed)  # goals are judged on a GPU only
     assert all(rate > 0 for rate in result["details"]["extraction_docs_per_s"].values())
+
+
+def test_checks_runs_only_the_named_ones(tmp_path):
+    out = tmp_path / "check.json"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--checks", "selections", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [row["metric"].split(" (")[0].split(",")[0] for row in result["rows"]] == ["selections equal"]
+    assert "lift weighting" in " ".join(result["details"]["selections_equal"])
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--checks", "selection"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown selection" in bad.stderr

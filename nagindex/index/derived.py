@@ -210,6 +210,14 @@ def sync_derived(index_dir: str | os.PathLike, progress: Callable[[int, int], No
     return info
 
 
+def derive_index(index_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """``sync_derived`` on every store folder of the index (its shards, or the folder itself): the derived
+    files rebuilt from the stores where they are missing, short or behind (``nagindex info --derive``)."""
+    from nagindex.index.catalog import shard_dirs
+
+    return [sync_derived(path) for path in shard_dirs(index_dir) if (path / STORE_DIR).exists()]
+
+
 def _extend(directory: Path, snap: StoreSnapshot, manifest: dict[str, Any], rows: int,
             progress: Callable[[int, int], None] | None) -> int:
     """Append the rows past ``rows`` (once repaired) to every derived file; return the rows kept by the repair."""
@@ -295,8 +303,16 @@ class DocidColumn:
 
 
 def _memmap(path: Path, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``path`` mapped read-only as ``shape``; a missing or short file (a copy of the store without its
+    derived files, a deleted file) is an error naming it and the command that rebuilds it."""
     if int(np.prod(shape)) == 0:
         return np.zeros(shape, dtype=dtype)
+    need = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    have = path.stat().st_size if path.is_file() else None
+    if have is None or have < need:
+        state = "is missing" if have is None else f"holds {have:,} bytes, not the {need:,} of its rows"
+        raise NagIndexError(f"{path} {state} ({path.parent / INFO_FILE} names {shape[0]:,} rows): rebuild the "
+                            f"derived files from the store with `nagindex info --derive --index {path.parent}`")
     return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
 

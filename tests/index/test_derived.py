@@ -172,3 +172,22 @@ def test_a_reader_never_sees_the_old_row_count_over_rebuilt_files(tmp_path: Path
     sync_derived(tmp_path, progress=lambda done, total: seen.append((len(open_shard(tmp_path)), done)))
     assert seen and all(rows == 0 for rows, _ in seen), seen
     assert len(open_shard(tmp_path)) == 15
+
+
+@pytest.mark.parametrize("lost", ["codes.u16", "docids.off", "tokens.i64"])
+def test_lost_derived_file_is_a_clear_error_and_info_derive_rebuilds_it(tmp_path, tiny_manifest, make_codes, lost):
+    """A copy of the store without (all of) its derived files once crashed on a bare FileNotFoundError."""
+    from click.testing import CliRunner
+
+    from nagindex.cli import main
+
+    good, copy = tmp_path / "good", tmp_path / "copy"
+    build(good, tiny_manifest, batches(make_codes), sync_each=False)
+    build(copy, tiny_manifest, batches(make_codes), sync_each=False)
+    (copy / lost).write_bytes((copy / lost).read_bytes()[:-8]) if lost == "tokens.i64" else (copy / lost).unlink()
+    with pytest.raises(NagIndexError, match=rf"{lost} (is missing|holds).*nagindex info --derive --index"):
+        open_index(copy)
+    run = CliRunner().invoke(main, ["info", "--derive", "--index", str(copy)])
+    assert run.exit_code == 0, run.output
+    assert_same_derived(good, copy)
+    assert open_index(copy).docids.numpy().tolist() == open_index(good).docids.numpy().tolist()

@@ -717,6 +717,9 @@ def write_training(selection: str, **kw: Any) -> None:
 @click.option("--device", default="auto", show_default=True, help="For encoding the held-out examples' NAGs.")
 @click.option("--weighting", type=click.Choice(["none", "lift", "idf"]), default="none", show_default=True,
               help="The NAG similarity column's scoring, as the query's --weighting.")
+@click.option("--method", type=click.Choice(["nag", "nait"]), default="nag", show_default=True,
+              help="The training-free score column: NAG similarity, or the NAIT score (index ingested with "
+                   "--features nag,nait).")
 @click.option("--json", "json_out", default=None, type=click.Path(), help="Write the results as JSON here.")
 @click.option("--report", default=None, type=click.Path(), help="Write an HTML page with plots here.")
 @_user_errors
@@ -727,6 +730,7 @@ def evaluate(selections: tuple[str, ...], name: str | None, file: str | None, fi
 
     \b
       nagindex evaluate --index idx --target arc_challenge arc.parquet minilm.parquet --json eval.json
+      nagindex evaluate --index it-idx --target-file math.jsonl math.parquet --method nait
 
     Per arm: DSIR's KL reduction and the NAG similarity (training-free), then a tiny GPT trained from
     scratch per seed on the same number of its tokens: held-out bits per byte (and, for multiple-choice
@@ -762,6 +766,9 @@ def evaluate(selections: tuple[str, ...], name: str | None, file: str | None, fi
                    "examples; minutes on a CPU).")
 @click.option("--against", multiple=True, help="--deactivate: also switch off this other target's top neurons "
                                                "(repeatable).")
+@click.option("--rank", type=click.Choice(["frequency", "lift"]), default="frequency", show_default=True,
+              help="--deactivate: switch off each target's most frequent neurons per layer, or those of highest "
+                   "lift over the pool (the --weighting lift specificity), which skips the neurons every text uses.")
 @click.option("--draws", default=5, show_default=True, type=click.IntRange(min=1),
               help="--deactivate: seeded draws of as many random neurons.")
 @click.option("--heldout", default=200, show_default=True, type=click.IntRange(min=1),

@@ -3,8 +3,9 @@
 Built on a query's shard scans (``query/scan.py`` in a ``LocalFleet``), so every kind of index
 works the same way (one folder or shards, later copies of an id left out), texts are read back
 with the checks of ``--with-text`` (``ShardScan.fetch``: never another document's text), and the
-NAG similarity to the held-out examples is the score ``nagindex score`` computes. Rows here are
-positions in the pool: the visible rows of every shard, in shard order.
+NAG similarity (or, ``--method nait``, the NAIT score) to the held-out examples is the score
+``nagindex score`` computes. Rows here are positions in the pool: the visible rows of every shard, in
+shard order.
 
 Nothing is held per document of the whole pool: docids are looked up shard by shard, and a random
 draw orders the documents by a seeded hash of their docid (``dedup.docid_hashes`` mixed with the
@@ -144,6 +145,15 @@ class Pool:
         layers = np.arange(len(profile))
         weights = target_weights(self.fleet, weighting, profile[None], layers, 1.0, len(self))
         self.fleet.score(ScorePlan(profile[None], tuple(range(len(profile))), weights=weights))
+        self._scored = True
+
+    def score_nait(self, directions: np.ndarray) -> None:
+        """Score every document against one target's ``(L, d)`` NAIT directions over all layers (then ``fetch``
+        returns the NAIT score, the score of ``nagindex score --method nait``)."""
+        from nagindex.query.scan import ScorePlan
+
+        directions = np.asarray(directions, np.float64)[None]
+        self.fleet.score(ScorePlan(directions, tuple(range(directions.shape[1])), nait=directions))
         self._scored = True
 
     def fetch(self, rows: np.ndarray) -> tuple[dict[int, str], dict[int, float]]:

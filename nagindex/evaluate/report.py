@@ -24,12 +24,14 @@ def format_table(data: dict[str, Any]) -> str:
             f"{data['profile_examples_excluded']:,} built a profile and are left out), {len(data['seeds'])} seed(s), "
             f"{data['train_tokens']:,} tokens per model ({data['proxy']['parameters']:,} parameters)")
     choice = data["multiple_choice"]
-    columns = ["arm", "docs", "tokens", "KL red.", "NAG sim", "bpb", "d bpb vs random [95%]"]
+    nait = data.get("method", "nag") == "nait"  # JSON written before --method nait has no method: NAG
+    score_key, score_label = ("nait_score", "NAIT score") if nait else ("nag_similarity", "NAG sim")
+    columns = ["arm", "docs", "tokens", "KL red.", score_label, "bpb", "d bpb vs random [95%]"]
     columns += ["gold logprob", "d logprob vs random [95%]", "acc"] if choice else []
     rows = [columns]
     for arm in data["arms"]:
         row = [arm["name"], f"{arm['documents']:,}", f"{arm['tokens']:,}", f"{arm['kl_reduction']:+.4f}",
-               f"{arm['nag_similarity']:.4f}", f"{np.mean(arm['bpb']):.4f}",
+               f"{arm[score_key]:.4f}", f"{np.mean(arm['bpb']):.4f}",
                _interval(arm.get("delta_bpb_vs_random"), 4)]
         if choice:
             row += [f"{np.mean(arm['gold_logprob']):.3f}", _interval(arm.get("delta_gold_logprob_vs_random"), 3),
@@ -37,8 +39,10 @@ def format_table(data: dict[str, Any]) -> str:
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    foot = ("KL red.: DSIR's KL reduction (nats, > 0: closer to the target than the pool); NAG sim: mean similarity "
-            "to the held-out examples; bpb: held-out bits per byte (lower is better); d: arm - random per seed")
+    scored = ("NAIT score: mean NAIT score (sum over layers of activation . direction) against the held-out "
+              "examples' directions" if nait else "NAG sim: mean similarity to the held-out examples")
+    foot = (f"KL red.: DSIR's KL reduction (nats, > 0: closer to the target than the pool); {scored}; "
+            "bpb: held-out bits per byte (lower is better); d: arm - random per seed")
     return "\n".join([head, *lines, foot])
 
 
@@ -66,6 +70,7 @@ def write_report(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
     check_report(path)
     esc = html.escape
+    scored = "NAIT score (--method nait)" if data.get("method") == "nait" else "NAG similarity"
     deltas = ("Held-out bits per byte of each arm's proxy models minus random's, seed by seed (below 0: the arm's "
               "data predicts the target better); and, for multiple-choice targets, the same for the gold answer's "
               "log-probability (above 0: better). Bars whose interval crosses 0 are not significant.")
@@ -77,7 +82,8 @@ def write_report(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
              f"<title>nagindex evaluate: {esc(data['target'])}</title>", f"<style>{_CSS}</style></head><body>",
              f"<h1>Does the selection help? {esc(data['target'])}</h1>",
-             f"<p class='muted'>{esc(data['index'])} &middot; generated {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"]
+             (f"<p class='muted'>{esc(data['index'])} &middot; training-free score: {esc(scored)} &middot; "
+              f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}</p>")]
     parts += [f"<div class='note'>{esc(n)}</div>" for n in data["notes"]]
     parts.append(f"<h2>Summary</h2><pre>{esc(format_table(data))}</pre>")
     for i, (title, png, caption) in enumerate(figures, 1):

@@ -68,6 +68,7 @@ def evaluate(
     device: str = "auto",
     progress: bool | None = None,
     weighting: str = "none",
+    method: str = "nag",
 ) -> EvaluationResult:
     """Compare selections of the index with ``random`` on held-out examples of ``target``.
 
@@ -87,7 +88,9 @@ def evaluate(
     as JSON, ``report`` an HTML page with plots (matplotlib: the ``report`` extra). ``threads``
     sets torch's CPU threads for the run (restored after); ``device`` encodes the held-out
     examples' NAGs (once per index: cached like a query's target). ``weighting`` scores the NAG
-    similarity as ``query(weighting=...)`` does (``query/weighting.py``).
+    similarity as ``query(weighting=...)`` does (``query/weighting.py``). ``method="nait"``: the training-free
+    column is instead the mean NAIT score of the arm's documents against the directions of the held-out
+    examples (``query/nait.py``; the index needs ``--features nag,nait``; no ``weighting``).
     """
     from nagindex.evaluate.heldout import split_heldout
     from nagindex.evaluate.ngrams import kl, kl_reduction, ngram_counts
@@ -105,6 +108,7 @@ def evaluate(
     from nagindex.query.weighting import check_weighting
 
     check_weighting(weighting)
+    _check_method(method, weighting, index_dir)
     config = config or ProxyConfig()
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise NagIndexError(f"seeds must be a positive integer, got {seeds!r}")
@@ -130,7 +134,8 @@ def evaluate(
         notice(f"evaluate: {note}")
 
     docs = _documents(index_dir, sels, seeds, pool_docs, examples.texts, f"{request.display} (held-out)", device,
-                      timer, weighting)
+                      timer, weighting, method)
+    score_key = SCORE_KEYS[method]
     texts = docs.texts
     with timer("tokenizer"):
         tokenizer = ProxyTokenizer.train(_capped([texts[r] for r in docs.sample.tolist()], config.tokenizer_chars),
@@ -167,7 +172,7 @@ def evaluate(
                 "kl_reduction": float(np.mean([kl_reduction(target_counts, pool_counts,
                                                             ngram_counts(texts[x] for x in r.tolist()))
                                                for r in distinct])),
-                "nag_similarity": float(np.mean([docs.similarity(r) for r in distinct])),
+                score_key: float(np.mean([docs.similarity(r) for r in distinct])),
                 "bpb": [run.bpb for run in runs],
                 "gold_logprob": [run.gold_logprob for run in runs] if examples.choices else None,
                 "accuracy": [run.accuracy for run in runs] if examples.choices else None,
@@ -188,7 +193,7 @@ def evaluate(
         "multiple_choice": examples.choices is not None,
         "index": str(Path(index_dir).resolve()), "pool_documents": docs.pool_documents,
         "pool_tokens": docs.pool_tokens, "pool_sample_documents": len(docs.sample),
-        "pool_nag_similarity": docs.similarity(docs.sample), "weighting": weighting,
+        f"pool_{score_key}": docs.similarity(docs.sample), "weighting": weighting, "method": method,
         "kl_target_pool": kl(target_counts, pool_counts),
         "seeds": list(range(seeds)), "train_tokens": steps * config.step_tokens,
         "curve_tokens": [s * config.step_tokens for s in curve_steps(steps, config.curve_points)],
@@ -215,6 +220,24 @@ def evaluate(
     return result
 
 
+#: the JSON key of each arm's training-free score against the held-out examples, per ``method``
+SCORE_KEYS = {"nag": "nag_similarity", "nait": "nait_score"}
+
+
+def _check_method(method: str, weighting: str, index_dir: Any) -> None:
+    """``method`` is one of ``SCORE_KEYS``; ``nait`` needs an index with NAIT features (refused before any
+    work) and takes no ``weighting``."""
+    if method not in SCORE_KEYS:
+        raise NagIndexError(f"--method {method!r}: choose one of {', '.join(SCORE_KEYS)}")
+    if method == "nait":
+        from nagindex.index.sharded import open_index
+        from nagindex.query.nait import require_nait
+
+        if weighting != "none":
+            raise NagIndexError(f"--weighting {weighting} applies to --method nag only")
+        require_nait(open_index(index_dir).manifest, index_dir)
+
+
 @dataclass
 class _Documents:
     """What the evaluation reads from the index: the arms' and the pool sample's rows, their texts and
@@ -233,15 +256,17 @@ class _Documents:
         return sum(self.row_tokens[r] for r in rows.tolist())
 
     def similarity(self, rows: np.ndarray) -> float:
-        """The mean NAG similarity of ``rows``, each counting once (not weighted by tokens)."""
+        """The mean NAG similarity (NAIT score) of ``rows``, each counting once (not weighted by tokens)."""
         return float(np.mean([self.sims[r] for r in rows.tolist()]))
 
 
 def _documents(index_dir: Any, sels: Sequence[Any], seeds: int, pool_docs: int, heldout: Sequence[str],
-               label: str, device: str, timer: StageTimer, weighting: str = "none") -> _Documents:
+               label: str, device: str, timer: StageTimer, weighting: str = "none",
+               method: str = "nag") -> _Documents:
     """Locate every selection's documents (an unknown docid fails before any model runs), draw ``random``
     per seed within the largest selection's tokens and the pool sample, then read their texts back and score
-    them against a profile of the ``heldout`` examples (encoded with the index's backbone, cached)."""
+    them against a profile of the ``heldout`` examples (encoded with the index's backbone, cached), or against
+    their NAIT directions with ``method="nait"``."""
     from nagindex.evaluate.pool import Pool
     from nagindex.evaluate.selections import RANDOM
     from nagindex.query.profile import count_profile
@@ -254,9 +279,15 @@ def _documents(index_dir: Any, sels: Sequence[Any], seeds: int, pool_docs: int, 
             budget = max(int(pool.tokens_of(a.rows[0]).sum()) for a in arms)
             arms.insert(0, _Arm(RANDOM, None, [pool.draw(budget, seed) for seed in range(seeds)]))
             sample = pool.sample(pool_docs, POOL_SEED)
-        with timer("held-out NAGs"):
-            codes = target_codes(index_dir, pool.manifest, heldout, name=label, device=device)
-            pool.score(count_profile(codes, pool.manifest["width"]), weighting)
+        if method == "nait":
+            from nagindex.query.nait import target_directions
+
+            with timer("held-out directions"):
+                pool.score_nait(target_directions(index_dir, pool.manifest, heldout, name=label, device=device))
+        else:
+            with timer("held-out NAGs"):
+                codes = target_codes(index_dir, pool.manifest, heldout, name=label, device=device)
+                pool.score(count_profile(codes, pool.manifest["width"]), weighting)
         with timer("texts"):
             texts, sims = pool.fetch(np.concatenate([*(r for a in arms for r in a.rows), sample]))
         needed = np.unique(np.concatenate([*(r for a in arms for r in a.rows), sample]))

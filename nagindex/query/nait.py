@@ -135,6 +135,14 @@ class NaitScorer:
 METHODS = ("nag", "nait")
 
 
+def require_nait(manifest: dict[str, Any], index_dir: str | os.PathLike) -> None:
+    """``--method nait`` on an index ingested without ``--features nag,nait`` is refused, naming the index
+    (before any model loads)."""
+    if not manifest.get("nait"):
+        raise NagIndexError(f"--method nait: index {index_dir} holds no NAIT features: ingest it with "
+                            "--features nag,nait")
+
+
 def check_method(spec: Any) -> None:
     """``QuerySpec.method``: the options a NAIT query cannot honour are refused, not ignored."""
     if spec.method not in METHODS:

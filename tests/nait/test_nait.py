@@ -3,7 +3,6 @@ sign and tie rules, the same selection on 1 and 3 shards, and the index identity
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,29 +16,7 @@ from nagindex.ingest.run import ingest
 from nagindex.query.nait import principal_directions
 from nagindex.query.run import query
 from tests.hooks import forward_with_hooks
-
-SETTINGS = dict(top_k=8, max_length=64)
-
-
-def _corpus(golden_dir: Path, path: Path, copies: int = 1) -> list[str]:
-    """The golden pool as JSONL (``copies`` variants of each document: a suffix makes each one distinct)."""
-    pool = pq.read_table(golden_dir / "data/pool/pool.parquet").to_pydict()
-    texts = []
-    with open(path, "w") as fh:
-        for c in range(copies):
-            for docid, doc in zip(pool["docid"], pool["doc"]):
-                text = doc if c == 0 else f"{doc} variant {c}"
-                fh.write(json.dumps({"id": f"{docid}-{c}", "text": text}) + "\n")
-                texts.append(text)
-    return texts
-
-
-def _targets(golden_dir: Path, path: Path) -> list[str]:
-    target = pq.read_table(golden_dir / "data/target/target.parquet").to_pydict()
-    with open(path, "w") as fh:
-        for doc in target["doc"]:
-            fh.write(json.dumps({"text": doc}) + "\n")
-    return target["doc"]
+from tests.nait.conftest import SETTINGS, write_corpus, write_targets
 
 
 def _hooked(model, tokenizer, text: str, site: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +52,8 @@ def test_index_scores_equal_brute_force_from_hooked_activations(golden_dir, tmp_
 
     bb = load_backbone(str(golden_dir / "model"), device="cpu", dtype=dtype)
     spec = DenseSpec(site, vector)
-    texts = _corpus(golden_dir, tmp_path / "pool.jsonl")
-    examples = _targets(golden_dir, tmp_path / "target.jsonl")
+    texts = write_corpus(golden_dir, tmp_path / "pool.jsonl")
+    examples = write_targets(golden_dir, tmp_path / "target.jsonl")
     ex = NagExtractor(bb, ("fwd_up",), batch_size=4, dense=spec, **SETTINGS)
     idx = tmp_path / "idx"
     ingest([tmp_path / "pool.jsonl"], idx, backbone=str(golden_dir / "model"), extractor=ex, nait=spec,
@@ -141,22 +118,6 @@ def test_principal_direction_sign_and_tie_rules():
     np.testing.assert_allclose(principal_directions(x), principal_directions(x[::-1]), rtol=0, atol=1e-12)
 
 
-@pytest.fixture(scope="module")
-def three_way(golden_dir, tmp_path_factory):
-    """The pool (3 variants of each document, 45 in all) on one shard and on three, with NAIT features."""
-    root = tmp_path_factory.mktemp("nait3")
-    _corpus(golden_dir, root / "pool.jsonl", copies=3)
-    _targets(golden_dir, root / "target.jsonl")
-    spec = DenseSpec()
-    # batch_size 1: each document's activations are the same bits in any window (batching moves the last
-    # bits), so the two layouts hold the same rows and must select the same documents with the same scores
-    kw = dict(backbone=str(golden_dir / "model"), nait=spec, dtype="float32", commit_every=7, batch_size=1,
-              **SETTINGS)
-    ingest([root / "pool.jsonl"], root / "one", **kw)
-    ingest([root / "pool.jsonl"], root / "three", shards=3, split_size=2048, workers=1, **kw)
-    return root
-
-
 @pytest.mark.parametrize("quota", [dict(k=7), dict(fraction=0.3), dict(tokens=400)])
 def test_same_selection_on_one_and_three_shards(three_way, quota):
     from nagindex.index.catalog import load_catalog
@@ -173,7 +134,7 @@ def test_same_selection_on_one_and_three_shards(three_way, quota):
 
 
 def test_features_are_part_of_the_identity(golden_dir, tmp_path):
-    _corpus(golden_dir, tmp_path / "pool.jsonl")
+    write_corpus(golden_dir, tmp_path / "pool.jsonl")
     kw = dict(backbone=str(golden_dir / "model"), dtype="float32", **SETTINGS)
     ingest([tmp_path / "pool.jsonl"], tmp_path / "nag", **kw)
     assert not list((tmp_path / "nag").glob("nait.*"))
@@ -193,7 +154,7 @@ def test_features_are_part_of_the_identity(golden_dir, tmp_path):
 def test_rows_of_a_window_killed_before_its_commit_are_cut(golden_dir, tmp_path):
     """A window's dense rows are written before its commit: a crash between the two leaves bytes past
     the store's rows, cut off by the next ingest, whose rows then line up with the store's."""
-    texts = _corpus(golden_dir, tmp_path / "pool.jsonl")
+    texts = write_corpus(golden_dir, tmp_path / "pool.jsonl")
     # windows of 5 in both runs: the same batches, so the same bits (batching moves the last bits)
     kw = dict(backbone=str(golden_dir / "model"), dtype="float32", nait=DenseSpec(), commit_every=5, **SETTINGS)
     ingest([tmp_path / "pool.jsonl"], tmp_path / "idx", limit=5, **kw)
@@ -252,8 +213,8 @@ def test_projected_index_scores_are_projected_rows_and_directions(golden_dir, tm
 
     bb = load_backbone(str(golden_dir / "model"), device="cpu", dtype="float32")
     spec = DenseSpec(dims=16, seed=3)
-    texts = _corpus(golden_dir, tmp_path / "pool.jsonl")
-    examples = _targets(golden_dir, tmp_path / "target.jsonl")
+    texts = write_corpus(golden_dir, tmp_path / "pool.jsonl")
+    examples = write_targets(golden_dir, tmp_path / "target.jsonl")
     kw = dict(backbone=str(golden_dir / "model"), dtype="float32", batch_size=1, **SETTINGS)
     ingest([tmp_path / "pool.jsonl"], tmp_path / "idx", nait=spec, **kw)
     manifest = json.loads((tmp_path / "idx" / "index_info.json").read_text())["manifest"]

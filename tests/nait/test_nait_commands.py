@@ -1,0 +1,66 @@
+"""NAIT beyond query: ``evaluate --method nait`` (the training-free column is the NAIT score), ``report``,
+``targets show --target-file``, and the query paths NAIT shares with NAG (decontamination, group caps, union
+mixtures, ``-o`` folders)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nagindex.cli import main
+from nagindex.errors import NagIndexError
+from nagindex.evaluate.run import evaluate
+from nagindex.ingest.run import ingest
+from nagindex.query.run import query
+from tests.evaluate.conftest import TINY, write_selection
+from tests.nait.conftest import SETTINGS, write_corpus
+
+
+@pytest.fixture(scope="module")
+def nag_only(golden_dir, tmp_path_factory):
+    """The golden pool ingested without NAIT features."""
+    root = tmp_path_factory.mktemp("nagonly")
+    write_corpus(golden_dir, root / "pool.jsonl")
+    ingest([root / "pool.jsonl"], root / "idx", backbone=str(golden_dir / "model"), dtype="float32", **SETTINGS)
+    return root / "idx"
+
+
+def _scores(three_way) -> dict[str, float]:
+    """Every document's NAIT score against the whole target file (one shard)."""
+    res = query({"file": str(three_way / "target.jsonl")}, three_way / "one", fraction=1.0, method="nait")
+    return dict(zip(res.table.column("docid").to_pylist(), res.table.column("score").to_pylist()))
+
+
+def test_evaluate_nait_column_is_the_mean_nait_score_of_each_arm(three_way, tmp_path):
+    """With no selection manifest every example is held out, so the held-out directions are the target file's:
+    each arm's ``nait_score`` is the mean of the query's NAIT scores over its documents (on three shards)."""
+    scores = _scores(three_way)
+    ranked = sorted(scores, key=lambda d: -scores[d])
+    top = write_selection(tmp_path / "top.parquet", ranked[:20])
+    bottom = write_selection(tmp_path / "bottom.parquet", ranked[-20:])
+    res = evaluate([top, bottom], three_way / "three", target={"file": str(three_way / "target.jsonl")}, seeds=1,
+                   config=TINY, threads=1, method="nait", json_out=tmp_path / "e.json", report=tmp_path / "e.html",
+                   progress=False)
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["method"] == "nait" and "pool_nait_score" in data and "pool_nag_similarity" not in data
+    arms = {a["name"]: a for a in data["arms"]}
+    for name, ids in (("top", ranked[:20]), ("bottom", ranked[-20:])):
+        assert "nag_similarity" not in arms[name]
+        assert arms[name]["nait_score"] == pytest.approx(np.mean([scores[d] for d in ids]), rel=1e-9)
+    assert arms["top"]["nait_score"] > arms["random"]["nait_score"] > arms["bottom"]["nait_score"]
+    assert "NAIT score" in res.table() and "NAG sim" not in res.table()
+    assert "NAIT score" in (tmp_path / "e.html").read_text()
+
+
+def test_evaluate_nait_refuses_an_index_without_nait_features(nag_only, three_way, tmp_path):
+    sel = write_selection(tmp_path / "s.parquet", ["doc0-0"])
+    target = {"file": str(three_way / "target.jsonl")}
+    with pytest.raises(NagIndexError, match=f"index {nag_only} holds no NAIT features"):
+        evaluate([sel], nag_only, target=target, method="nait", config=TINY, progress=False)
+    with pytest.raises(NagIndexError, match="--weighting idf applies to --method nag only"):
+        evaluate([sel], three_way / "one", target=target, method="nait", weighting="idf", config=TINY)
+    out = CliRunner().invoke(main, ["evaluate", str(sel), "--index", str(nag_only), "--target-file",
+                                    str(three_way / "target.jsonl"), "--method", "nait"])
+    assert out.exit_code != 0 and "holds no NAIT features" in out.output

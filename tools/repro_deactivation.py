@@ -1,11 +1,12 @@
 """The paper's deactivation test (Sec. 5, Table 3) with an index's backbone, printed as BENCHMARKS.md's table.
 
-For each target, its 20 most frequent neurons per layer (from ``--max-examples`` profile examples) are
-switched off and the backbone answers ``--heldout`` other examples of the target; the same for as many random
+For each target, its 20 most frequent neurons per layer (from ``--max-examples`` profile examples; with
+``--rank lift`` its 20 of highest lift over the pool) are switched off and the backbone answers ``--heldout`` other examples of the target; the same for as many random
 neurons (``--draws`` seeded draws) and for another target's top neurons (``nagindex/explain/deactivate.py``).
 PIQA, SciQ and BoolQ are not in the registry: their target YAMLs are in ``tools/repro_targets/``.
 
     python tools/repro_deactivation.py --index /tmp/explain_demo/idx --json deactivation.json
+    python tools/repro_deactivation.py --index /tmp/explain_demo/idx --rank lift --device cuda --json lift.json
 
 Paper (Qwen3-1.7B-Base, 28 layers, 20 of its 6,144 up-projection neurons a layer: 0.33%; SmolLM2-135M has 1,536): the
 targets' average accuracy 60.6 -> 37.1 with the NAG neurons off, -0.2 points with random ones.
@@ -67,10 +68,13 @@ def main() -> None:
     parser.add_argument("--index", help="The index whose backbone and pool are tested.")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--rank", choices=("frequency", "lift"), default="frequency",
+                        help="Switch off each target's most frequent neurons, or those of highest lift over the pool.")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--heldout", type=int, default=100)
     parser.add_argument("--max-examples", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="For the backbone: cpu, cuda, cuda:1, ...")
     parser.add_argument("--json", default=None, help="Write the results here, rewritten after each target.")
     parser.add_argument("--table", nargs="+", default=None, metavar="JSON",
                         help="Only print the table of earlier runs' --json files, in order.")
@@ -82,9 +86,10 @@ def main() -> None:
     if not args.index:
         parser.error("--index is required to run the test")
     results = run(args)
-    print_table(results, f"## {args.index}: top {args.top} neurons per layer, {args.max_examples} profile examples, "
-                         f"{args.heldout} held-out examples per target, {args.draws} random draws; "
-                         f"{platform.machine()}, {args.threads} threads")
+    where = f"{platform.machine()}, {args.threads} threads" if args.device == "cpu" else args.device
+    print_table(results, f"## {args.index}: top {args.top} neurons per layer by {args.rank}, {args.max_examples} "
+                         f"profile examples, {args.heldout} held-out examples per target, {args.draws} random draws; "
+                         f"{where}")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -96,13 +101,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     from nagindex.index.sharded import shard_specs
 
     torch.set_num_threads(args.threads)
-    backbone = load_index_backbone(index_manifest(args.index, shard_specs(args.index)), "cpu")
+    backbone = load_index_backbone(index_manifest(args.index, shard_specs(args.index)), args.device)
     results = []
     for name in args.targets.split(","):
         started = time.perf_counter()
         res = deactivation_test(request(name), args.index, top=args.top, draws=args.draws, heldout=args.heldout,
-                                max_examples=args.max_examples, against=[request(TARGETS[name])], device="cpu",
-                                backbone=backbone)
+                                max_examples=args.max_examples, against=[request(TARGETS[name])],
+                                device=args.device, backbone=backbone, rank=args.rank)
         results.append({**res.to_dict(), "seconds": round(time.perf_counter() - started)})
         print(res.table(), f"\n({results[-1]['seconds']} s)\n", flush=True)
         if args.json:

@@ -2,7 +2,9 @@
 index's own backbone: do a target's profile neurons carry its function?
 
 Per layer, the target's ``top`` most frequent neurons (``query.profile.top_neurons``, 20 as the reference)
-are switched off: the rows of the MLP's input projection that produce them are zeroed (``up_proj`` of a gated
+are switched off, or with ``rank="lift"`` its ``top`` neurons of highest lift, the ``--weighting lift``
+specificity (``query.weighting.specificity``: frequency among the target's NAGs over the pool's, smoothed by
+one document; ties by neuron id), which passes over the backbone neurons every text uses: the rows of the MLP's input projection that produce them are zeroed (``up_proj`` of a gated
 MLP, so the neuron's up output and its product with the gate are 0; ``c_fc`` / ``dense_h_to_4h`` / ``fc1`` of
 a non-gated one, with their bias entries, so the neuron's pre-activation is 0). The backbone then answers the
 target's held-out multiple-choice examples (cloze form, ``evaluate/train.py``: ``sequence_logprobs`` and
@@ -38,6 +40,8 @@ from nagindex.explain.profile import DEFAULT_TOP
 logger = logging.getLogger(__name__)
 
 DEFAULT_DRAWS = 5
+#: how a target's neurons are chosen: by count in its profile (the paper's), or by lift over the pool
+RANKS = ("frequency", "lift")
 DEFAULT_HELDOUT = 200
 #: tokens of (question + answer) scored; longer questions lose their start
 CONTEXT = 512
@@ -173,14 +177,15 @@ class DeactivationResult:
     heldout: int
     arms: list[Arm]
     notes: list[str] = field(default_factory=list)
+    rank: str = "frequency"  # how each arm's neurons were chosen (RANKS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def table(self) -> str:
         """One line per arm: accuracy and gold log-prob, each difference to intact with its 95% interval."""
-        lines = [(f"deactivation test: {self.target} on {self.backbone}, top {self.top} neurons per layer from "
-                  f"{self.profile_examples} profile examples, measured on {self.heldout} held-out examples"),
+        lines = [(f"deactivation test: {self.target} on {self.backbone}, top {self.top} neurons per layer by "
+                  f"{self.rank} from {self.profile_examples} profile examples, measured on {self.heldout} held-out examples"),
                  f"{'arm':<24} {'neurons':>7} {'acc':>6} {'d acc [95% CI]':>24} {'logp':>8} {'d logp [95% CI]':>26}"]
         for arm in self.arms:
             lines.append(f"{arm.name:<24} {arm.neurons:>7} {100 * arm.accuracy:>6.1f} "
@@ -225,25 +230,59 @@ def _arm(name: str, neurons: int, got: list[tuple[np.ndarray, np.ndarray]],
                paired_interval(logp, base[0]), draws)
 
 
+def check_rank(rank: str) -> str:
+    """``rank`` if it is one of ``RANKS``, else an error naming them."""
+    if rank not in RANKS:
+        raise NagIndexError(f"rank {rank!r}: choose one of {', '.join(RANKS)}")
+    return rank
+
+
+def ranked_neurons(codes: np.ndarray, width: int, top: int, rank: str = "frequency", pool: np.ndarray | None = None,
+                   top_k: int | None = None) -> list[np.ndarray]:
+    """Per layer, the ``top`` neurons of a target's NAG ``codes`` ``(T, L, K)`` to switch off: the most frequent
+    (``rank="frequency"``), or those of highest lift against the pool's neuron counts ``pool`` ``(L, width)`` of
+    NAGs of ``top_k`` neurons (``rank="lift"``, ``query.weighting.specificity``). Ties go to the lower neuron id;
+    neurons the target never uses are never chosen (``query.profile.top_neurons``)."""
+    from nagindex.query.profile import count_profile, top_neurons
+    from nagindex.query.weighting import specificity
+
+    counts = count_profile(codes, width)
+    if check_rank(rank) == "frequency":
+        return top_neurons(counts, top)
+    if pool is None or top_k is None:
+        raise NagIndexError("rank='lift' needs the pool's neuron counts and the index's K")
+    return top_neurons(specificity("lift", counts, pool, int(np.asarray(pool)[0].sum()) // top_k), top)
+
+
 def deactivation_test(request: Any, index_dir: str | os.PathLike, *, top: int = DEFAULT_TOP,
                       draws: int = DEFAULT_DRAWS, heldout: int = DEFAULT_HELDOUT, max_examples: int | None = 200,
                       example_seed: int = 0, against: Sequence[Any] = (), device: str = "cpu",
-                      backbone: Any = None) -> DeactivationResult:
+                      backbone: Any = None, rank: str = "frequency") -> DeactivationResult:
     """Run the test for ``request`` (a ``TargetRequest``) on the index's backbone (``backbone``: one already
     loaded, for tests and repeated runs; else loaded on ``device`` in the index's dtype). ``against``: other
-    targets whose top neurons are switched off too, one arm each."""
+    targets whose top neurons are switched off too, one arm each. ``rank``: each arm's neurons are the ones most
+    frequent in its target's profile (``"frequency"``) or of highest lift over the pool (``"lift"``)."""
     from nagindex.evaluate.train import prepare_eval
     from nagindex.explain.profile import target_profile_codes
-    from nagindex.query.profile import count_profile, top_neurons
 
     if draws < 1 or heldout < 1:
         raise NagIndexError(f"draws and heldout must be >= 1, got {draws} and {heldout}")
+    check_rank(rank)
     codes, info, manifest, notes = target_profile_codes(request, index_dir, max_examples, example_seed, device)
-    keys = top_neurons(count_profile(codes, manifest["width"]), top)
+    pool = None
+    if rank == "lift":
+        from nagindex.index.neuron_stats import pool_neuron_counts
+
+        pool = pool_neuron_counts(index_dir)
+
+    def choose(target_codes: np.ndarray) -> list[np.ndarray]:
+        return ranked_neurons(target_codes, manifest["width"], top, rank, pool, manifest["top_k"])
+
+    keys = choose(codes)
     others = []
     for other in against:
-        other_codes = target_profile_codes(other, index_dir, max_examples, example_seed, device)[0]
-        others.append((other.display, top_neurons(count_profile(other_codes, manifest["width"]), top)))
+        others.append((other.display, choose(target_profile_codes(other, index_dir, max_examples, example_seed,
+                                                                   device)[0])))
     examples = heldout_examples(request, max_examples, example_seed, heldout)
     if backbone is None:
         backbone = load_index_backbone(manifest, device)
@@ -263,7 +302,8 @@ def deactivation_test(request: Any, index_dir: str | os.PathLike, *, top: int = 
         with zero_neurons(backbone.model, other_keys):
             arms.append(_arm(f"other:{name}", sum(map(len, other_keys)), [answer_scores(backbone, evalset)], base))
     return DeactivationResult(target=request.display, backbone=str(manifest.get("backbone")), top=top,
-                              profile_examples=int(info["used"]), heldout=len(examples), arms=arms, notes=notes)
+                              profile_examples=int(info["used"]), heldout=len(examples), arms=arms, notes=notes,
+                              rank=rank)
 
 
 def load_index_backbone(manifest: dict[str, Any], device: str) -> Any:

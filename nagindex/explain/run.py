@@ -52,7 +52,7 @@ def explain(target: TargetLike, index_dir: str | os.PathLike = "idx", *, doc: st
             deactivate: bool = False, top: int = DEFAULT_TOP, max_examples: int | None = None,
             example_seed: int = 0, power: float = 1.0, weighting: str = "none", draws: int = DEFAULT_DRAWS,
             heldout: int = DEFAULT_HELDOUT, against: TargetLike | Sequence[TargetLike] = (),
-            device: str = "auto", json_out: str | os.PathLike | None = None,
+            rank: str = "frequency", device: str = "auto", json_out: str | os.PathLike | None = None,
             html_out: str | os.PathLike | None = None) -> Explanation:
     """Explain one ``target`` (a registry name, or a mapping as ``query`` takes) on the index at ``index_dir``.
 
@@ -61,7 +61,8 @@ def explain(target: TargetLike, index_dir: str | os.PathLike = "idx", *, doc: st
     - ``doc``: why that docid ranks where it does, scored with ``power`` and ``weighting`` as a query would;
     - ``deactivate``: the paper's test: the ``top`` neurons per layer switched off in the index's backbone,
       against the intact backbone, ``draws`` random draws and the neurons of each ``against`` target, on
-      ``heldout`` examples the profile did not use.
+      ``heldout`` examples the profile did not use; ``rank="lift"`` switches off each target's ``top`` neurons
+      of highest lift over the pool instead of its most frequent.
 
     The target's examples are drawn as a query draws them (``max_examples``, ``example_seed``); the
     deactivation test needs some held out, so there ``max_examples`` defaults to 200. ``json_out`` and
@@ -90,7 +91,7 @@ def explain(target: TargetLike, index_dir: str | os.PathLike = "idx", *, doc: st
         out.deactivation = deactivation_test(request, index_dir, top=top, draws=draws, heldout=heldout,
                                              max_examples=max_examples, example_seed=example_seed,
                                              against=as_targets(against) if against else (),
-                                             device=device)
+                                             device=device, rank=rank)
     if json_out is not None:
         write_json(json_out, out.to_dict())
         out.json_out = Path(json_out)

@@ -2,17 +2,25 @@
 seeded and disjoint from the target's, and the whole test on the tiny fixture model."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
 
 from nagindex.errors import NagIndexError
+from nagindex.explain import deactivate
 from nagindex.explain.deactivate import (
     deactivation_test,
     random_neurons,
+    ranked_neurons,
     up_projections,
     zero_neurons,
 )
+from nagindex.explain.profile import target_profile_codes
+from nagindex.index.derived import open_shard
+from nagindex.index.neuron_stats import pool_neuron_counts
+from nagindex.index.sharded import shard_specs
 from nagindex.query.request import TargetRequest
 from tests.encode.test_architectures import FAMILIES, SEQS
 from tests.hooks import forward_with_hooks
@@ -104,7 +112,7 @@ def test_deactivation_test_on_the_fixture_model(prose_index, arith_target, tiny_
     res = deactivation_test(target, prose_index, top=4, draws=3, heldout=50, max_examples=40, device="cpu",
                             backbone=tiny_backbone, against=[TargetRequest("file", str(arith_target))])
     assert all(torch.equal(before[k], v) for k, v in tiny_backbone.model.state_dict().items())
-    assert (res.profile_examples, res.heldout, res.top) == (40, 20, 4)
+    assert (res.profile_examples, res.heldout, res.top, res.rank) == (40, 20, 4, "frequency")
     assert [a.name for a in res.arms] == ["intact", "target", "random", "other:arith"]
     assert [a.neurons for a in res.arms] == [0, 16, 16, 16]
     intact, target_arm, random_arm, other = res.arms
@@ -124,3 +132,82 @@ def test_deactivation_needs_held_out_multiple_choice_examples(prose_index, arith
     with pytest.raises(NagIndexError, match="is not multiple-choice"):
         deactivation_test(TargetRequest("file", str(plain_target)), prose_index, max_examples=10,
                           backbone=tiny_backbone, device="cpu")
+
+
+# ---------------------------------------------------------------- --rank lift against brute force
+
+def _holders(codes) -> list[dict[int, int]]:
+    """Per layer, neuron -> how many of the NAGs ``codes`` (T, L, K) hold it, counted one NAG at a time."""
+    out = [{} for _ in range(codes.shape[1])]
+    for nag in codes:
+        for layer, row in enumerate(nag):
+            for n in {int(x) for x in row}:
+                out[layer][n] = out[layer].get(n, 0) + 1
+    return out
+
+
+def _brute_force_keys(index, target_codes, top: int, rank: str) -> list[list[int]]:
+    """Per layer, the ``top`` neurons by frequency in the target's NAGs or by exact (rational) lift
+    ``(c / T) / ((N_l + 1) / (N + 1))``, the pool counted from every shard's visible codes; ties by neuron id."""
+    pool_codes = [np.delete(np.asarray(open_shard(spec["path"], rows=spec["rows"]).codes), spec["hidden"], axis=0)
+                  for spec in shard_specs(index)]
+    pool_codes = np.concatenate(pool_codes)
+    target, pool = _holders(target_codes), _holders(pool_codes)
+    n_target, n_pool = len(target_codes), len(pool_codes)
+    keys = []
+    for t_l, p_l in zip(target, pool):
+        score = {n: Fraction(c) if rank == "frequency" else
+                 Fraction(c, n_target) / Fraction(p_l.get(n, 0) + 1, n_pool + 1) for n, c in t_l.items()}
+        keys.append(sorted(score, key=lambda n: (-score[n], n))[:top])
+    return keys
+
+
+@pytest.fixture(scope="module")
+def arith_codes(prose_index, arith_target):
+    """The fixture target's 40 profile NAGs on the prose index (seed 0, as deactivation_test draws them)."""
+    codes, _, manifest, _ = target_profile_codes(TargetRequest("file", str(arith_target)), prose_index, 40, 0, "cpu")
+    return codes, manifest
+
+
+@pytest.mark.parametrize("top", [1, 4, 20])
+def test_lift_rank_picks_the_brute_force_neurons(prose_index, arith_codes, top):
+    codes, manifest = arith_codes
+    pool = pool_neuron_counts(prose_index)
+    lift = ranked_neurons(codes, manifest["width"], top, "lift", pool, manifest["top_k"])
+    frequency = ranked_neurons(codes, manifest["width"], top, "frequency")
+    assert [k.tolist() for k in lift] == _brute_force_keys(prose_index, codes, top, "lift")
+    assert [k.tolist() for k in frequency] == _brute_force_keys(prose_index, codes, top, "frequency")
+    assert any(set(a.tolist()) != set(b.tolist()) for a, b in zip(lift, frequency))  # the ranks do differ here
+
+
+def test_unknown_rank_or_missing_pool_is_an_error(prose_index, arith_target, arith_codes):
+    codes, manifest = arith_codes
+    with pytest.raises(NagIndexError, match="rank 'count': choose one of frequency, lift"):
+        deactivation_test(TargetRequest("file", str(arith_target)), prose_index, rank="count", max_examples=40,
+                          device="cpu")
+    with pytest.raises(NagIndexError, match="needs the pool's neuron counts"):
+        ranked_neurons(codes, manifest["width"], 4, "lift")
+
+
+@pytest.mark.parametrize("rank", ["frequency", "lift"])
+def test_every_arm_switches_off_the_ranked_neurons(prose_index, arith_target, arith_codes, tiny_backbone, rank,
+                                                   monkeypatch):
+    """The target arm and the ``against`` arm switch off exactly the brute-force keys of ``rank`` (``frequency``:
+    the keys of before ``rank`` existed); the random draw avoids them; the rank is in the JSON and the table."""
+    codes, _ = arith_codes
+    switched = []
+    real = deactivate.zero_neurons
+
+    def spy(model, neurons):
+        switched.append([np.asarray(k).tolist() for k in neurons])
+        return real(model, neurons)
+
+    monkeypatch.setattr(deactivate, "zero_neurons", spy)
+    target = TargetRequest("file", str(arith_target))
+    res = deactivation_test(target, prose_index, top=4, draws=1, heldout=5, max_examples=40, device="cpu",
+                            backbone=tiny_backbone, against=[target], rank=rank)
+    expected = _brute_force_keys(prose_index, codes, 4, rank)
+    assert len(switched) == 3 and switched[0] == expected and switched[2] == expected
+    assert all(not set(r) & set(k) for r, k in zip(switched[1], expected))
+    assert res.rank == rank and res.to_dict()["rank"] == rank
+    assert f"top 4 neurons per layer by {rank} from 40 profile examples" in res.table().splitlines()[0]

@@ -16,6 +16,7 @@ def test_cli_profile_doc_and_deactivation(prose_index, arith_target, tmp_path):
     result = CliRunner().invoke(main, [
         "explain", "--index", str(prose_index), "--target-file", str(arith_target), "--top", "3", "--doc", docid,
         "--deactivate", "--max-examples", "40", "--heldout", "10", "--draws", "2", "--device", "cpu",
+        "--rank", "lift",
         "--json", str(out_json), "--html", str(out_html)])
     assert result.exit_code == 0, result.output
     assert "target arith: 40 examples, pool 120 documents, top 3 of 256 neurons per layer" in result.output
@@ -24,6 +25,7 @@ def test_cli_profile_doc_and_deactivation(prose_index, arith_target, tmp_path):
     assert data["profile"]["examples"]["used"] == 40 and len(data["profile"]["layers"]) == 4
     assert data["doc"]["docid"] == docid and 1 <= data["doc"]["rank"] <= 120
     assert [a["name"] for a in data["deactivation"]["arms"]] == ["intact", "target", "random"]
+    assert data["deactivation"]["rank"] == "lift" and "per layer by lift" in result.output
     assert data["deactivation"]["heldout"] == 10 and len(data["deactivation"]["arms"][2]["draws"]) == 2
     page = out_html.read_text()
     assert page.count("<img") == 3 and "Deactivation test of arith" in page and docid in page

@@ -121,10 +121,12 @@ def explain_docs(request: Any, index_dir: str | os.PathLike, docids: list[str], 
     from nagindex.index.sharded import shard_specs
     from nagindex.query.profile import count_profile
     from nagindex.query.score import BlockScorer
+    from nagindex.query.weighting import pool_weigher
 
     codes, _, manifest, notes = target_profile_codes(request, index_dir, max_examples, example_seed, device)
     counts = count_profile(codes, manifest["width"])
-    weights = _weights(index_dir, counts, power, weighting, manifest["top_k"])
+    weights = pool_weigher(weighting, index_dir, power, top_k=manifest["top_k"])(counts[None])
+    weights = None if weights is None else weights[0]  # the --weighting table, None for the paper's score
     specs = shard_specs(index_dir)
     found = [_find(specs, docid, index_dir) for docid in docids]
     views = [open_shard(f["path"], rows=f["rows"]) for f in found]
@@ -142,18 +144,6 @@ def explain_docs(request: Any, index_dir: str | os.PathLike, docids: list[str], 
                                   rank=int(ahead) + 1, pool_docs=pool_docs,
                                   layers=explain_codes(nag, counts, power, weights), text=text, notes=doc_notes))
     return out
-
-
-def _weights(index_dir: Any, counts: np.ndarray, power: float, weighting: str, top_k: int) -> np.ndarray | None:
-    """The ``--weighting`` table of the profile (``query/weighting.py``), None for the paper's score."""
-    from nagindex.query.weighting import check_weighting, weigh_profiles
-
-    if check_weighting(weighting) == "none":
-        return None
-    from nagindex.index.neuron_stats import pool_neuron_counts
-
-    pool = pool_neuron_counts(index_dir)
-    return weigh_profiles(counts[None], power, weighting, pool, int(pool[0].sum()) // top_k)[0]
 
 
 def _visible(spec: dict[str, Any], n: int) -> np.ndarray:

@@ -85,6 +85,7 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     from nagindex.query.profile import count_profile, resolve_layers
     from nagindex.query.report_pool import pool_stats
     from nagindex.query.score import layer_contributions
+    from nagindex.query.weighting import pool_weigher
 
     sel_path = Path(selection_path)
     columns = _read_selection(sel_path)
@@ -99,7 +100,8 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     idx_manifest = view.manifest
     layers = resolve_layers(manifest.get("layers"), idx_manifest["num_layers"])
     power = float(manifest.get("power", 1.0))
-    weigh = _weigher(manifest.get("weighting", "none"), index_dir, layers, power, len(view))
+    # the selection's --weighting, so the report scores as the query did
+    weigh = pool_weigher(manifest.get("weighting", "none"), index_dir, power, layers, pool_docs=len(view))
 
     sel_rows = _rows_of(view, columns["docid"], index_dir)
     requests = _requests(manifest)
@@ -256,20 +258,6 @@ def _target_names(columns: dict[str, list[Any]], requests: list[Any]) -> list[st
 
 
 # ---------------------------------------------------------------- targets
-
-def _weigher(weighting: str, index_dir: str | os.PathLike, layers: np.ndarray, power: float,
-             pool_docs: int) -> Callable[[np.ndarray], np.ndarray | None]:
-    """``profiles -> ScorePlan.weights`` of the selection's ``--weighting`` (None for ``none``): the pool
-    counts are read once, so the report scores as the query did."""
-    from nagindex.query.weighting import check_weighting, weigh_profiles
-
-    if check_weighting(weighting) == "none":
-        return lambda profiles: None
-    from nagindex.index.neuron_stats import pool_neuron_counts
-
-    pool = pool_neuron_counts(index_dir)[layers]
-    return lambda profiles: weigh_profiles(profiles, power, weighting, pool, pool_docs)
-
 
 def _resolve_target(req: Any, name: str, view: Any, layers: np.ndarray, power: float, rows: np.ndarray,
                     expected: np.ndarray, sampling: dict[str, Any], device: str,

@@ -27,6 +27,8 @@ sent to every shard with the plan, so every shard scores with the same bits.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -81,3 +83,24 @@ def target_weights(fleet: Any, weighting: str, profiles: np.ndarray, kept: np.nd
         return None
     pool = np.sum(fleet.neuron_counts(), axis=0)[np.asarray(kept, np.int64)]
     return weigh_profiles(profiles, power, weighting, pool, pool_docs)
+
+
+def pool_weigher(weighting: str, index_dir: str | os.PathLike, power: float, layers: Any = None, *,
+                 pool_docs: int | None = None, top_k: int | None = None) -> Callable[[np.ndarray], np.ndarray | None]:
+    """``profiles -> ScorePlan.weights`` of a query's ``weighting`` on the index at ``index_dir``, outside a
+    query (``explain --doc``, ``report``): None for ``none``, else ``weigh_profiles`` of ``(P, L', width)``
+    count profiles over the kept ``layers`` (all when None) with the pool's neuron counts, read once
+    (``index/neuron_stats.py``). ``pool_docs``: the pool's documents, else counted from those counts as NAGs of
+    ``top_k`` neurons a layer."""
+    if check_weighting(weighting) == "none":
+        return lambda profiles: None
+    from nagindex.index.neuron_stats import pool_neuron_counts
+
+    pool = pool_neuron_counts(index_dir)
+    if pool_docs is None:
+        if top_k is None:
+            raise NagIndexError("pool_weigher needs pool_docs or the index's top_k")
+        pool_docs = int(pool[0].sum()) // top_k
+    if layers is not None:
+        pool = pool[np.asarray(layers, np.int64)]
+    return lambda profiles: weigh_profiles(profiles, power, weighting, pool, pool_docs)

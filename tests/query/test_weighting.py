@@ -17,7 +17,7 @@ from nagindex.query.profile import count_profile, resolve_layers
 from nagindex.query.request import TargetRequest
 from nagindex.query.run import query
 from nagindex.query.score import score_codes
-from nagindex.query.weighting import weigh_profiles
+from nagindex.query.weighting import pool_weigher, weigh_profiles
 from tests.query import pools
 
 #: sha256 of (docid, score, rank) of each query form and of (docid, score_alpha, score_beta) of ``nagindex
@@ -181,6 +181,27 @@ def _feature_codes(path: Path) -> np.ndarray:
     rows = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
     return np.asarray([r["fwd_up_feature"]["layer_topk_value_index"] for r in rows], np.uint16).reshape(
         len(rows), pools.SHAPE["num_layers"], pools.SHAPE["top_k"])
+
+
+@pytest.mark.parametrize("weighting", ["lift", "idf"])
+def test_pool_weigher_weighs_with_the_whole_pool(data, weighting):
+    """What explain --doc and the report weigh with: the pool's neuron counts of every shard layout, its
+    documents given or counted from those counts; the kept layers' rows; None for ``none``."""
+    view = open_index(data["idx1"])
+    codes = np.asarray(view.codes)
+    pool = count_profile(codes, 48)
+    layers = np.array([0, 2])
+    profiles = np.stack([count_profile(_feature_codes(data[n]), 48) for n in ("alpha", "beta")])
+    want = weigh_profiles(profiles, 2.0, weighting, pool, len(codes))
+    for shards in (1, 3, 7):
+        index = data[f"idx{shards}"]
+        assert np.array_equal(pool_weigher(weighting, index, 2.0, pool_docs=len(codes))(profiles), want)
+        assert np.array_equal(pool_weigher(weighting, index, 2.0, top_k=pools.SHAPE["top_k"])(profiles), want)
+        kept = pool_weigher(weighting, index, 2.0, layers, pool_docs=len(codes))(profiles[:, layers])
+        assert np.array_equal(kept, weigh_profiles(profiles[:, layers], 2.0, weighting, pool[layers], len(codes)))
+    assert pool_weigher("none", data["idx1"], 2.0)(profiles) is None
+    with pytest.raises(NagIndexError, match="needs pool_docs or the index's top_k"):
+        pool_weigher(weighting, data["idx1"], 2.0)
 
 
 @pytest.mark.parametrize("weighting", ["lift", "idf"])

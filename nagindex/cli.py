@@ -844,20 +844,24 @@ def demo(out_dir: str, n_docs: int, fraction: float, max_examples: int, planted:
 @click.option("--group-by", type=click.Choice(["source", "docid-prefix"]), default="source", show_default=True,
               help="Composition groups: the input file, or the docid before its last '-' (demo corpus).")
 @click.option("--device", default="auto", show_default=True, help="For encoding target examples not cached.")
+@click.option("--method", type=click.Choice(["nag", "nait"]), default=None,
+              help="The selection's scoring [default: its manifest's]; nait needs an index with NAIT features.")
 @_user_errors
-def report(selection: str, index_dir: str, out: str | None, group_by: str, device: str) -> None:
+def report(selection: str, index_dir: str, out: str | None, group_by: str, device: str, method: str | None) -> None:
     """Write a one-file HTML report with plots of a SELECTION written by `query` or `mix` (a file, or the
     folder of parts the shards wrote with `-o DIR`).
 
     \b
       nagindex report arc_challenge.parquet --index idx/ -o report.html
       nagindex report mix.parquet --index demo/idx --group-by docid-prefix
+      nagindex report math.parquet --index it-idx --method nait
 
     Re-scores the pool from the index to plot scores, source composition, target
     overlap and per-layer contributions, then each target's profile neurons and its
     top documents, each linked to its explanation (`nagindex explain`). The target
     examples are the ones the query used (its manifest records --max-examples and --example-seed), so
-    their NAGs come from the target cache: no LLM pass.
+    their NAGs come from the target cache: no LLM pass. A selection made with --method nait is scored by NAIT
+    (its cached directions); the neuron sections are NAG-only and left out, as the page says.
     """
     from nagindex.explain.html import report_section
     from nagindex.query.report_page import write_report
@@ -865,5 +869,6 @@ def report(selection: str, index_dir: str, out: str | None, group_by: str, devic
     if out is None:
         out = str(Path(selection).with_suffix(".html"))
     explained = functools.partial(report_section, index_dir=index_dir, device=device)
-    path = write_report(selection, index_dir, out, group_by=group_by, device=device, sections=[explained])
+    path = write_report(selection, index_dir, out, group_by=group_by, device=device, sections=[explained],
+                        method=method)
     click.echo(f"report -> {path}")

@@ -93,3 +93,16 @@ def open_dense(directory: str | os.PathLike, manifest: dict[str, Any], rows: int
     if not path.is_file() or path.stat().st_size < need:
         raise NagIndexError(f"{path} is missing or shorter than the index's {rows} rows")
     return np.memmap(path, dtype=stored, mode="r", shape=(rows, *shape))
+
+
+def take_dense(view: Any, rows: np.ndarray) -> np.ndarray:
+    """The stored rows ``(len(rows), L, d)`` of a few global ``rows`` of any view ``open_index`` returns, read
+    from the shards that hold them (``sharded.take_codes`` for the dense features)."""
+    from nagindex.index.sharded import split_rows, view_parts
+
+    _, stored, shape = dense_layout(view.manifest)
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.zeros((len(rows), *shape), dtype=stored)
+    for part, where, local in split_rows(view_parts(view), rows):
+        out[where] = open_dense(part.view.directory, part.view.manifest, len(part.view))[local]
+    return out

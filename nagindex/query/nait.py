@@ -98,13 +98,20 @@ def nait_scores(rows: np.ndarray, directions: np.ndarray, dtype: str) -> np.ndar
 
     Per row the same operations in the same order whatever ``n``: exact across blocks and shards.
     """
+    per_layer = layer_scores(rows, directions, dtype)
+    out = np.empty((len(rows), len(directions)), dtype=np.float64)
+    for p, scores in enumerate(per_layer):
+        out[:, p] = scores.sum(axis=-1)
+    return out
+
+
+def layer_scores(rows: np.ndarray, directions: np.ndarray, dtype: str) -> np.ndarray:
+    """``(P, n, L')`` per-layer terms A_l(y) . v_l of ``nait_scores`` (a row's terms sum to its score, in the
+    same order): ``report``'s per-layer contributions."""
     from nagindex.index.dense import to_float32
 
     x = to_float32(np.asarray(rows), dtype).astype(np.float64)
-    out = np.empty((len(x), len(directions)), dtype=np.float64)
-    for p, v in enumerate(directions):
-        out[:, p] = (x * v).sum(axis=-1).sum(axis=-1)
-    return out
+    return np.stack([(x * v).sum(axis=-1) for v in directions]) if len(directions) else np.zeros((0, *x.shape[:2]))
 
 
 class NaitScorer:

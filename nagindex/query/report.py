@@ -49,9 +49,10 @@ class TargetInfo:
 
     name: str
     request: Any  # TargetRequest
-    codes: np.ndarray  # (T, L, K) target NAGs
+    codes: np.ndarray  # (T, L, K) target NAGs (none for --method nait)
     how: str  # where the codes came from, for the summary table
     matches: bool  # does its profile reproduce the selection's scores
+    directions: np.ndarray | None = None  # (L', d) NAIT directions over the kept layers (--method nait)
 
 
 @dataclass
@@ -72,16 +73,21 @@ class ReportData:
     pool_contrib: np.ndarray  # (P, L') mean per-layer contribution over a pool sample
     layers: np.ndarray
     notes: list[str] = field(default_factory=list)
+    method: str = "nag"  # the selection's --method: scores are NAG similarities or NAIT scores
 
 
 # ---------------------------------------------------------------- public API
 
 def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, group_by: str = "source",
-            device: str = "auto") -> ReportData:
-    """Read the selection, rebuild its targets' profiles and re-score the pool shard by shard (no plotting)."""
+            device: str = "auto", method: str | None = None) -> ReportData:
+    """Read the selection, rebuild its targets' profiles and re-score the pool shard by shard (no plotting).
+
+    ``method``: the selection's ``--method`` (its manifest's, by default; another is refused). With ``nait``
+    every score is the NAIT score against the targets' directions (``query/nait.py``), read from the index's
+    dense features, and the per-layer contributions are the terms A_l . v_l."""
     import tempfile
 
-    from nagindex.index.sharded import open_index, take_codes, take_docids
+    from nagindex.index.sharded import open_index, take_codes
     from nagindex.query.profile import count_profile, resolve_layers
     from nagindex.query.report_pool import pool_stats
     from nagindex.query.score import layer_contributions
@@ -98,6 +104,7 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
         notes.append(f"the selection was made on an index of {manifest['index_rows']:,} documents; this one "
                      f"holds {len(view):,}, so the pool plots describe the index as it is now")
     idx_manifest = view.manifest
+    method = _method(manifest, method, idx_manifest, index_dir)
     layers = resolve_layers(manifest.get("layers"), idx_manifest["num_layers"])
     power = float(manifest.get("power", 1.0))
     # the selection's --weighting, so the report scores as the query did
@@ -117,6 +124,9 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     expected = [np.asarray(columns[f"score_{n}"] if f"score_{n}" in columns else columns["score"], dtype=np.float64)
                 for n in names]
 
+    if method == "nait":
+        return _collect_nait(sel_path, manifest, view, columns, layers, sel_rows, sel_target, names, requests,
+                             expected, group_by, device, notes)
     targets = []
     for i, (name, req) in enumerate(zip(names, requests)):
         codes, how, matches = _resolve_target(req, name, view, layers, power, sel_rows, expected[i],
@@ -131,18 +141,10 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
         pool = pool_stats(view, profiles, layers, power, weights, sel_rows, group_by, Path(spill))
 
     top = _top_rows(sel_rows, sel_target, pool.sel_similarity, columns["docid"], len(targets))
-    contrib_labels: list[str] = []
-    contrib_target: list[int] = []
-    parts = []
-    for t, (rows, scores) in enumerate(top):
-        if len(rows):
-            parts.append(layer_contributions(take_codes(view, rows), np.arange(len(rows)), profiles[t:t + 1],
-                                             layers, power, None if weights is None else weights[t:t + 1])[0])
-        for docid, score in zip(take_docids(view, rows), scores.tolist()):
-            label = f"{docid}  {score:.4f}"
-            contrib_labels.append(f"{label}  [{targets[t].name}]" if len(targets) > 1 else label)
-            contrib_target.append(t)
-    contributions = np.concatenate(parts) if parts else np.zeros((0, len(layers)))
+    contributions, contrib_labels, contrib_target = _top_contributions(
+        view, top, targets, len(layers), lambda rows, t: layer_contributions(
+            take_codes(view, rows), np.arange(len(rows)), profiles[t:t + 1], layers, power,
+            None if weights is None else weights[t:t + 1])[0])
     sample = pool.sample_rows
     pool_contrib = layer_contributions(take_codes(view, sample), np.arange(len(sample)), profiles, layers, power,
                                        weights).mean(axis=1)
@@ -151,8 +153,94 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
                       sel_rows=sel_rows, sel_target=sel_target,
                       sel_tokens=np.asarray(columns["token_count"], dtype=np.int64),
                       sel_groups=_sel_groups(view, sel_rows, columns["docid"], group_by), contributions=contributions,
-                      contrib_labels=contrib_labels, contrib_target=np.asarray(contrib_target, dtype=np.int64),
+                      contrib_labels=contrib_labels, contrib_target=contrib_target,
                       pool_contrib=pool_contrib, layers=layers, notes=notes)
+
+
+def _method(manifest: dict[str, Any], method: str | None, idx_manifest: dict[str, Any], index_dir: Any) -> str:
+    """The selection's ``--method`` (its manifest's; an explicit other one is refused), checked against the index."""
+    from nagindex.query.nait import METHODS, require_nait
+
+    recorded = manifest.get("method", "nag")
+    method = method or recorded
+    if method not in METHODS:
+        raise NagIndexError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if method != recorded:
+        raise NagIndexError(f"--method {method}: the selection was made with --method {recorded} (its manifest); "
+                            "report it with that method")
+    if method == "nait":
+        require_nait(idx_manifest, index_dir)
+    return method
+
+
+def _collect_nait(sel_path: Path, manifest: dict[str, Any], view: Any, columns: dict[str, Any], layers: np.ndarray,
+                  sel_rows: np.ndarray, sel_target: np.ndarray, names: list[str], requests: list[Any],
+                  expected: list[np.ndarray], group_by: str, device: str, notes: list[str]) -> ReportData:
+    """``collect`` for a ``--method nait`` selection: the targets' directions (from the index's cache, drawn
+    from the examples the query used), the pool's NAIT scores shard by shard, per-layer terms A_l . v_l."""
+    import tempfile
+
+    from nagindex.index.dense import take_dense
+    from nagindex.query.nait import directions_key, layer_scores, nait_scores, target_directions
+    from nagindex.query.report_pool import pool_stats
+    from nagindex.query.run import load_examples
+
+    dtype = view.manifest.get("dtype") or "float32"
+    targets = []
+    for i, (name, req) in enumerate(zip(names, requests)):
+        ts = load_examples(req, manifest.get("max_examples"), int(manifest.get("example_seed") or 0))
+        cached = (Path(view.directory) / "targets" / f"nait-{directions_key(ts.texts, view.manifest)}.npy").is_file()
+        directions = target_directions(view.directory, view.manifest, ts.texts, name=name, device=device)[layers]
+        rows, want = sel_rows, expected[i]
+        if len(rows) > REPRODUCE_ROWS:
+            at = np.linspace(0, len(rows) - 1, REPRODUCE_ROWS).astype(np.int64)
+            rows, want = rows[at], want[at]
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        got = nait_scores(take_dense(view, uniq)[:, layers], directions[None], dtype)[:, 0][inverse]
+        matches = bool(np.allclose(got, want, rtol=0, atol=_SCORE_ATOL, equal_nan=True))
+        if not matches:
+            notes.append(f"{name}: its target examples no longer reproduce the selection file's scores "
+                         "(were the examples or the index changed since the query?); the plots use them as they are now")
+        how = (f"{len(ts):,} of {ts.n_available or len(ts):,} examples from {ts.source}"
+               + (" (cached NAIT directions)" if cached else " (encoded)"))
+        empty = np.zeros((0, view.manifest["num_layers"], view.manifest["top_k"]), np.uint16)
+        targets.append(TargetInfo(name, req, empty, how, matches, directions))
+    directions = np.stack([t.directions for t in targets])
+    with tempfile.TemporaryDirectory(prefix="nagindex-report-") as spill:
+        pool = pool_stats(view, directions, layers, 1.0, None, sel_rows, group_by, Path(spill), nait=True)
+    top = _top_rows(sel_rows, sel_target, pool.sel_similarity, columns["docid"], len(targets))
+    contributions, labels, shown = _top_contributions(
+        view, top, targets, len(layers),
+        lambda rows, t: layer_scores(take_dense(view, rows)[:, layers], directions[t:t + 1], dtype)[0])
+    sample = pool.sample_rows
+    return ReportData(selection_path=sel_path, manifest=manifest, targets=targets, pool=pool,
+                      sel_rows=sel_rows, sel_target=sel_target,
+                      sel_tokens=np.asarray(columns["token_count"], dtype=np.int64),
+                      sel_groups=_sel_groups(view, sel_rows, columns["docid"], group_by),
+                      contributions=contributions, contrib_labels=labels, contrib_target=shown,
+                      pool_contrib=layer_scores(take_dense(view, sample)[:, layers], directions, dtype).mean(axis=1),
+                      layers=layers, notes=notes, method="nait")
+
+
+def _top_contributions(view: Any, top: list[tuple[np.ndarray, np.ndarray]], targets: list[TargetInfo],
+                       num_layers: int, contribute: Callable[[np.ndarray, int], np.ndarray],
+                       ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The per-layer plot's rows: ``contribute(rows, t)`` ``(n, L')`` of each target's top documents (``_top_rows``),
+    their labels (docid, score and, for a mixture, the target) and the target of each row."""
+    from nagindex.index.sharded import take_docids
+
+    labels: list[str] = []
+    shown: list[int] = []
+    parts = []
+    for t, (rows, scores) in enumerate(top):
+        if len(rows):
+            parts.append(contribute(rows, t))
+        for docid, score in zip(take_docids(view, rows), scores.tolist()):
+            label = f"{docid}  {score:.4f}"
+            labels.append(f"{label}  [{targets[t].name}]" if len(targets) > 1 else label)
+            shown.append(t)
+    return (np.concatenate(parts) if parts else np.zeros((0, num_layers)), labels,
+            np.asarray(shown, dtype=np.int64))
 
 
 def jaccard_matrix(sets: Sequence[set[Any]]) -> np.ndarray:

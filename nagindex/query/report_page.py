@@ -36,7 +36,8 @@ MAX_GROUPS = 12  # bars in the composition plot; the rest are summed as "other"
 
 def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike,
                  out_html: str | os.PathLike, group_by: str = "source", *,
-                 device: str = "auto", sections: Sequence[Callable[[ReportData], str]] = ()) -> Path:
+                 device: str = "auto", sections: Sequence[Callable[[ReportData], str]] = (),
+                 method: str | None = None) -> Path:
     """Write the HTML report of ``selection_path`` (a ``query``/``mix`` output) against ``index_dir``.
 
     ``group_by``: ``source`` (the input file each doc came from) or
@@ -45,14 +46,20 @@ def write_report(selection_path: str | os.PathLike, index_dir: str | os.PathLike
     sources). Target NAGs come from the index's target cache; where they are
     missing they are encoded again with the index's backbone on ``device``. ``sections``: more HTML after
     the figures, each drawn from the report's data (``nagindex report`` adds ``explain.html.report_section``;
-    the report does not import the layers above it).
+    the report does not import the layers above it). ``method``: the selection's ``--method`` (by default its
+    manifest's); a ``nait`` selection's page scores by NAIT and leaves out the ``sections`` (they explain NAGs),
+    saying so.
     """
     if group_by not in GROUP_BY:
         raise NagIndexError(f"group_by {group_by!r}: choose one of {', '.join(GROUP_BY)}")
     if Path(out_html).suffix.lower() not in (".html", ".htm"):
         raise NagIndexError(f"-o {out_html}: the report is one HTML page; use a .html file name")
     started = time.perf_counter()
-    data = collect(selection_path, index_dir, group_by=group_by, device=device)
+    data = collect(selection_path, index_dir, group_by=group_by, device=device, method=method)
+    if sections and data.method == "nait":
+        data.notes.append("this selection was made with --method nait: the profile neurons and top-document "
+                          "explanations (nagindex explain) are NAG-only and are not shown")
+        sections = ()
     page = render_page(data, group_by, started)
     if sections:
         page = page.removesuffix("</body></html>") + "\n".join(s(data) for s in sections) + "\n</body></html>"
@@ -67,7 +74,7 @@ def render_page(data: ReportData, group_by: str, started: float) -> str:
     """The whole page; ``started`` (a ``perf_counter`` value) times the report in its header."""
     figures = [
         ("Score distribution: pool vs selection", _plot_histograms(data),
-         "NAG similarity (1 - nag_distance) of every pool document to each target; the selected documents "
+         f"{_SCORE_TEXT[data.method]} of every pool document to each target; the selected documents "
          "are the right tail, cut at the token budget."),
         (f"Source composition (grouped by {group_by})", _plot_composition(data, group_by),
          "Share of tokens per group in the pool and in the selection: which groups the target pulls up or down."),
@@ -81,6 +88,15 @@ def render_page(data: ReportData, group_by: str, started: float) -> str:
 
 
 # ---------------------------------------------------------------- plots
+
+#: what a score is, per --method (captions); ``_score_axis`` labels the plots' axes
+_SCORE_TEXT = {"nag": "NAG similarity (1 - nag_distance)",
+               "nait": "NAIT score (sum over layers of the document's activation . the target's direction)"}
+
+
+def _score_axis(d: ReportData) -> str:
+    return "NAIT score against target" if d.method == "nait" else "NAG similarity to target"
+
 
 def _figure(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -122,7 +138,7 @@ def _plot_histograms(d: ReportData) -> bytes:
             ax.axvline(chosen.min(), color="black", linestyle="--", linewidth=1,
                        label=f"cut-off {chosen.min():.4f}")
         ax.set_title(f"{target.name}", fontsize=11)
-        ax.set_xlabel("NAG similarity to target")
+        ax.set_xlabel(_score_axis(d))
         ax.set_ylabel("documents")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8, loc="best")
@@ -283,7 +299,7 @@ def _plot_ranked(d: ReportData) -> bytes:
         ax.axvline(budget, color="#d62728", linestyle=":", linewidth=1.2,
                    label=f"budget: {budget:.1f}% (the prefix stops at the first doc that overflows)")
     ax.set_xlabel("cumulative share of the pool's tokens (%)")
-    ax.set_ylabel("NAG similarity to target")
+    ax.set_ylabel(_score_axis(d))
     ax.set_title(f"{d.targets[0].name}: score by rank")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -330,9 +346,11 @@ def _plot_layers(d: ReportData) -> bytes:
         ax.set_xlabel("layer")
     ax_abs.set_yticks(range(n_rows), labels, fontsize=8)
     ax_abs.set_ylabel("document, score [target]" if len(names) > 1 else "document, score")
-    ax_abs.set_title("Similarity from each layer (a row sums to the score)", fontsize=10)
+    ax_abs.set_title(f"{'Score' if d.method == 'nait' else 'Similarity'} from each layer (a row sums to the score)",
+                     fontsize=10)
     ax_ex.set_title("Same, minus the pool mean: where the top docs win", fontsize=10)
-    fig.colorbar(im, ax=ax_abs, label="similarity from this layer", pad=0.01, shrink=0.9)
+    fig.colorbar(im, ax=ax_abs, label=f"{'A_l . v_l' if d.method == 'nait' else 'similarity'} from this layer",
+                 pad=0.01, shrink=0.9)
     fig.colorbar(im_ex, ax=ax_ex, label="above (+) / below (-) the pool mean", pad=0.01, shrink=0.9)
     return _png(fig)
 

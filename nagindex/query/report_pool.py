@@ -3,10 +3,11 @@
 The page needs, per target, a histogram of the whole pool's scores, the score range, the tokens of
 each group (source or docid prefix), the ranked pool against cumulative tokens (one target), and a
 sample of documents for the pool's average per-layer profile. All of them merge exactly over shards,
-so ``pool_stats`` scores one shard at a time (``score_codes`` on its memory-mapped codes, hidden
-rows left out) and keeps one shard's scores in memory: the scores wait in a spill folder (8 bytes
-per document and target, on disk) for the second pass, which bins them on the global range, known
-only once every shard is scored. Nothing here holds a value per document of the whole pool.
+so ``pool_stats`` scores one shard at a time (``score_codes`` on its memory-mapped codes, or
+``--method nait``'s scorer on its dense rows; hidden rows left out) and keeps one shard's scores in
+memory: the scores wait in a spill folder (8 bytes per document and target, on disk) for the second
+pass, which bins them on the global range, known only once every shard is scored. Nothing here holds
+a value per document of the whole pool.
 
 The sample is the ``POOL_SAMPLE`` documents with the smallest docid hash (``dedup.docid_hashes``),
 in hash order: the same documents, in the same order, however the index is sharded (the sample of
@@ -53,8 +54,9 @@ class _Scored:
 
 
 def pool_stats(view: Any, profiles: np.ndarray, layers: np.ndarray, power: float, weights: np.ndarray | None,
-               sel_rows: np.ndarray, group_by: str, spill_dir: Path) -> PoolStats:
-    """Score the pool shard by shard against ``profiles`` and merge what the report shows."""
+               sel_rows: np.ndarray, group_by: str, spill_dir: Path, nait: bool = False) -> PoolStats:
+    """Score the pool shard by shard against ``profiles`` and merge what the report shows. ``nait``: the
+    profiles are ``(P, L', d)`` NAIT directions, and a shard's dense rows are scored instead of its codes."""
     from nagindex.index.sharded import split_rows, view_parts
     from nagindex.query.score import score_codes
 
@@ -67,8 +69,14 @@ def pool_stats(view: Any, profiles: np.ndarray, layers: np.ndarray, power: float
     where_sel = {id(p): (w, local) for p, w, local in split_rows(parts, sel_rows)}
     for i, part in enumerate(parts):
         kept = part.kept()
-        similarity = score_codes(part.view.codes, profiles, layers, power=power,
-                                 weights=weights).similarity[:, kept]
+        if nait:
+            from nagindex.query.nait import NaitScorer
+
+            scorer = NaitScorer(part.view.directory, part.view.manifest, len(part.view), profiles, layers)
+            similarity = scorer.sums(scorer.rows).T[:, kept]
+        else:
+            similarity = score_codes(part.view.codes, profiles, layers, power=power,
+                                     weights=weights).similarity[:, kept]
         if id(part) in where_sel:
             where, local = where_sel[id(part)]
             sel_similarity[:, where] = similarity[:, np.searchsorted(kept, local)]

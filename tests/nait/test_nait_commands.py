@@ -64,3 +64,29 @@ def test_evaluate_nait_refuses_an_index_without_nait_features(nag_only, three_wa
     out = CliRunner().invoke(main, ["evaluate", str(sel), "--index", str(nag_only), "--target-file",
                                     str(three_way / "target.jsonl"), "--method", "nait"])
     assert out.exit_code != 0 and "holds no NAIT features" in out.output
+
+
+def test_report_of_a_nait_selection_scores_by_nait_and_leaves_out_the_neuron_sections(three_way, nag_only,
+                                                                                     tmp_path):
+    """``report`` on a ``--method nait`` selection (three shards): the pool's scores are the query's NAIT scores,
+    the top documents' per-layer terms sum to them, and the NAG-only sections are replaced by a note."""
+    from nagindex.query.report import collect
+
+    target = {"file": str(three_way / "target.jsonl")}
+    sel = tmp_path / "sel.parquet"
+    picked = query(target, three_way / "three", k=10, method="nait", out=sel)
+    data = collect(sel, three_way / "three", group_by="docid-prefix")
+    assert data.method == "nait" and data.targets[0].matches
+    np.testing.assert_array_equal(data.pool.sel_similarity[0], picked.table.column("score").to_numpy())
+    scores = _scores(three_way)
+    docs = [label.split()[0] for label in data.contrib_labels]
+    np.testing.assert_allclose(data.contributions.sum(axis=1), [scores[d] for d in docs], rtol=1e-12)
+    runner = CliRunner()
+    out = runner.invoke(main, ["report", str(sel), "--index", str(three_way / "three"), "-o", str(tmp_path / "r.html")])
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "r.html").read_text()
+    assert "NAIT score" in page and "reproduces the selection" in page and "NAG-only" in page
+    out = runner.invoke(main, ["report", str(sel), "--index", str(three_way / "three"), "--method", "nag"])
+    assert out.exit_code != 0 and "made with --method nait" in out.output
+    with pytest.raises(NagIndexError, match=f"index {nag_only} holds no NAIT features"):
+        collect(sel, nag_only)

@@ -68,6 +68,22 @@ class DenseSpec:
                    seed=record.get("seed", 0))
 
 
+#: the ingest option behind each field of the NAIT identity (``DenseSpec.identity``)
+OPTIONS = {"site": "--nait-site", "vector": "--nait-vector", "dims": "--nait-dims", "seed": "--nait-seed"}
+
+
+def differing_options(have: dict[str, Any] | None, want: dict[str, Any] | None) -> str:
+    """The ingest options two NAIT identities (None: NAG only) differ in, for an append's refusal:
+    ``--features`` where one of them has no NAIT features, else ``--nait-site`` ... (``--nait-seed`` only
+    between two projections)."""
+    if (have is None) != (want is None):
+        return "--features"
+    have, want = have or {}, want or {}
+    projected = have.get("dims") is not None and want.get("dims") is not None
+    return ", ".join(option for key, option in OPTIONS.items()
+                     if have.get(key) != want.get(key) and (key != "seed" or projected))
+
+
 def as_spec(value: DenseSpec | dict[str, str] | None) -> DenseSpec | None:
     """A spec from itself or its ``identity()`` (the JSON form a sharded ingest sends its workers)."""
     return DenseSpec.from_identity(value) if isinstance(value, dict) else value

@@ -11,7 +11,8 @@ itself: every index written before shards existed opens unchanged.
 
     {"version": 1,
      "identity": {"backbone": ..., "weights_sha256": ..., "neuron_type": ..., "num_layers": ...,
-                  "width": ..., "top_k": ..., "max_length": ..., "dtype": ..., "text_template": ...},
+                  "width": ..., "top_k": ..., "max_length": ..., "dtype": ..., "text_template": ...,
+                  "nait": {"site": ..., "vector": ...} or null},
      "shards": [{"name": "shard-00000", "path": "shard-00000"}, ...],
      "inputs": [{"key": "/abs/path/a.jsonl", "shard": 0, "size": 1234}, ...],
      "dedup": {"rows": [n0, n1, ...], "hidden": 3, "generation": 2,
@@ -37,13 +38,14 @@ from typing import Any
 
 from nagindex.errors import IndexMismatchError, NagIndexError
 from nagindex.fsio import atomic_path
-from nagindex.index.store import TEXT_SETTINGS
+from nagindex.index.store import FEATURE_SETTINGS, TEXT_SETTINGS, feature_diff
 
 CATALOG_FILE = "catalog.json"
 VERSION = 1
-#: the settings every shard of an index must share (``store.COMPARED_SETTINGS`` and ``store.TEXT_SETTINGS``)
+#: the settings every shard of an index must share (``store.COMPARED_SETTINGS``, ``store.TEXT_SETTINGS`` and
+#: ``store.FEATURE_SETTINGS``: the NAIT identity, None for NAG only)
 IDENTITY = ("backbone", "weights_sha256", "neuron_type", "num_layers", "width", "top_k", "max_length", "dtype",
-            "text_template")
+            "text_template", "nait")
 
 
 @dataclass
@@ -79,13 +81,17 @@ class Catalog:
 
     def check_identity(self, manifest: dict[str, Any], where: str) -> None:
         """Refuse a shard (or an ingest's requested settings) that differs from the catalog, naming each
-        setting; unknown ones (None) are skipped, except ``TEXT_SETTINGS``, where None means "no template"."""
+        setting; unknown ones (None) are skipped, except ``TEXT_SETTINGS`` and ``FEATURE_SETTINGS``, where None
+        means "no template" and "NAG only" (a catalog written before ``nait`` was part of it has no such key)."""
         def differs(k: str) -> bool:
             if k in TEXT_SETTINGS:
                 return k in manifest and self.identity.get(k) != manifest[k]
+            if k in FEATURE_SETTINGS:
+                return k in manifest and k in self.identity and self.identity[k] != manifest[k]
             return self.identity.get(k) is not None and manifest.get(k) is not None and self.identity[k] != manifest[k]
 
-        diffs = [f"{k}: index has {self.identity.get(k)!r}, {where} has {manifest[k]!r}" for k in IDENTITY
+        diffs = [feature_diff(k, self.identity[k], manifest[k], f"{where} has") if k in FEATURE_SETTINGS
+                 else f"{k}: index has {self.identity.get(k)!r}, {where} has {manifest[k]!r}" for k in IDENTITY
                  if differs(k)]
         if diffs:
             raise IndexMismatchError(f"index {self.root}: " + "; ".join(diffs))

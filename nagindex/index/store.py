@@ -222,6 +222,13 @@ def _initialise(path: Path, manifest: dict[str, Any]) -> None:
         env.close()
 
 
+
+def feature_diff(key: str, have: Any, want: Any, who: str) -> str:
+    """One differing ``FEATURE_SETTINGS`` value, naming the ingest options behind it (``--nait-site``...)."""
+    from nagindex.encode.dense import differing_options
+
+    return f"{key}: index has {have!r}, {who} {want!r} ({differing_options(have, want)})"
+
 class IndexStore:
     """An index's LMDB store. Open for reading (default) or as the single writer.
 
@@ -370,7 +377,7 @@ class IndexStore:
                  if requested.get(k) is not None and have.get(k) is not None and have[k] != requested[k]]
         diffs += [f"{k}: index has {have.get(k)!r}, requested {requested[k]!r}" for k in TEXT_SETTINGS
                   if k in requested and have.get(k) != requested[k]]
-        diffs += [f"{k}: index has {have.get(k)!r}, requested {requested[k]!r}" for k in FEATURE_SETTINGS
+        diffs += [feature_diff(k, have.get(k), requested[k], "requested") for k in FEATURE_SETTINGS
                   if k in requested and have.get(k) != requested[k]]
         if diffs:
             raise IndexMismatchError(f"index {self.directory} was built with other settings: " + "; ".join(diffs))

@@ -201,6 +201,8 @@ def ingest_sharded(inputs: Sequence[str | os.PathLike], index_dir: str | os.Path
         raise NagIndexError(f"--workers {workers}: give at least 1, and only without --ray-address (Ray places "
                             "the shard tasks where the cluster has room)")
     existing = load_catalog(index_dir)
+    if existing is not None and existing.identity and "nait" not in existing.identity:
+        _check_identity(existing)  # a catalog from before the NAIT identity: recorded from its shards first
     if existing is not None and existing.identity and requested:
         existing.check_identity(requested, "this ingest")
     catalog, plan = plan_shards(index_dir, shards, shard_root, input_files(inputs), split_size)
@@ -336,17 +338,19 @@ def _run_ray(catalog: Any, jobs: list[tuple[int, list[Any]]], address: str, gpus
 
 
 def _check_identity(catalog: Any) -> None:
-    """All shards share one identity (the first written shard's), recorded in the catalog."""
+    """All shards share one identity (the first written shard's), recorded in the catalog (a setting the
+    catalog lacks, as ``nait`` in one written before it was part of the identity, is taken from that shard)."""
     from nagindex.index.catalog import IDENTITY
-    from nagindex.index.store import STORE_DIR, IndexStore
+    from nagindex.index.store import FEATURE_SETTINGS, STORE_DIR, IndexStore
 
     for i, path in enumerate(catalog.shard_paths()):
         if not (path / STORE_DIR).exists():
             continue
         with IndexStore.open(path) as store:
-            manifest = store.manifest
-        if not catalog.identity:
-            catalog.identity = {k: manifest.get(k) for k in IDENTITY}
+            # a store without NAIT features records no "nait": NAG only
+            manifest = {**{k: None for k in FEATURE_SETTINGS}, **store.manifest}
+        for k in IDENTITY:
+            catalog.identity.setdefault(k, manifest.get(k))
         catalog.check_identity(manifest, f"shard {catalog.shards[i]['name']}")
     catalog.save()
 

@@ -90,3 +90,71 @@ def test_report_of_a_nait_selection_scores_by_nait_and_leaves_out_the_neuron_sec
     assert out.exit_code != 0 and "made with --method nait" in out.output
     with pytest.raises(NagIndexError, match=f"index {nag_only} holds no NAIT features"):
         collect(sel, nag_only)
+
+
+def test_nait_selections_are_decontaminated(golden_dir, tmp_path):
+    """A pool document holding an ARC-Challenge test question is dropped from a NAIT selection that guards
+    against arc_challenge; the rest is the unguarded selection in the same order."""
+    from nagindex.encode.dense import DenseSpec
+    from nagindex.query.decontam import test_requests
+    from tests.nait.conftest import write_targets
+
+    (_, _, questions), = list(test_requests("arc_challenge"))
+    write_corpus(golden_dir, tmp_path / "pool.jsonl")
+    with open(tmp_path / "pool.jsonl", "a") as fh:
+        fh.write(json.dumps({"id": "planted", "text": f"Class notes. {questions[0]} We discussed it."}) + "\n")
+    write_targets(golden_dir, tmp_path / "target.jsonl")
+    ingest([tmp_path / "pool.jsonl"], tmp_path / "idx", backbone=str(golden_dir / "model"), dtype="float32",
+           nait=DenseSpec(), **SETTINGS)
+    target = {"file": str(tmp_path / "target.jsonl")}
+    plain = query(target, tmp_path / "idx", fraction=1.0, method="nait")
+    guarded = query(target, tmp_path / "idx", fraction=1.0, method="nait", decontaminate_against="arc_challenge")
+    assert "planted" in plain.table.column("docid").to_pylist()
+    assert guarded.contamination.column("docid").to_pylist() == ["planted"]
+    keep = [i for i, d in enumerate(plain.table.column("docid").to_pylist()) if d != "planted"]
+    assert guarded.table.select(["docid", "score"]).equals(plain.table.select(["docid", "score"]).take(keep))
+
+
+def test_group_caps_and_union_mixtures_are_the_same_on_one_and_three_shards(three_way, golden_dir):
+    """``--group-by docid-prefix --max-group-share`` (each golden document's three variants are one group) and a
+    ``--mode union`` mixture of two NAIT targets select the same rows on one shard and on three."""
+    from nagindex.index.sharded import open_index
+
+    target = {"file": str(three_way / "target.jsonl")}
+    budget = int(sum(open_index(three_way / "one").token_counts) * 0.6)
+
+    def groups(table) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for docid, n in zip(table.column("docid").to_pylist(), table.column("token_count").to_pylist()):
+            out[docid.rsplit("-", 1)[0]] = out.get(docid.rsplit("-", 1)[0], 0) + n
+        return out
+
+    assert max(groups(query(target, three_way / "one", fraction=0.6, method="nait").table).values()) > 0.1 * budget
+    capped = [query(target, three_way / layout, fraction=0.6, method="nait", group_by="docid-prefix",
+                    max_group_share=0.1).table for layout in ("one", "three")]
+    assert capped[0].equals(capped[1]) and len(capped[0]) > 0
+    assert max(groups(capped[0]).values()) <= int(0.1 * budget)
+    scores = _scores(three_way)
+    assert capped[0].column("score").to_pylist() == [scores[d] for d in capped[0].column("docid").to_pylist()]
+
+    sci = {"file": str(golden_dir / "data/target/target.parquet"), "filter": {"dataset": "sci_target"}}
+    union = [query([target, sci], three_way / layout, k=20, method="nait", mode="union").table
+             for layout in ("one", "three")]
+    assert union[0].equals(union[1])
+    docids = union[0].column("docid").to_pylist()
+    assert len(docids) == 20 == len(set(docids))  # turns without duplicates
+    assert set(union[0].column("target").to_pylist()) == {"target", "target[dataset=sci_target]"}
+
+
+@pytest.mark.parametrize("options", [{"fraction": 0.4}, {"k": 45}, {"fraction": 0.4, "sample": True, "seed": 2}])
+def test_parts_written_by_the_shards_are_the_one_file_selection(three_way, tmp_path, options):
+    """``-o DIR``: the parts the shards write, sorted by rank, are the one-file selection, on 1 and 3 shards."""
+    import pyarrow.parquet as pq
+
+    target = {"file": str(three_way / "target.jsonl")}
+    query(target, three_way / "one", out=tmp_path / "one.parquet", method="nait", **options)
+    want = pq.read_table(tmp_path / "one.parquet")
+    assert want.num_rows > 0
+    for layout in ("one", "three"):
+        res = query(target, three_way / layout, out=tmp_path / f"parts-{layout}", method="nait", **options)
+        assert res.parts and pq.read_table(tmp_path / f"parts-{layout}").sort_by("rank").equals(want), layout

@@ -362,29 +362,41 @@ def targets_list() -> None:
 
 
 @targets.command(name="show")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--target-file", "file", default=None, type=click.Path(exists=True),
+              help="A file of examples instead of NAME: jsonl/parquet (a doc or text field), txt or a target YAML.")
+@click.option("--target-filter", "filters", multiple=True, help="COL=VALUE row filter for --target-file.")
 @click.option("-n", "--examples", default=3, show_default=True, help="How many example texts to print.")
 @click.option("--method", type=click.Choice(["nag", "nait"]), default="nag", show_default=True,
-              help="nait: also print the target's NAIT directions in --index (computed once, cached).")
+              help="nait: print the target's NAIT directions in --index instead (computed once, cached).")
 @click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True, type=click.Path(),
               help="--method nait: the index (ingested with --features nag,nait) whose directions to show.")
 @_user_errors
-def targets_show(name: str, examples: int, method: str, index_dir: str) -> None:
-    """Load target NAME here and print its size, the source used and a few example texts.
+def targets_show(name: str | None, file: str | None, filters: tuple[str, ...], examples: int, method: str,
+                 index_dir: str) -> None:
+    """Load target NAME (or the examples of --target-file) here and print its size, the source used and a few
+    example texts.
 
     \b
       nagindex targets show arc_challenge
       nagindex targets show arc_challenge --method nait --index it-idx
+      nagindex targets show --target-file math.jsonl --method nait --index it-idx
     """
-    from nagindex.query.target import load_target
+    from nagindex.query.request import parse_target
+    from nagindex.query.run import load_examples
 
+    if (name is None) == (file is None):
+        raise click.UsageError("give one target: NAME or --target-file FILE")
+    if filters and file is None:
+        raise click.UsageError("--target-filter applies to --target-file")
+    target = parse_target(name) if name is not None else parse_target(file, "file", filters)
     if method == "nait":
         from nagindex.query.nait import describe_directions
 
-        for line in describe_directions(name, index_dir):
+        for line in describe_directions(target, index_dir):
             click.echo(line)
         return
-    ts = load_target(name)
+    ts = load_examples(target)
     click.echo(f"{ts.name}: {len(ts.texts):,} examples from {ts.source} (split {ts.split})")
     if ts.note:
         click.echo(f"note: {ts.note}")

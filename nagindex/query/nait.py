@@ -165,14 +165,19 @@ def check_method(spec: Any) -> None:
 
 
 
-def describe_directions(name: str, index_dir: str | os.PathLike, top: int = 5) -> list[str]:
-    """``targets show --method nait``: a registry target's directions in the index (computed once, cached),
-    as lines: per layer, its ``top`` largest coordinates by magnitude and how much of the direction they carry."""
+def describe_directions(target: Any, index_dir: str | os.PathLike, top: int = 5) -> list[str]:
+    """``targets show --method nait``: a target's directions in the index (computed once, cached), as lines:
+    per layer, its ``top`` largest coordinates by magnitude and how much of the direction they carry.
+    ``target``: a registry name, a ``{"file": ..., "filter": ...}`` mapping or a ``TargetRequest``."""
     from nagindex.index.sharded import open_index
-    from nagindex.query.target import load_target
+    from nagindex.query.request import as_targets
+    from nagindex.query.run import load_examples
 
     manifest = open_index(index_dir).manifest
-    ts = load_target(name)
+    require_nait(manifest, index_dir)
+    request = as_targets(target)[0]
+    name = request.display
+    ts = load_examples(request)
     directions = target_directions(index_dir, manifest, ts.texts, name=name)
     lines = [f"{name}: NAIT directions of {len(ts.texts):,} examples from {ts.source} in {index_dir} "
              f"({directions.shape[0]} layers x {directions.shape[1]}, {manifest['nait']})"]

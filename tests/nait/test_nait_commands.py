@@ -158,3 +158,29 @@ def test_parts_written_by_the_shards_are_the_one_file_selection(three_way, tmp_p
     for layout in ("one", "three"):
         res = query(target, three_way / layout, out=tmp_path / f"parts-{layout}", method="nait", **options)
         assert res.parts and pq.read_table(tmp_path / f"parts-{layout}").sort_by("rank").equals(want), layout
+
+
+def test_targets_show_prints_the_directions_of_a_target_file(three_way, nag_only):
+    """``targets show --target-file F --method nait --index I``: the directions a query of that file uses."""
+    from nagindex.query.nait import directions_key
+
+    runner = CliRunner()
+    path = three_way / "target.jsonl"
+    out = runner.invoke(main, ["targets", "show", "--target-file", str(path), "--method", "nait", "--index",
+                               str(three_way / "one")])
+    assert out.exit_code == 0, out.output
+    texts = [json.loads(line)["text"] for line in path.read_text().splitlines()]
+    manifest = json.loads((three_way / "one" / "index_info.json").read_text())["manifest"]
+    cached = np.load(three_way / "one" / "targets" / f"nait-{directions_key(texts, manifest)}.npy")
+    lines = [line for line in out.output.splitlines() if line.startswith(("target:", "layer"))]
+    assert lines[0].startswith("target: NAIT directions of 6 examples from") and len(lines) == 5
+    for layer, line in enumerate(lines[1:]):
+        big = int(np.argmax(np.abs(cached[layer])))
+        assert line.startswith(f"layer {layer:>3}: {big}:{cached[layer][big]:+.3f}, ")
+    out = runner.invoke(main, ["targets", "show", "--target-file", str(path), "--method", "nait", "--index",
+                               str(nag_only)])
+    assert out.exit_code != 0 and f"index {nag_only} holds no NAIT features" in out.output
+    out = runner.invoke(main, ["targets", "show", "arc_challenge", "--target-file", str(path)])
+    assert out.exit_code != 0 and "give one target" in out.output
+    out = runner.invoke(main, ["targets", "show", "--target-file", str(path), "-n", "1"])  # NAG: the examples
+    assert out.exit_code == 0 and out.output.startswith("target: 6 examples from") and texts[0] in out.output

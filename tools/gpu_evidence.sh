@@ -13,8 +13,8 @@
 #   3. per held-out capability: query --method nait and --method nag, 10% of the pool's tokens;
 #   4. the deactivation test with frequency- and lift-ranked neurons (explain --deactivate --rank);
 #   5. tools/gpu_check.py's selection-equality check (weighted queries included) on the GPU;
-#   6. pack each index's store (LMDB, sources, rejects: derived files are rebuilt where they land) and the
-#      results into $OUT, in pieces of at most 15 MiB.
+#   and packs into $OUT, as soon as each exists, each index's store (LMDB, sources, rejects: derived files are
+#   rebuilt where they land, `nagindex info --derive`) in pieces of at most 15 MiB, and the results.
 #
 #   bash tools/gpu_evidence.sh STAGE OUT          # on the GPU machine, from the repo root
 #   bash tools/gpu_evidence.sh --dry-run STAGE OUT  # here, on the CPU, 40 documents of each corpus
@@ -27,6 +27,7 @@ W=${WORK:-/tmp/nagwork}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 started=$SECONDS
 step() { echo "== $(date -u +%H:%M:%S) +$((SECONDS - started))s $*"; }
+pack_results() { tar czf "$1.tmp" -C "$W" results && mv "$1.tmp" "$1"; }
 
 if [[ $DRY == 0 ]]; then
   PY=python3
@@ -60,6 +61,12 @@ step "2. ingest the IT pool (NAG + NAIT)"
   --features nag,nait --max-length 512 --dtype float32 --batch-size 64 "${DEV[@]}" "${LIMIT[@]}"
 "${N[@]}" info --index "$W/it/idx" | head -30
 
+step "pack the stores (a run stopped later still returns them)"
+for name in demo it; do
+  tar czf "$W/${name}_store.tgz" -C "$W/$name" idx/store.lmdb idx/sources.json idx/rejects.jsonl
+  split -b 15M -d "$W/${name}_store.tgz" "$OUT/${name}_store.tgz.part"
+done
+
 step "3. IT selections, 10% of the pool's tokens, NAIT and NAG"
 for target in "$RUN"/it/targets/*.jsonl; do
   cap=$(basename "$target" .jsonl)
@@ -68,6 +75,8 @@ for target in "$RUN"/it/targets/*.jsonl; do
       --max-examples 200 "${DEV[@]}" -o "$W/results/it/$cap/$method.parquet"
   done
 done
+
+pack_results "$OUT/results.tgz"
 
 if [[ $DRY == 0 ]]; then
   step "4. deactivation test, frequency- and lift-ranked neurons"
@@ -82,11 +91,6 @@ if [[ $DRY == 0 ]]; then
   $PY tools/gpu_check.py --checks selections --json "$W/results/gpu_check.json" || echo "gpu_check exit $?"
 fi
 
-step "6. pack"
-for name in demo it; do
-  tar czf "$W/${name}_store.tgz" -C "$W/$name" idx/store.lmdb idx/sources.json idx/rejects.jsonl
-  split -b 15M -d "$W/${name}_store.tgz" "$OUT/${name}_store.tgz.part"
-done
-tar czf "$OUT/results.tgz" -C "$W" results
+pack_results "$OUT/results.tgz"
 ls -la "$OUT"
 step "done"

@@ -17,6 +17,9 @@ report go to ``--out``.
     HF_HUB_OFFLINE=1 python tools/eval_proxy.py --index /tmp/demofull/idx --out /tmp/evalproxy \\
         --cache /tmp/evalwork/emb
 
+``--weightings none,lift,idf`` makes one NAG arm per ``--weighting`` (``nag_none``, ``nag_lift``, ...), each also
+paired with ``nag_none`` per seed in the table (issue 23's evidence).
+
 Each target's held-out examples are encoded once with the index's backbone (cached in the index), and
 the pool embeddings once (``--cache``).
 """
@@ -61,10 +64,14 @@ def minilm_selection(name: str, out: Path, embed: Any, doc_emb: np.ndarray, doci
                                  "score": cosine[rows], "token_count": tokens[rows]}, manifest)
 
 
-def markdown(results: dict[str, dict[str, Any]]) -> str:
-    head = ("| target (held-out) | arm | docs | tokens | KL red. | NAG sim | bpb | Δ bpb vs random [95%] | "
-            "gold logprob | Δ logprob vs random [95%] | acc |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
+def markdown(results: dict[str, dict[str, Any]], baseline: str | None = None) -> str:
+    """BENCHMARKS.md's table; with ``baseline`` (an arm's name) also each arm's Δ bpb against it, paired per seed."""
+    from nagindex.evaluate.stats import paired_interval
+
+    extra = f" Δ bpb vs {baseline} [95%] |" if baseline else ""
+    head = ("| target (held-out) | arm | docs | tokens | KL red. | NAG sim | bpb | Δ bpb vs random [95%] |" + extra
+            + " gold logprob | Δ logprob vs random [95%] | acc |")
+    lines = [head, "|---" * (11 + bool(baseline)) + "|"]
 
     def interval(d: dict[str, Any] | None, digits: int) -> str:
         if d is None:
@@ -76,10 +83,13 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
 
     for name, data in results.items():
         mc = data["multiple_choice"]
+        base = next((arm["bpb"] for arm in data["arms"] if arm["name"] == baseline), None)
         for arm in data["arms"]:
+            versus = [] if not baseline else [
+                "-" if base is None or arm["name"] in (baseline, "random") else interval(paired_interval(arm["bpb"], base), 4)]
             cells = [f"{name} ({data['heldout_examples']})", arm["name"], f"{arm['documents']:,}", f"{arm['tokens']:,}",
                      f"{arm['kl_reduction']:+.3f}", f"{arm['nag_similarity']:.4f}", f"{np.mean(arm['bpb']):.4f}",
-                     interval(arm.get("delta_bpb_vs_random"), 4),
+                     interval(arm.get("delta_bpb_vs_random"), 4), *versus,
                      f"{np.mean(arm['gold_logprob']):.2f}" if mc else "-",
                      interval(arm.get("delta_gold_logprob_vs_random"), 3),
                      f"{np.mean(arm['accuracy']):.3f}" if mc else "-"]
@@ -100,12 +110,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="evalproxy", help="folder for the selections, JSON and HTML reports")
     ap.add_argument("--cache", default=None, help="folder to keep MiniLM embeddings in")
+    ap.add_argument("--weightings", default="none",
+                    help="NAG arms, one per --weighting (none,lift,idf); several: arms nag_<w>, each paired with nag_none")
     args = ap.parse_args(argv)
 
     from nagindex.evaluate.run import evaluate
     from nagindex.index.sharded import open_index
     from nagindex.query.run import query
 
+    weightings = [w.strip() for w in args.weightings.split(",") if w.strip()]
     index, out = Path(args.index), Path(args.out)
     corpus = Path(args.corpus) if args.corpus else index.parent / "corpus.jsonl"
     view = open_index(index)
@@ -122,20 +135,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        nag = query(name, index, fraction=args.fraction, max_examples=args.max_examples,
-                    example_seed=args.example_seed, out=folder / "nag.parquet")
-        for note in nag.notes:
-            print(f"{name}: note: {note}", file=sys.stderr)
+        nags = []
+        for weighting in weightings:
+            arm = "nag" if len(weightings) == 1 else f"nag_{weighting}"
+            nag = query(name, index, fraction=args.fraction, max_examples=args.max_examples,
+                        example_seed=args.example_seed, weighting=weighting, out=folder / f"{arm}.parquet")
+            for note in nag.notes:
+                print(f"{name}: {arm}: note: {note}", file=sys.stderr)
+            nags.append(nag.out)
         minilm = minilm_selection(name, folder / "minilm.parquet", embed, doc_emb, docids, tokens, args.fraction,
                                   args.max_examples, args.example_seed)
         t1 = time.perf_counter()
-        res = evaluate([nag.out, minilm], index, target=name, seeds=args.seeds, heldout=args.heldout,
+        res = evaluate([*nags, minilm], index, target=name, seeds=args.seeds, heldout=args.heldout,
                        threads=args.threads, json_out=folder / "evaluate.json", report=folder / "evaluate.html")
         seconds[name] = round(time.perf_counter() - t1, 1)
         print(res.table(), file=sys.stderr)
         print(f"{name}: selections {t1 - t0:.0f} s, evaluate {seconds[name]:.0f} s ({res.timings})", file=sys.stderr)
         results[name] = res.data
-    print(markdown(results))
+    print(markdown(results, "nag_none" if len(weightings) > 1 and "none" in weightings else None))
     summary = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "evaluate_seconds": seconds,
                "results": results}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

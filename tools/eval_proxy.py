@@ -108,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--heldout", type=int, default=500)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="tokens each proxy model trains on (a seeded sample of its arm) [default: the smallest arm's]")
     ap.add_argument("--out", default="evalproxy", help="folder for the selections, JSON and HTML reports")
     ap.add_argument("--cache", default=None, help="folder to keep MiniLM embeddings in")
     ap.add_argument("--weightings", default="none",
@@ -146,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         minilm = minilm_selection(name, folder / "minilm.parquet", embed, doc_emb, docids, tokens, args.fraction,
                                   args.max_examples, args.example_seed)
         t1 = time.perf_counter()
-        res = evaluate([*nags, minilm], index, target=name, seeds=args.seeds, heldout=args.heldout,
+        res = evaluate([*nags, minilm], index, target=name, seeds=args.seeds, tokens=args.tokens, heldout=args.heldout,
                        threads=args.threads, json_out=folder / "evaluate.json", report=folder / "evaluate.html")
         seconds[name] = round(time.perf_counter() - t1, 1)
         print(res.table(), file=sys.stderr)

@@ -116,9 +116,10 @@ def explain_docs(request: Any, index_dir: str | os.PathLike, docids: list[str], 
     profile drawn as a query's (``max_examples``, ``example_seed``) and scored with the query's ``power`` and
     ``weighting``, all ranked in one pass over the index. ``with_text``: read each document's text back from
     its source (a note says why not where it cannot)."""
+    import pyarrow as pa
+
     from nagindex.explain.profile import target_profile_codes
-    from nagindex.index.derived import open_shard
-    from nagindex.index.sharded import shard_specs
+    from nagindex.index.sharded import locate, open_index, split_rows, view_parts
     from nagindex.query.profile import count_profile
     from nagindex.query.score import BlockScorer
     from nagindex.query.weighting import pool_weigher
@@ -127,18 +128,23 @@ def explain_docs(request: Any, index_dir: str | os.PathLike, docids: list[str], 
     counts = count_profile(codes, manifest["width"])
     weights = pool_weigher(weighting, index_dir, power, top_k=manifest["top_k"])(counts[None])
     weights = None if weights is None else weights[0]  # the --weighting table, None for the paper's score
-    specs = shard_specs(index_dir)
-    found = [_find(specs, docid, index_dir) for docid in docids]
-    views = [open_shard(f["path"], rows=f["rows"]) for f in found]
-    nags = np.stack([np.asarray(v.codes[f["row"]]) for v, f in zip(views, found)])
+    parts = view_parts(open_index(index_dir))
+    rows = locate(parts, pa.array(docids, pa.large_string()))
+    if (rows < 0).any():
+        raise NagIndexError(f"docid {docids[int(np.flatnonzero(rows < 0)[0])]!r} is not in index {index_dir}")
+    found: list[tuple[Any, int]] = [(None, -1)] * len(docids)  # (shard view, local row) of each docid
+    for part, where, local in split_rows(parts, rows):
+        for i, row in zip(where.tolist(), local.tolist()):
+            found[i] = (part.view, row)
+    nags = np.stack([np.asarray(view.codes[row]) for view, row in found])
     scorer = BlockScorer(nags.shape, counts, None, power, None if weights is None else weights[None])
     keys = scorer.sums(nags)[:, 0]
-    above, pool_docs = _rank_among(specs, scorer, keys, docids)
+    above, pool_docs = _rank_among(parts, scorer, keys, docids)
     out = []
-    for docid, view, f, nag, key, ahead in zip(docids, views, found, nags, keys, above):
+    for docid, (view, row), nag, key, ahead in zip(docids, found, nags, keys, above):
         text, doc_notes = None, list(notes)
         if with_text:
-            text, note = _text(view, f["path"], f["row"], docid)
+            text, note = _text(view, row, docid)
             doc_notes += [note] if note else []
         out.append(DocExplanation(target=request.display, docid=docid, score=float(key / scorer.norm[0]),
                                   rank=int(ahead) + 1, pool_docs=pool_docs,
@@ -146,41 +152,17 @@ def explain_docs(request: Any, index_dir: str | os.PathLike, docids: list[str], 
     return out
 
 
-def _visible(spec: dict[str, Any], n: int) -> np.ndarray:
-    mask = np.ones(n, dtype=bool)
-    mask[np.asarray(spec["hidden"], np.int64)] = False
-    return mask
-
-
-def _find(specs: list[dict[str, Any]], docid: str, index_dir: Any) -> dict[str, Any]:
-    """The shard spec and row of ``docid`` among the rows a query sees."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from nagindex.index.derived import open_shard
-
-    for spec in specs:
-        view = open_shard(spec["path"], rows=spec["rows"])
-        rows = np.flatnonzero(pc.equal(view.docids.arrow(), pa.scalar(docid, pa.large_string())).to_numpy(
-            zero_copy_only=False))
-        rows = rows[_visible(spec, len(view))[rows]]
-        if len(rows):
-            return {**spec, "row": int(rows[0])}
-    raise NagIndexError(f"docid {docid!r} is not in index {index_dir}")
-
-
-def _rank_among(specs: list[dict[str, Any]], scorer: Any, keys: np.ndarray, docids: list[str]
-                ) -> tuple[np.ndarray, int]:
+def _rank_among(parts: list[Any], scorer: Any, keys: np.ndarray, docids: list[str]) -> tuple[np.ndarray, int]:
     """``(documents ranked before each of ``docids`` scoring ``keys``, documents)``: those scoring more, and those
-    scoring the same with a smaller docid (the query's tie-break)."""
-    from nagindex.index.derived import open_shard
+    scoring the same with a smaller docid (the query's tie-break), over the ``parts``' visible rows."""
     from nagindex.query.score import BLOCK_ROWS
 
     above, total = np.zeros(len(keys), np.int64), 0
-    for spec in specs:
-        view = open_shard(spec["path"], rows=spec["rows"])
-        visible = _visible(spec, len(view))
-        total += int(visible.sum())
+    for part in parts:
+        view = part.view
+        visible = np.ones(len(view), dtype=bool)
+        visible[part.hidden] = False
+        total += len(part)
         for lo in range(0, len(view), BLOCK_ROWS):
             sums = scorer.sums(view.codes[lo:lo + BLOCK_ROWS], lo)[:, 0]
             seen = visible[lo:lo + len(sums)]
@@ -191,13 +173,13 @@ def _rank_among(specs: list[dict[str, Any]], scorer: Any, keys: np.ndarray, doci
     return above, total
 
 
-def _text(view: Any, path: str, row: int, docid: str) -> tuple[str | None, str | None]:
-    """The document's text read back from its source, or None and why not."""
+def _text(view: Any, row: int, docid: str) -> tuple[str | None, str | None]:
+    """The document's text read back from its source (``row`` in its shard's ``view``), or None and why not."""
     from nagindex.index.store import IndexStore
     from nagindex.sources.fetch import SourceTextError, fetch_texts, text_options
 
     try:
-        with IndexStore.open(Path(path)) as store:
+        with IndexStore.open(Path(view.directory)) as store:
             states = store.all_progress()
     except NagIndexError:
         states = {}

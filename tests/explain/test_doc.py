@@ -69,3 +69,43 @@ def test_power_and_weighting_contributions_sum_to_their_scores(prose_index, scor
 def test_unknown_docid_is_an_error(prose_index, scored):
     with pytest.raises(NagIndexError, match="docid 'nope' is not in index"):
         explain_doc(scored[0], prose_index, "nope", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """The same documents (each with a text) as one folder and as three shards, and a features target."""
+    from tests.query import pools
+
+    root = tmp_path_factory.mktemp("explain_layouts")
+    files = pools.write_pool(root / "data", sizes=(300, 40, 3, 120), texts=lambda docid: f"the text of {docid}")
+    target = TargetRequest("features", str(pools.write_targets(root / "data")["alpha"]))
+    return target, pools.build_index(files, root / "one"), pools.build_index(files, root / "three", 3)
+
+
+def test_a_docid_of_the_last_shard_explains_as_on_one_folder(layouts):
+    from nagindex.index.sharded import view_parts
+
+    target, one, three = layouts
+    last = view_parts(open_index(three))[-1]
+    assert last.shard > 0 and len(last)
+    docid = last.view.docids.take([int(last.kept()[-1])])[0]
+    sharded = explain_doc(target, three, docid, device="cpu")
+    assert sharded.to_dict() == explain_doc(target, one, docid, device="cpu").to_dict()
+    assert sharded.text == f"the text of {docid}" and sharded.pool_docs == len(open_index(one))
+
+
+def test_docids_of_every_shard_explain_together_as_on_one_folder(layouts):
+    from nagindex.explain.doc import explain_docs
+    from nagindex.index.sharded import view_parts
+    from tests.query import pools
+
+    target, one, three = layouts
+    docids = [pools._docid(i) for i in range(3)]  # repeated by a later input: the index serves the first copy
+    docids += [p.view.docids.take([int(p.kept()[0])])[0] for p in view_parts(open_index(three)) if len(p)]
+    got = [e.to_dict() for e in explain_docs(target, three, docids, device="cpu")]
+    assert got == [e.to_dict() for e in explain_docs(target, one, docids, device="cpu")]
+
+
+def test_unknown_docid_is_an_error_on_three_shards(layouts):
+    with pytest.raises(NagIndexError, match="docid 'nope' is not in index .*three"):
+        explain_doc(layouts[0], layouts[2], "nope", device="cpu")

@@ -111,7 +111,8 @@ def reattach_sources(index_dir: str | os.PathLike,
     if catalog is not None:
         for item in catalog.inputs:
             if item["key"] in plan:
-                item["size"] = states[item["key"]]["size"]
+                if "parts" not in item:  # a split input's entry records its parts' bytes (ingest.sharded), kept
+                    item["size"] = states[item["key"]]["size"]
                 item["key"] = plan[item["key"]]
         catalog.save()
     for r in done:

@@ -148,3 +148,33 @@ def test_a_sharded_index_is_reattached_in_every_shard_and_its_catalog(tmp_path):
     catalog = load_catalog(idx)
     assert sorted(i["key"] for i in catalog.inputs) == [str(moved / f"part{i}.jsonl") for i in range(3)]
     assert {s.state for s in source_states(idx)} == {"unchanged"}
+
+
+def test_a_split_input_keeps_its_parts_sizes_when_reattached(golden_dir, tmp_path):
+    """An input split over the shards at ingest is one catalog entry per shard, each recording the bytes of its
+    parts: a moved copy keeps them (not the whole file's size on every entry), and reads back as before."""
+    from nagindex.ingest.run import ingest
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = {f"s{i}": f"the {WORDS[i % 10]} and the {WORDS[-1 - i % 10]} story number {i}" for i in range(60)}
+    big = corpus / "big.jsonl"
+    big.write_text("".join(json.dumps({"docid": d, "doc": t}) + "\n" for d, t in texts.items()))
+    idx = tmp_path / "idx"
+    ingest([corpus], idx, backbone=str(golden_dir / "model"), shards=3, split_size=800, top_k=8, max_length=64,
+           device="cpu", commit_every=5)
+    entries = load_catalog(idx).inputs
+    assert len(entries) == 3 and all("parts" in e for e in entries)  # really split over the three shards
+    assert sum(e["size"] for e in entries) == big.stat().st_size
+    moved = tmp_path / "moved"
+    shutil.copytree(corpus, moved, copy_function=shutil.copy)  # a copy: new modification times
+    shutil.rmtree(corpus)
+    res = CliRunner().invoke(main, ["sources", "--index", str(idx), "--move", str(corpus), str(moved)])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == [f"re-attached {big} -> {moved / 'big.jsonl'} (60 records checked)"]
+    listed = CliRunner().invoke(main, ["sources", "--index", str(idx)])
+    assert listed.output.splitlines() == [f"unchanged            60  {moved / 'big.jsonl'}", "1 sources: 1 unchanged"]
+    assert load_catalog(idx).inputs == [{**e, "key": str(moved / "big.jsonl")} for e in entries]
+    target = {"features": str(golden_dir / "features_fwd_up_only/target/target.jsonl")}
+    table = query(target, idx, k=60, with_text=True).table
+    assert dict(zip(table.column("docid").to_pylist(), table.column("text").to_pylist())) == texts

@@ -31,6 +31,15 @@ def tiny_backbone(golden_dir: Path):
     return load_backbone(str(golden_dir / "model"), device="cpu", dtype="float32")
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A private Ray cluster for one test module (never one already running on the machine)."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 # ---- ingest storage fixtures (store / index / features tests)
 TINY_MANIFEST = {"backbone": "dummy", "weights_sha256": None, "neuron_type": "fwd_up", "num_layers": 4,
                  "width": 256, "top_k": 8, "max_length": 64}

@@ -29,12 +29,3 @@ def target_features(golden_ranking, tmp_path_factory) -> dict[str, Path]:
         write_features(path, list(ids[mask]), golden_ranking["target_codes"][mask])
         out[name] = path
     return out
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A private Ray cluster for one test module (never one already running on the machine)."""
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()

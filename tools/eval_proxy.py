@@ -85,8 +85,8 @@ def markdown(results: dict[str, dict[str, Any]], baseline: str | None = None) ->
         mc = data["multiple_choice"]
         base = next((arm["bpb"] for arm in data["arms"] if arm["name"] == baseline), None)
         for arm in data["arms"]:
-            versus = [] if not baseline else [
-                "-" if base is None or arm["name"] in (baseline, "random") else interval(paired_interval(arm["bpb"], base), 4)]
+            paired = base is not None and arm["name"] not in (baseline, "random")
+            versus = [interval(paired_interval(arm["bpb"], base), 4) if paired else "-"] if baseline else []
             cells = [f"{name} ({data['heldout_examples']})", arm["name"], f"{arm['documents']:,}", f"{arm['tokens']:,}",
                      f"{arm['kl_reduction']:+.3f}", f"{arm['nag_similarity']:.4f}", f"{np.mean(arm['bpb']):.4f}",
                      interval(arm.get("delta_bpb_vs_random"), 4), *versus,
@@ -113,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default="evalproxy", help="folder for the selections, JSON and HTML reports")
     ap.add_argument("--cache", default=None, help="folder to keep MiniLM embeddings in")
     ap.add_argument("--weightings", default="none",
-                    help="NAG arms, one per --weighting (none,lift,idf); several: arms nag_<w>, each paired with nag_none")
+                    help="NAG arms, one per --weighting (none,lift,idf); several: arms nag_<w>, each paired "
+                         "with nag_none")
     args = ap.parse_args(argv)
 
     from nagindex.evaluate.run import evaluate

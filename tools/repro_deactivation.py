@@ -1,8 +1,8 @@
 """The paper's deactivation test (Sec. 5, Table 3) with an index's backbone, printed as BENCHMARKS.md's table.
 
 For each target, its 20 most frequent neurons per layer (from ``--max-examples`` profile examples; with
-``--rank lift`` its 20 of highest lift over the pool) are switched off and the backbone answers ``--heldout`` other examples of the target; the same for as many random
-neurons (``--draws`` seeded draws) and for another target's top neurons (``nagindex/explain/deactivate.py``).
+``--rank lift`` its 20 of highest lift over the pool) are switched off and the backbone answers ``--heldout``
+other examples of the target; the same for as many random neurons (``--draws`` seeded draws) and for another target's top neurons (``nagindex/explain/deactivate.py``).
 PIQA, SciQ and BoolQ are not in the registry: their target YAMLs are in ``tools/repro_targets/``.
 
     python tools/repro_deactivation.py --index /tmp/explain_demo/idx --json deactivation.json

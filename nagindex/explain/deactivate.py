@@ -4,7 +4,8 @@ index's own backbone: do a target's profile neurons carry its function?
 Per layer, the target's ``top`` most frequent neurons (``query.profile.top_neurons``, 20 as the reference)
 are switched off, or with ``rank="lift"`` its ``top`` neurons of highest lift, the ``--weighting lift``
 specificity (``query.weighting.specificity``: frequency among the target's NAGs over the pool's, smoothed by
-one document; ties by neuron id), which passes over the backbone neurons every text uses: the rows of the MLP's input projection that produce them are zeroed (``up_proj`` of a gated
+one document; ties by neuron id), which passes over the backbone neurons every text uses. Switched off: the
+rows of the MLP's input projection that produce them are zeroed (``up_proj`` of a gated
 MLP, so the neuron's up output and its product with the gate are 0; ``c_fc`` / ``dense_h_to_4h`` / ``fc1`` of
 a non-gated one, with their bias entries, so the neuron's pre-activation is 0). The backbone then answers the
 target's held-out multiple-choice examples (cloze form, ``evaluate/train.py``: ``sequence_logprobs`` and

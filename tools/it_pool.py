@@ -24,7 +24,7 @@ Writes into ``--out DIR``:
 
 Usage::
 
-    python tools/it_pool.py --out .gpu/it [--per-source 3000] [--target-cap 1500] [--seed 0]
+    python tools/it_pool.py --out it [--per-source 3000] [--target-cap 1500] [--seed 0]
     nagindex ingest DIR/pool.jsonl --text-template @DIR/it.j2 ...
     nagindex query --target-file DIR/targets/code.jsonl ...
 """

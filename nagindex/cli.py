@@ -280,7 +280,7 @@ def sources(index_dir: str, moves: tuple[tuple[str, str], ...], move_file: str |
     for source in states:
         click.echo(f"{source.state:<10} {source.documents:>12,}  {source.path}")
     counts = {state: sum(source.state == state for source in states) for state in STATES}
-    click.echo(f"{len(states):,} sources: " + ", ".join(f"{n:,} {state}" for state, n in counts.items() if n))
+    click.echo(f"{len(states):,} source{'s' if len(states) != 1 else ''}: " + ", ".join(f"{n:,} {state}" for state, n in counts.items() if n))
     if counts["missing"] or counts["changed"]:
         click.echo(f"texts cannot be read back from missing or changed sources; if they moved or were copied, "
                    f"re-attach them: nagindex sources --index {index_dir} --move OLD NEW", err=True)

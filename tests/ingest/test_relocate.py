@@ -173,7 +173,7 @@ def test_a_split_input_keeps_its_parts_sizes_when_reattached(golden_dir, tmp_pat
     assert res.exit_code == 0, res.output
     assert res.output.splitlines() == [f"re-attached {big} -> {moved / 'big.jsonl'} (60 records checked)"]
     listed = CliRunner().invoke(main, ["sources", "--index", str(idx)])
-    assert listed.output.splitlines() == [f"unchanged            60  {moved / 'big.jsonl'}", "1 sources: 1 unchanged"]
+    assert listed.output.splitlines() == [f"unchanged            60  {moved / 'big.jsonl'}", "1 source: 1 unchanged"]
     assert load_catalog(idx).inputs == [{**e, "key": str(moved / "big.jsonl")} for e in entries]
     target = {"features": str(golden_dir / "features_fwd_up_only/target/target.jsonl")}
     table = query(target, idx, k=60, with_text=True).table

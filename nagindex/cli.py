@@ -383,7 +383,7 @@ def targets_show(name: str | None, file: str | None, filters: tuple[str, ...], e
       nagindex targets show --target-file math.jsonl --method nait --index it-idx
     """
     from nagindex.query.request import parse_target
-    from nagindex.query.run import load_examples
+    from nagindex.query.target import load_examples
 
     if (name is None) == (file is None):
         raise click.UsageError("give one target: NAME or --target-file FILE")

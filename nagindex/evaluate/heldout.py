@@ -37,7 +37,7 @@ class HeldOut:
 def split_heldout(request: TargetRequest, selections: Sequence[SelectionFile], limit: int, seed: int) -> HeldOut:
     """Every example of the target that no selection's manifest shows in its profile, then a seeded
     random ``limit`` of them (``target.sample_indices`` with ``seed``), in file order."""
-    from nagindex.query.run import load_examples
+    from nagindex.query.target import load_examples
     from nagindex.query.target import sample_indices, take_examples
 
     if limit < 1:

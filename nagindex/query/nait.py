@@ -171,7 +171,7 @@ def describe_directions(target: Any, index_dir: str | os.PathLike, top: int = 5)
     ``target``: a registry name, a ``{"file": ..., "filter": ...}`` mapping or a ``TargetRequest``."""
     from nagindex.index.sharded import open_index
     from nagindex.query.request import as_targets
-    from nagindex.query.run import load_examples
+    from nagindex.query.target import load_examples
 
     manifest = open_index(index_dir).manifest
     require_nait(manifest, index_dir)

@@ -183,7 +183,7 @@ def _collect_nait(sel_path: Path, manifest: dict[str, Any], view: Any, columns: 
     from nagindex.index.dense import take_dense
     from nagindex.query.nait import directions_key, layer_scores, nait_scores, target_directions
     from nagindex.query.report_pool import pool_stats
-    from nagindex.query.run import load_examples
+    from nagindex.query.target import load_examples
 
     dtype = view.manifest.get("dtype") or "float32"
     targets = []
@@ -356,8 +356,9 @@ def _resolve_target(req: Any, name: str, view: Any, layers: np.ndarray, power: f
     ``example_seed`` from the selection manifest), so their NAGs are usually in
     the index's target cache and no backbone is loaded.
     """
+    from nagindex.query.run import feature_codes
+    from nagindex.query.target import load_examples
     from nagindex.query.target_nags import cache_key, target_codes
-    from nagindex.query.run import feature_codes, load_examples
 
     if req.kind == "features":
         if not Path(req.value).is_file():

@@ -23,7 +23,6 @@ from nagindex.query.request import TargetLike, TargetRequest
 
 if TYPE_CHECKING:
     from nagindex.query.spec import QuerySpec
-    from nagindex.query.target import TargetSet
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +326,7 @@ def target_example_codes(t: TargetRequest, index_dir: Path, manifest: dict[str, 
     them drawn with ``seed`` (``target.sample_indices``), as every query, report and explanation draws them.
     ``method="nait"``: the ``(L, d)`` NAIT directions of the same examples instead (``query/nait.py``)."""
     from nagindex.query.nait import target_directions
+    from nagindex.query.target import load_examples
     from nagindex.query.target_nags import target_codes
 
     if t.kind == "features":
@@ -339,21 +339,6 @@ def target_example_codes(t: TargetRequest, index_dir: Path, manifest: dict[str, 
     encode = target_directions if method == "nait" else target_codes
     codes = encode(index_dir, manifest, ts.texts, name=t.display, device=device)
     return codes, {"used": len(ts), "available": ts.n_available or len(ts), "source": ts.source}
-
-
-def load_examples(t: TargetRequest, max_examples: int | None = None, seed: int = 0) -> TargetSet:
-    """The ``TargetSet`` of a ``name`` or ``file`` request (features requests have no texts)."""
-    if t.kind == "name":
-        from nagindex.query.target import load_target
-
-        return load_target(t.value, limit=max_examples, seed=seed)
-    if t.kind == "file":
-        from nagindex.query.target import load_target_file
-
-        if not Path(t.value).is_file():
-            raise InputError(f"target file {t.value} not found")
-        return load_target_file(t.value, limit=max_examples, seed=seed, filters=dict(t.filters) or None)
-    raise NagIndexError(f"{t.kind!r} targets have no example texts")
 
 
 def feature_codes(t: TargetRequest, manifest: dict[str, Any]) -> np.ndarray:

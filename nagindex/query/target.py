@@ -24,13 +24,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from nagindex.config import CONFIGS_ENV, config_path, configs_root, load_yaml
 from nagindex.errors import InputError, NagIndexError
 from nagindex.sources.datasets import PACKAGE_MODULES, SourceSpec, SourceUnavailableError, read_source
 from nagindex.sources.records import read_records
 from nagindex.templates import jinja_env
+
+if TYPE_CHECKING:
+    from nagindex.query.request import TargetRequest
 
 logger = logging.getLogger(__name__)
 
@@ -484,3 +487,14 @@ def load_target_file(path: str | os.PathLike[str], limit: int | None = None, *, 
     target = TargetSet(name=path.stem.removesuffix(".jsonl"), texts=[t for t, _ in kept], ids=[i for _, i in kept],
                        source=f"file:{path}", split="custom", note="", n_dropped=n_dropped)
     return sample_examples(target, limit, seed)
+
+
+def load_examples(t: TargetRequest, max_examples: int | None = None, seed: int = 0) -> TargetSet:
+    """The ``TargetSet`` of a ``name`` or ``file`` request (features requests have no texts)."""
+    if t.kind == "name":
+        return load_target(t.value, limit=max_examples, seed=seed)
+    if t.kind == "file":
+        if not Path(t.value).is_file():
+            raise InputError(f"target file {t.value} not found")
+        return load_target_file(t.value, limit=max_examples, seed=seed, filters=dict(t.filters) or None)
+    raise NagIndexError(f"{t.kind!r} targets have no example texts")

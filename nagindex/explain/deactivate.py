@@ -204,8 +204,7 @@ def _interval(d: dict[str, float | None], scale: float) -> str:
 def heldout_examples(request: Any, max_examples: int | None, example_seed: int, limit: int) -> Any:
     """The target's multiple-choice examples its profile did not use (``max_examples`` drawn with
     ``example_seed`` did), then a sample of at most ``limit`` of them drawn with ``example_seed``."""
-    from nagindex.query.target import load_examples
-    from nagindex.query.target import sample_indices, take_examples
+    from nagindex.query.target import load_examples, sample_indices, take_examples
 
     full = load_examples(request)
     if full.choices is None:

@@ -10,6 +10,16 @@ def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def stage_seconds(timings: str) -> dict[str, float]:
+    """``"target 0.10s, score 0.20s"`` (StageTimer.summary) -> {"target": 0.1, "score": 0.2}."""
+    out = {}
+    for part in timings.split(", "):
+        name, _, value = part.rpartition(" ")
+        if name:
+            out[name] = float(value.rstrip("s"))
+    return out
+
+
 def log(msg: str) -> None:
     """Progress on stderr, so stdout holds only the table."""
     print(msg, file=sys.stderr, flush=True)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _table import stage_seconds  # tools/ is on sys.path when run as a script
 
 
 def main() -> None:
@@ -58,8 +59,7 @@ def main() -> None:
             shutil.rmtree(idx, ignore_errors=True)
             start = time.perf_counter()
             res = ingest([corpus], idx, backbone=args.backbone, nait=nait, show_progress=False)
-            steps = {step: float(sec) for step, sec in re.findall(r"(\w+) ([\d.]+)s", res.timings)}  # "load 1.2s, ..."
-            seconds[name].append({"total": time.perf_counter() - start, **steps})
+            seconds[name].append({"total": time.perf_counter() - start, **stage_seconds(res.timings)})
             result[f"index_bytes_{name}"] = sum(f.stat().st_size for f in idx.rglob("*") if f.is_file())
     for name, runs in seconds.items():
         result[f"ingest_runs_{name}"] = runs

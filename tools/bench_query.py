@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _table import ResultTable, load_average, log  # tools/ is on sys.path when run as a script
+from _table import ResultTable, load_average, log, stage_seconds  # tools/ is on sys.path when run as a script
 
 L_DEFAULT, K_DEFAULT, WIDTH_DEFAULT = 28, 20, 6144
 TABLE_BITS = 12  # sampling tables: 4096 slots per (topic, layer), inverse-CDF quantised
@@ -191,16 +191,6 @@ def best_of(fn, repeats: int):
         result = fn()
         times.append(time.perf_counter() - start)
     return min(times), result
-
-
-def stage_seconds(timings: str) -> dict[str, float]:
-    """``"target 0.10s, score 0.20s"`` (StageTimer.summary) -> {"target": 0.1, "score": 0.2}."""
-    out = {}
-    for part in timings.split(", "):
-        name, _, value = part.rpartition(" ")
-        if name:
-            out[name] = float(value.rstrip("s"))
-    return out
 
 
 # ---------------------------------------------------------------- 1. nagindex CLI and stages

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _table import ResultTable, load_average, log  # tools/ is on sys.path when run as a script
+from _table import ResultTable, load_average, log, stage_seconds  # tools/ is on sys.path when run as a script
 
 SHAPES = {"qwen3-1.7b shape": (28, 20, 6144), "smollm2-135m shape": (30, 20, 1536)}
 ASSUMED_GPU_RATES = {"paper, H100, Qwen3-1.7B (spec sec. 7)": 350.0, "project goal, H100": 1000.0}
@@ -194,7 +194,7 @@ def main() -> None:
         if not args.skip_model:
             log("(c) real ingest")
             wall, timings, res = real_ingest(ex, work / "ingest", args.ingest_docs)
-            stage = dict((k, float(v.rstrip("s"))) for k, _, v in (p.rpartition(" ") for p in timings.split(", ")))
+            stage = stage_seconds(timings)
             stored_s = stage.get("store", 0.0) + stage.get("index", 0.0)
             work_s = stage.get("extract", 0.0) + stored_s
             add(f"(c) real `ingest()` of {res.added} passages, SmolLM2-135M, CPU, windows of 512 (stages: "

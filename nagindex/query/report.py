@@ -127,15 +127,18 @@ def collect(selection_path: str | os.PathLike, index_dir: str | os.PathLike, *, 
     if method == "nait":
         return _collect_nait(sel_path, manifest, view, columns, layers, sel_rows, sel_target, names, requests,
                              expected, group_by, device, notes)
-    targets = []
+    from nagindex.query.score import score_codes
+
+    targets, each_profile = [], []
     for i, (name, req) in enumerate(zip(names, requests)):
-        codes, how, matches = _resolve_target(req, name, view, layers, power, sel_rows, expected[i],
-                                              manifest, device, weigh)
-        if not matches:
-            notes.append(f"{name}: its target examples no longer reproduce the selection file's scores "
-                         "(were the examples or the index changed since the query?); the plots use them as they are now")
+        codes, how = _resolve_target(req, name, view, manifest, device)
+        profile = count_profile(codes, idx_manifest["width"], layers)
+        matches = _reproduces(name, lambda rows: score_codes(take_codes(view, rows), profile, layers, power=power,
+                                                             weights=weigh(profile[None])).similarity[0],
+                              sel_rows, expected[i], notes)
         targets.append(TargetInfo(name, req, codes, how, matches))
-    profiles = np.stack([count_profile(t.codes, idx_manifest["width"], layers) for t in targets])
+        each_profile.append(profile)
+    profiles = np.stack(each_profile)
     weights = weigh(profiles)
     with tempfile.TemporaryDirectory(prefix="nagindex-report-") as spill:
         pool = pool_stats(view, profiles, layers, power, weights, sel_rows, group_by, Path(spill))
@@ -191,16 +194,8 @@ def _collect_nait(sel_path: Path, manifest: dict[str, Any], view: Any, columns: 
         ts = load_examples(req, manifest.get("max_examples"), int(manifest.get("example_seed") or 0))
         cached = (Path(view.directory) / "targets" / f"nait-{directions_key(ts.texts, view.manifest)}.npy").is_file()
         directions = target_directions(view.directory, view.manifest, ts.texts, name=name, device=device)[layers]
-        rows, want = sel_rows, expected[i]
-        if len(rows) > REPRODUCE_ROWS:
-            at = np.linspace(0, len(rows) - 1, REPRODUCE_ROWS).astype(np.int64)
-            rows, want = rows[at], want[at]
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        got = nait_scores(take_dense(view, uniq)[:, layers], directions[None], dtype)[:, 0][inverse]
-        matches = bool(np.allclose(got, want, rtol=0, atol=_SCORE_ATOL, equal_nan=True))
-        if not matches:
-            notes.append(f"{name}: its target examples no longer reproduce the selection file's scores "
-                         "(were the examples or the index changed since the query?); the plots use them as they are now")
+        matches = _reproduces(name, lambda rows: nait_scores(take_dense(view, rows)[:, layers], directions[None],
+                                                             dtype)[:, 0], sel_rows, expected[i], notes)
         how = (f"{len(ts):,} of {ts.n_available or len(ts):,} examples from {ts.source}"
                + (" (cached NAIT directions)" if cached else " (encoded)"))
         empty = np.zeros((0, view.manifest["num_layers"], view.manifest["top_k"]), np.uint16)
@@ -347,10 +342,8 @@ def _target_names(columns: dict[str, list[Any]], requests: list[Any]) -> list[st
 
 # ---------------------------------------------------------------- targets
 
-def _resolve_target(req: Any, name: str, view: Any, layers: np.ndarray, power: float, rows: np.ndarray,
-                    expected: np.ndarray, sampling: dict[str, Any], device: str,
-                    weigh: Callable[[np.ndarray], np.ndarray | None]) -> tuple[np.ndarray, str, bool]:
-    """The target's codes, a note on where they came from, and whether they reproduce ``expected``.
+def _resolve_target(req: Any, name: str, view: Any, sampling: dict[str, Any], device: str) -> tuple[np.ndarray, str]:
+    """The target's codes and a note on where they came from.
 
     The examples are drawn as the query drew them (``max_examples`` and
     ``example_seed`` from the selection manifest), so their NAGs are usually in
@@ -372,26 +365,24 @@ def _resolve_target(req: Any, name: str, view: Any, layers: np.ndarray, power: f
         codes = target_codes(view.directory, view.manifest, ts.texts, name=name, device=device)
         how = (f"{len(ts):,} of {ts.n_available or len(ts):,} examples from {ts.source}"
                + (" (cached NAGs)" if cached else " (encoded)"))
-    return codes, how, _reproduces(codes, view, layers, power, rows, expected, weigh)
+    return codes, how
 
 
-def _reproduces(codes: np.ndarray, view: Any, layers: np.ndarray, power: float, rows: np.ndarray,
-                expected: np.ndarray, weigh: Callable[[np.ndarray], np.ndarray | None]) -> bool:
-    """Whether the target's codes give the selection file's scores, checked on ``REPRODUCE_ROWS`` selection
-    rows spread evenly over it (all of a smaller one): changed examples change nearly every score, and the
-    codes of a large selection's every row would cost 2 x L x K bytes each."""
-    from nagindex.index.sharded import take_codes
-    from nagindex.query.profile import count_profile
-    from nagindex.query.score import score_codes
-
+def _reproduces(name: str, score_rows: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
+                expected: np.ndarray, notes: list[str]) -> bool:
+    """Whether a target still gives the selection file's scores ``expected`` (``score_rows(unique index rows)``:
+    its NAG similarities or NAIT scores), checked on ``REPRODUCE_ROWS`` selection rows spread evenly over it
+    (all of a smaller one): changed examples change nearly every score, and reading a large selection's every
+    row would cost its codes or dense rows. If not, a note says so."""
     if len(rows) > REPRODUCE_ROWS:
         at = np.linspace(0, len(rows) - 1, REPRODUCE_ROWS).astype(np.int64)
         rows, expected = rows[at], expected[at]
     uniq, inverse = np.unique(rows, return_inverse=True)
-    profile = count_profile(codes, view.manifest["width"], layers)
-    got = score_codes(take_codes(view, uniq), profile, layers, power=power,
-                      weights=weigh(profile[None])).similarity[0][inverse]
-    return bool(np.allclose(got, expected, rtol=0, atol=_SCORE_ATOL, equal_nan=True))
+    matches = bool(np.allclose(score_rows(uniq)[inverse], expected, rtol=0, atol=_SCORE_ATOL, equal_nan=True))
+    if not matches:
+        notes.append(f"{name}: its target examples no longer reproduce the selection file's scores "
+                     "(were the examples or the index changed since the query?); the plots use them as they are now")
+    return matches
 
 
 # ---------------------------------------------------------------- derived data

@@ -243,6 +243,7 @@ def ranked_neurons(codes: np.ndarray, width: int, top: int, rank: str = "frequen
     (``rank="frequency"``), or those of highest lift against the pool's neuron counts ``pool`` ``(L, width)`` of
     NAGs of ``top_k`` neurons (``rank="lift"``, ``query.weighting.specificity``). Ties go to the lower neuron id;
     neurons the target never uses are never chosen (``query.profile.top_neurons``)."""
+    from nagindex.index.neuron_stats import pool_documents
     from nagindex.query.profile import count_profile, top_neurons
     from nagindex.query.weighting import specificity
 
@@ -251,7 +252,7 @@ def ranked_neurons(codes: np.ndarray, width: int, top: int, rank: str = "frequen
         return top_neurons(counts, top)
     if pool is None or top_k is None:
         raise NagIndexError("rank='lift' needs the pool's neuron counts and the index's K")
-    return top_neurons(specificity("lift", counts, pool, int(np.asarray(pool)[0].sum()) // top_k), top)
+    return top_neurons(specificity("lift", counts, pool, pool_documents(pool, top_k)), top)
 
 
 def deactivation_test(request: Any, index_dir: str | os.PathLike, *, top: int = DEFAULT_TOP,

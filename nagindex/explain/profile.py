@@ -96,13 +96,14 @@ def explain_counts(target: str, counts: np.ndarray, pool: np.ndarray, top_k: int
                    examples: dict[str, Any] | None = None) -> ProfileExplanation:
     """The explanation of a target's count profile ``(L, width)`` against the pool's neuron counts
     ``(L, width)`` (``pool_neuron_counts``), NAGs of ``top_k`` neurons a layer."""
+    from nagindex.index.neuron_stats import pool_documents
     from nagindex.query.profile import top_neurons
 
     counts, pool = np.asarray(counts, np.int64), np.asarray(pool, np.int64)
     if counts.shape != pool.shape or counts.ndim != 2:
         raise NagIndexError(f"target counts {counts.shape} and pool counts {pool.shape} must be the same (L, width)")
     slots = counts.sum(axis=1)
-    n_target, pool_docs = int(slots[0]) // top_k, int(pool[0].sum()) // top_k
+    n_target, pool_docs = int(slots[0]) // top_k, pool_documents(pool, top_k)
     if n_target < 1 or pool_docs < 1:
         raise NagIndexError("a profile needs at least one target example and one pool document")
     target_dist, pool_dist = counts / (n_target * top_k), pool / (pool_docs * top_k)

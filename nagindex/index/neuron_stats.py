@@ -34,6 +34,11 @@ def view_neuron_counts(view: Any, hidden: np.ndarray | None = None) -> np.ndarra
     return counts
 
 
+def pool_documents(counts: np.ndarray, top_k: int) -> int:
+    """The documents behind neuron counts ``(L, width)``: each NAG adds ``top_k`` to every layer's counts."""
+    return int(np.asarray(counts)[0].sum()) // top_k
+
+
 def pool_neuron_counts(index_dir: str | os.PathLike) -> np.ndarray:
     """Per layer, how many of the index's documents hold each neuron: int64 ``(L, width)``, summed over its
     shards (their reconciled rows, cross-shard repeats left out): equal to a one-shard index's counts."""

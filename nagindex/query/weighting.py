@@ -94,13 +94,13 @@ def pool_weigher(weighting: str, index_dir: str | os.PathLike, power: float, lay
     ``top_k`` neurons a layer."""
     if check_weighting(weighting) == "none":
         return lambda profiles: None
-    from nagindex.index.neuron_stats import pool_neuron_counts
+    from nagindex.index.neuron_stats import pool_documents, pool_neuron_counts
 
     pool = pool_neuron_counts(index_dir)
     if pool_docs is None:
         if top_k is None:
             raise NagIndexError("pool_weigher needs pool_docs or the index's top_k")
-        pool_docs = int(pool[0].sum()) // top_k
+        pool_docs = pool_documents(pool, top_k)
     if layers is not None:
         pool = pool[np.asarray(layers, np.int64)]
     return lambda profiles: weigh_profiles(profiles, power, weighting, pool, pool_docs)
